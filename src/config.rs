@@ -1,0 +1,593 @@
+//! The configuration file: strict serde structs, one per TOML table.
+//!
+//! Every struct denies unknown keys (a typo is an error, not a silently
+//! ignored setting), every field has a documented default, and every error
+//! names the file, line and column. `config/telesink.toml` is the embedded
+//! default and the commented reference for every key.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The embedded default configuration, used when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/telesink.toml");
+
+/// Name shown in messages for the embedded default configuration.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded config/telesink.toml>";
+
+/// A configuration problem, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file that failed.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong kind.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file that failed.
+        path: String,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, without the location.
+        message: String,
+    },
+    /// A value that parses but makes no sense (a duplicate list name, ...).
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file that failed.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and who may query.
+    pub server: ServerConfig,
+    /// Where non-blocked queries are forwarded.
+    pub upstream: UpstreamConfig,
+    /// The answer cache in front of the upstreams.
+    pub cache: CacheConfig,
+    /// Block lists, allow lists and how blocked names are answered.
+    pub blocking: BlockingConfig,
+    /// The HTTP listener for `/metrics` and `/healthz`.
+    pub http: HttpConfig,
+    /// Directory that relative paths in this file resolve against (the
+    /// file's own directory; the current directory for the embedded default).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where this configuration came from, for messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// `[server]`: the DNS listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses to serve DNS on, over both UDP and TCP (`"IP:port"`,
+    /// `"[::1]:53"` for IPv6).
+    pub listen: Vec<SocketAddr>,
+    /// Client networks allowed to query; everyone else gets REFUSED, so
+    /// telesink is never an open resolver. Defaults to loopback, RFC 1918,
+    /// CGNAT (100.64.0.0/10), link-local and ULA (fc00::/7).
+    pub allow_clients: Vec<IpNet>,
+    /// How long a TCP client may stay idle before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_timeout: Duration,
+    /// The EDNS UDP payload size telesink advertises and honours (1232 avoids
+    /// IP fragmentation, per DNS Flag Day 2020).
+    pub edns_udp_size: u16,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 5353)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, 5353)),
+            ],
+            allow_clients: default_allow_clients(),
+            tcp_timeout: Duration::from_secs(10),
+            edns_udp_size: 1232,
+        }
+    }
+}
+
+/// Loopback, private, CGNAT, link-local and ULA networks: every address a
+/// home LAN client can have, and nothing routable on the internet.
+pub fn default_allow_clients() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("valid builtin network"))
+    .collect()
+}
+
+/// `[upstream]`: the resolvers telesink forwards to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Plain DNS resolvers, `"IP"` or `"IP:port"`, tried in order: the next
+    /// one is asked when one times out or answers SERVFAIL.
+    pub servers: Vec<UpstreamAddr>,
+    /// How long to wait for one upstream before trying the next.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            servers: vec![
+                UpstreamAddr(SocketAddr::from(([9, 9, 9, 9], 53))),
+                UpstreamAddr(SocketAddr::from(([1, 1, 1, 1], 53))),
+            ],
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// An upstream resolver address; the port defaults to 53.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAddr(pub SocketAddr);
+
+impl std::str::FromStr for UpstreamAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.strip_prefix("udp://").unwrap_or(s);
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self(addr));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Self(SocketAddr::new(ip, 53)));
+        }
+        Err(format!(
+            "invalid upstream {s:?}: expected \"IP\" or \"IP:port\" (\"[::1]:53\" for IPv6)"
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `[cache]`: answers kept between upstream lookups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Maximum number of cached answers (name, type, class); 0 turns the
+    /// cache off. About 10,000 covers a busy household.
+    pub capacity: usize,
+    /// Cached TTLs are raised to at least this.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Cached TTLs are lowered to at most this.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Upper bound for negative answers (NXDOMAIN, NODATA), whose TTL comes
+    /// from the SOA minimum (RFC 2308).
+    #[serde(with = "humantime_serde")]
+    pub negative_max_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(86_400),
+            negative_max_ttl: Duration::from_secs(3_600),
+        }
+    }
+}
+
+/// How a blocked name is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockMode {
+    /// A → `sinkhole_ipv4` (0.0.0.0), AAAA → `sinkhole_ipv6` (::), other
+    /// types NODATA. Apps fail fast instead of waiting on a timeout.
+    #[default]
+    Null,
+    /// NXDOMAIN with an SOA so clients cache the denial.
+    Nxdomain,
+    /// NOERROR with no answer and an SOA.
+    Nodata,
+    /// REFUSED.
+    Refused,
+}
+
+impl BlockMode {
+    /// The name used in config and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Null => "null",
+            Self::Nxdomain => "nxdomain",
+            Self::Nodata => "nodata",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// `[blocking]`: the sinkhole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockingConfig {
+    /// Turns blocking on or off as a whole; lists stay loaded.
+    pub enabled: bool,
+    /// How blocked names are answered: `null`, `nxdomain`, `nodata` or `refused`.
+    pub mode: BlockMode,
+    /// TTL of blocked answers: short enough that unblocking takes effect
+    /// soon, long enough that a chatty app does not hammer the server.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Address returned for blocked A queries in `null` mode.
+    pub sinkhole_ipv4: Ipv4Addr,
+    /// Address returned for blocked AAAA queries in `null` mode.
+    pub sinkhole_ipv6: Ipv6Addr,
+    /// Block lists: a listed domain blocks itself and every subdomain.
+    pub lists: Vec<ListConfig>,
+    /// Allow lists: a listed domain and its subdomains are never blocked,
+    /// even when a parent domain is on a block list.
+    pub allow: Vec<ListConfig>,
+}
+
+impl Default for BlockingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: BlockMode::Null,
+            ttl: Duration::from_secs(60),
+            sinkhole_ipv4: Ipv4Addr::UNSPECIFIED,
+            sinkhole_ipv6: Ipv6Addr::UNSPECIFIED,
+            lists: Vec::new(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// One `[[blocking.lists]]` or `[[blocking.allow]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListConfig {
+    /// The list's name: the `list` label in metrics, so keep it short and
+    /// stable (a vendor name is ideal).
+    pub name: String,
+    /// A local file, relative to the config file's directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A list compiled into telesink: `builtin:NAME` (see `blocklists/`).
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// Where a list's text comes from, once the config has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListSource {
+    /// A file on disk, already resolved against the config's directory.
+    File(PathBuf),
+    /// A list compiled into the binary, by name.
+    Builtin(String),
+}
+
+impl ListConfig {
+    /// The single source of this list; `validate` guarantees there is one.
+    pub fn resolved_source(&self, base_dir: &Path) -> ListSource {
+        match (&self.path, &self.source) {
+            (Some(p), _) => ListSource::File(base_dir.join(p)),
+            (None, Some(s)) => {
+                ListSource::Builtin(s.strip_prefix("builtin:").unwrap_or(s.as_str()).to_string())
+            }
+            (None, None) => unreachable!("validated: every list has a source"),
+        }
+    }
+}
+
+/// `[http]`: metrics and health.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener for `/metrics` and `/healthz`; an empty
+    /// string turns it off. Keep it on loopback or a trusted network.
+    #[serde(deserialize_with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9153))),
+        }
+    }
+}
+
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid address {s:?}: {e}")))
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Relative paths in it resolve
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_toml(&text, &path.display().to_string(), &base)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Self {
+        Self::from_toml(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, Path::new("."))
+            .expect("the embedded default config is valid (tested)")
+    }
+
+    /// Parses and validates configuration text. `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: origin.to_string(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        config.base_dir = base_dir.to_path_buf();
+        config.origin = origin.to_string();
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: every list has exactly one source, names
+    /// are unique, the builtin lists exist, there is something to listen on.
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        // A problem about a named list points at the line of its name, when
+        // the name can be found in the text; otherwise it names the file.
+        let fail = |near: Option<&str>, message: String| -> ConfigError {
+            let at = near.and_then(|n| text.find(&format!("\"{n}\"")));
+            match at.map(|at| line_column(text, at)) {
+                Some((line, column)) => ConfigError::Parse {
+                    path: self.origin.clone(),
+                    line,
+                    column,
+                    message,
+                },
+                None => ConfigError::Invalid {
+                    path: self.origin.clone(),
+                    message,
+                },
+            }
+        };
+        let invalid = |message: String| fail(None, message);
+        if self.server.listen.is_empty() {
+            return Err(invalid(
+                "[server] listen: at least one address is needed".into(),
+            ));
+        }
+        if self.upstream.servers.is_empty() {
+            return Err(invalid(
+                "[upstream] servers: at least one upstream resolver is needed".into(),
+            ));
+        }
+        if self.upstream.timeout.is_zero() {
+            return Err(invalid("[upstream] timeout must be greater than 0".into()));
+        }
+        if self.cache.min_ttl > self.cache.max_ttl {
+            return Err(invalid("[cache] min_ttl is greater than max_ttl".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (table, lists) in [
+            ("blocking.lists", &self.blocking.lists),
+            ("blocking.allow", &self.blocking.allow),
+        ] {
+            for list in lists {
+                let here = Some(list.name.as_str());
+                if list.name.is_empty()
+                    || !list
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(fail(
+                        here,
+                        format!(
+                            "[[{table}]] name {:?}: use letters, digits, '-', '_' or '.' (it becomes a metrics label)",
+                            list.name
+                        ),
+                    ));
+                }
+                if !seen.insert(list.name.as_str()) {
+                    return Err(fail(
+                        here,
+                        format!(
+                            "[[{table}]] name {:?} is used twice; names must be unique",
+                            list.name
+                        ),
+                    ));
+                }
+                match (&list.path, &list.source) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        return Err(fail(
+                            here,
+                            format!(
+                                "[[{table}]] {:?}: give exactly one of `path` or `source`",
+                                list.name
+                            ),
+                        ));
+                    }
+                    (None, Some(s)) => {
+                        let Some(name) = s.strip_prefix("builtin:") else {
+                            return Err(fail(
+                                here,
+                                format!(
+                                    "[[{table}]] {:?}: source {s:?} is not supported; use \"builtin:NAME\" or `path`",
+                                    list.name
+                                ),
+                            ));
+                        };
+                        if crate::lists::builtin(name).is_none() {
+                            return Err(fail(
+                                here,
+                                format!(
+                                    "[[{table}]] {:?}: no builtin list {name:?}; builtin lists are: {}",
+                                    list.name,
+                                    crate::lists::builtin_names().collect::<Vec<_>>().join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                    (Some(_), None) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert!(!c.blocking.lists.is_empty());
+        assert_eq!(c.http.listen, Some("127.0.0.1:9153".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_reports_line_and_column() {
+        let err = Config::from_toml("[server]\n\nlisen = []\n", "x.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("x.toml:3:1: unknown field `lisen`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_and_addresses() {
+        let c = Config::from_toml(
+            "[upstream]\nservers = [\"127.0.0.1\", \"[::1]:5300\", \"udp://10.0.0.1:53\"]\ntimeout = \"500ms\"\n[cache]\nmax_ttl = \"1d\"\n",
+            "x",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.upstream.timeout, Duration::from_millis(500));
+        assert_eq!(c.upstream.servers[0].0, "127.0.0.1:53".parse().unwrap());
+        assert_eq!(c.upstream.servers[1].0, "[::1]:5300".parse().unwrap());
+        assert_eq!(c.cache.max_ttl, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let err = Config::from_toml(
+            "[upstream]\nservers = [\"nonsense\"]\n",
+            "x",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("x:2:"), "{err}");
+        let err = Config::from_toml("[cache]\nmin_ttl = \"5 parsecs\"\n", "x", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("x:2:11:"), "{err}");
+    }
+
+    #[test]
+    fn list_needs_one_source() {
+        let err = Config::from_toml("[[blocking.lists]]\nname = \"a\"\n", "x", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one of `path` or `source`"), "{err}");
+        let err = Config::from_toml(
+            "[[blocking.lists]]\nname = \"a\"\nsource = \"builtin:nope\"\n",
+            "x",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("x:2:8: [[blocking.lists]]") && err.contains("no builtin list"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let c = Config::from_toml(
+            "[[blocking.lists]]\nname = \"mine\"\npath = \"lists/mine.txt\"\n",
+            "x",
+            Path::new("/etc/telesink"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.blocking.lists[0].resolved_source(&c.base_dir),
+            ListSource::File(PathBuf::from("/etc/telesink/lists/mine.txt"))
+        );
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}
