@@ -1,0 +1,312 @@
+//! Prometheus metrics: one struct of handles, created once, passed in.
+//!
+//! Labels come only from small fixed sets (outcome, query type, rcode,
+//! upstream address from config, list name from config), never from a
+//! queried domain or a client address, so the number of series stays
+//! bounded however many names a household looks up.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::resolver::Outcome;
+
+/// Histogram buckets for DNS latencies: 100 µs (a cache hit) to 2 s (an
+/// upstream that is about to time out).
+const DNS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+];
+
+/// Every metric telesink exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `telesink_queries_total{qtype,outcome}`
+    pub queries: IntCounterVec,
+    /// `telesink_responses_total{rcode}`
+    pub responses: IntCounterVec,
+    /// `telesink_blocked_total{list}`
+    pub blocked: IntCounterVec,
+    /// `telesink_query_duration_seconds{outcome}`
+    pub query_duration: HistogramVec,
+    /// `telesink_cache_hits_total`
+    pub cache_hits: IntCounter,
+    /// `telesink_cache_misses_total`
+    pub cache_misses: IntCounter,
+    /// `telesink_cache_entries`, set when scraped.
+    pub cache_entries: IntGauge,
+    /// `telesink_upstream_requests_total{upstream,result}`
+    pub upstream_requests: IntCounterVec,
+    /// `telesink_upstream_duration_seconds{upstream}`
+    pub upstream_duration: HistogramVec,
+    /// `telesink_blocklist_domains{list}`
+    pub blocklist_domains: IntGaugeVec,
+    /// `telesink_blocklist_invalid_lines{list}`
+    pub blocklist_invalid_lines: IntGaugeVec,
+    /// `telesink_blocklist_build_seconds`: how long the last list build took.
+    pub blocklist_build_seconds: Histogram,
+    /// `telesink_blocking_enabled`
+    pub blocking_enabled: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let metrics = Self {
+            queries: counter_vec(
+                r,
+                "telesink_queries_total",
+                "DNS queries answered, by query type and outcome (blocked, cached, forwarded, refused, error).",
+                &["qtype", "outcome"],
+            ),
+            responses: counter_vec(
+                r,
+                "telesink_responses_total",
+                "DNS responses sent, by response code.",
+                &["rcode"],
+            ),
+            blocked: counter_vec(
+                r,
+                "telesink_blocked_total",
+                "Queries blocked, by the configured name of the list that blocked them.",
+                &["list"],
+            ),
+            query_duration: histogram_vec(
+                r,
+                "telesink_query_duration_seconds",
+                "Time from receiving a query to sending its answer, by outcome.",
+                &["outcome"],
+            ),
+            cache_hits: counter(
+                r,
+                "telesink_cache_hits_total",
+                "Answers served from the cache.",
+            ),
+            cache_misses: counter(
+                r,
+                "telesink_cache_misses_total",
+                "Cache lookups that found no fresh answer.",
+            ),
+            cache_entries: gauge(r, "telesink_cache_entries", "Answers currently cached."),
+            upstream_requests: counter_vec(
+                r,
+                "telesink_upstream_requests_total",
+                "Requests sent to upstream resolvers, by upstream and result (ok, nxdomain, servfail, refused, timeout, error).",
+                &["upstream", "result"],
+            ),
+            upstream_duration: histogram_vec(
+                r,
+                "telesink_upstream_duration_seconds",
+                "Round-trip time of upstream requests that got an answer, by upstream.",
+                &["upstream"],
+            ),
+            blocklist_domains: gauge_vec(
+                r,
+                "telesink_blocklist_domains",
+                "Distinct domains loaded from each block or allow list.",
+                &["list"],
+            ),
+            blocklist_invalid_lines: gauge_vec(
+                r,
+                "telesink_blocklist_invalid_lines",
+                "Lines skipped as invalid in each list.",
+                &["list"],
+            ),
+            blocklist_build_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "telesink_blocklist_build_seconds",
+                        "Time taken to build the list snapshot.",
+                    )
+                    .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                )
+                .expect("valid histogram");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            blocking_enabled: gauge(
+                r,
+                "telesink_blocking_enabled",
+                "1 when blocking is on, 0 when it is turned off.",
+            ),
+            registry,
+        };
+        let build_info = gauge_vec(
+            &metrics.registry,
+            "telesink_build_info",
+            "Always 1; the version label tells which telesink is running.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            // The process collector reads /proc; if it cannot register we
+            // lose only the process_* series.
+            if let Err(error) = metrics.registry.register(Box::new(process)) {
+                tracing::debug!(%error, "process metrics unavailable");
+            }
+        }
+        metrics
+    }
+
+    /// Counts one answered query.
+    pub fn observe_query(
+        &self,
+        qtype: hickory_proto::rr::RecordType,
+        outcome: &Outcome,
+        rcode: hickory_proto::op::ResponseCode,
+        elapsed: std::time::Duration,
+    ) {
+        let label = outcome.label();
+        self.queries
+            .with_label_values(&[qtype_label(qtype), label])
+            .inc();
+        self.responses
+            .with_label_values(&[rcode_label(rcode)])
+            .inc();
+        self.query_duration
+            .with_label_values(&[label])
+            .observe(elapsed.as_secs_f64());
+        if let Outcome::Blocked { list, .. } = outcome {
+            self.blocked.with_label_values(&[&**list]).inc();
+        }
+    }
+
+    /// Publishes the sizes of a freshly built list snapshot.
+    pub fn observe_lists(&self, snapshot: &crate::lists::Snapshot) {
+        self.blocklist_domains.reset();
+        self.blocklist_invalid_lines.reset();
+        for list in &snapshot.lists {
+            self.blocklist_domains
+                .with_label_values(&[&*list.name])
+                .set(list.domains as i64);
+            self.blocklist_invalid_lines
+                .with_label_values(&[&*list.name])
+                .set(list.invalid_lines as i64);
+        }
+        self.blocklist_build_seconds
+            .observe(snapshot.build_time.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A bounded label for a query type: the common types by name, the rest `other`.
+pub fn qtype_label(qtype: hickory_proto::rr::RecordType) -> &'static str {
+    use hickory_proto::rr::RecordType as T;
+    match qtype {
+        T::A => "A",
+        T::AAAA => "AAAA",
+        T::CNAME => "CNAME",
+        T::MX => "MX",
+        T::TXT => "TXT",
+        T::PTR => "PTR",
+        T::SRV => "SRV",
+        T::NS => "NS",
+        T::SOA => "SOA",
+        T::HTTPS => "HTTPS",
+        T::SVCB => "SVCB",
+        T::ANY => "ANY",
+        T::CAA => "CAA",
+        T::DS => "DS",
+        T::DNSKEY => "DNSKEY",
+        _ => "other",
+    }
+}
+
+/// A bounded label for a response code.
+pub fn rcode_label(rcode: hickory_proto::op::ResponseCode) -> &'static str {
+    use hickory_proto::op::ResponseCode as R;
+    match rcode {
+        R::NoError => "NOERROR",
+        R::FormErr => "FORMERR",
+        R::ServFail => "SERVFAIL",
+        R::NXDomain => "NXDOMAIN",
+        R::NotImp => "NOTIMP",
+        R::Refused => "REFUSED",
+        R::BADVERS => "BADVERS",
+        _ => "other",
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DNS_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_build_info_and_counts() {
+        let m = Metrics::new();
+        m.observe_query(
+            hickory_proto::rr::RecordType::A,
+            &Outcome::Cached,
+            hickory_proto::op::ResponseCode::NoError,
+            std::time::Duration::from_micros(50),
+        );
+        let text = m.render();
+        assert!(text.contains(&format!(
+            "telesink_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("telesink_queries_total{outcome=\"cached\",qtype=\"A\"} 1"));
+        assert!(text.contains("telesink_responses_total{rcode=\"NOERROR\"} 1"));
+    }
+}

@@ -1,0 +1,153 @@
+//! Blocking: sinkhole names on the block lists, and answers whose CNAME
+//! chain leads to one.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use super::{Answer, Outcome, Query, Resolve};
+use crate::config::{BlockMode, BlockingConfig};
+use crate::lists::{ListStore, Snapshot};
+
+/// How blocked names are answered; fixed at startup from `[blocking]`.
+#[derive(Debug, Clone)]
+pub struct BlockPolicy {
+    /// Whether blocking is on at all.
+    pub enabled: bool,
+    /// The kind of answer.
+    pub mode: BlockMode,
+    /// TTL of blocked answers, in seconds.
+    pub ttl: u32,
+    /// A record data in `null` mode.
+    pub ipv4: Ipv4Addr,
+    /// AAAA record data in `null` mode.
+    pub ipv6: Ipv6Addr,
+}
+
+impl BlockPolicy {
+    /// The policy `[blocking]` describes.
+    pub fn from_config(c: &BlockingConfig) -> Self {
+        Self {
+            enabled: c.enabled,
+            mode: c.mode,
+            ttl: u32::try_from(c.ttl.as_secs()).unwrap_or(u32::MAX),
+            ipv4: c.sinkhole_ipv4,
+            ipv6: c.sinkhole_ipv6,
+        }
+    }
+}
+
+/// Answers blocked names itself and passes the rest on.
+pub struct Block<N> {
+    policy: BlockPolicy,
+    lists: Arc<ListStore>,
+    /// The SOA owner and server name of synthesized negative answers.
+    soa_mname: Name,
+    soa_rname: Name,
+    next: N,
+}
+
+impl<N> std::fmt::Debug for Block<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<N: Resolve> Block<N> {
+    /// Blocks by `lists` as `policy` says, then asks `next`.
+    pub fn new(policy: BlockPolicy, lists: Arc<ListStore>, next: N) -> Self {
+        Self {
+            policy,
+            lists,
+            soa_mname: Name::from_ascii("telesink.").expect("valid name"),
+            soa_rname: Name::from_ascii("hostmaster.telesink.").expect("valid name"),
+            next,
+        }
+    }
+
+    /// The sinkhole answer for `query`, blocked by `list`.
+    fn blocked(&self, query: &Query<'_>, list: Arc<str>, via_cname: bool) -> Answer {
+        let outcome = Outcome::Blocked { list, via_cname };
+        let name = Name::from(query.name.clone());
+        let ttl = self.policy.ttl;
+        let data = match (self.policy.mode, query.qtype) {
+            (BlockMode::Refused, _) => return Answer::empty(outcome, ResponseCode::Refused),
+            (BlockMode::Null, RecordType::A) => Some(RData::A(A(self.policy.ipv4))),
+            (BlockMode::Null, RecordType::AAAA) => Some(RData::AAAA(AAAA(self.policy.ipv6))),
+            _ => None,
+        };
+        if let Some(data) = data {
+            let mut answer = Answer::empty(outcome, ResponseCode::NoError);
+            answer.answers.push(Record::from_rdata(name, ttl, data));
+            return answer;
+        }
+        // NXDOMAIN, or NODATA for the types `null` has no address for; an
+        // SOA lets clients cache the denial for `ttl` (RFC 2308).
+        let rcode = if self.policy.mode == BlockMode::Nxdomain {
+            ResponseCode::NXDomain
+        } else {
+            ResponseCode::NoError
+        };
+        let mut answer = Answer::empty(outcome, rcode);
+        answer.authorities.push(self.soa(name));
+        answer
+    }
+
+    fn soa(&self, owner: Name) -> Record {
+        let ttl = self.policy.ttl;
+        Record::from_rdata(
+            owner,
+            ttl,
+            RData::SOA(SOA::new(
+                self.soa_mname.clone(),
+                self.soa_rname.clone(),
+                1,
+                3600,
+                600,
+                86_400,
+                ttl,
+            )),
+        )
+    }
+
+    /// The list that blocks a CNAME target of `answer`, if any.
+    fn cname_block(snapshot: &Snapshot, answer: &Answer) -> Option<usize> {
+        answer.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) => snapshot.blocking_list(&LowerName::new(&target.0)),
+            _ => None,
+        })
+    }
+}
+
+impl<N: Resolve> Resolve for Block<N> {
+    async fn resolve(&self, query: &Query<'_>) -> Answer {
+        if !self.policy.enabled {
+            return self.next.resolve(query).await;
+        }
+        // The guard is dropped before awaiting: a reload never waits on a
+        // slow upstream to free the old snapshot.
+        let hit = {
+            let snapshot = self.lists.load();
+            snapshot
+                .blocking_list(query.name)
+                .map(|i| snapshot.lists[i].name.clone())
+        };
+        if let Some(list) = hit {
+            return self.blocked(query, list, false);
+        }
+        let answer = self.next.resolve(query).await;
+        let cloaked = {
+            let snapshot = self.lists.load();
+            Self::cname_block(&snapshot, &answer).map(|i| snapshot.lists[i].name.clone())
+        };
+        match cloaked {
+            Some(list) => self.blocked(query, list, true),
+            None => answer,
+        }
+    }
+}
