@@ -1,0 +1,120 @@
+//! Wiring: configuration in, a running server out.
+//!
+//! [`serve`] is the core: it takes already-bound sockets and a shutdown
+//! token, so tests run it on port 0 and the binary on the configured
+//! addresses. [`run`] binds, installs the signal handlers and calls it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_server::Server;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::lists::{ListStore, Snapshot};
+use crate::metrics::Metrics;
+use crate::resolver::chain;
+use crate::server::{Handler, Listeners};
+
+/// Anything that stops telesink from starting or running.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Binds the configured addresses and serves until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let listeners = Listeners::bind(&config.server.listen, config.http.listen)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_on_signal(shutdown.clone()));
+    serve(config, listeners, shutdown).await
+}
+
+async fn shutdown_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}
+
+/// Serves DNS on `listeners` with `config` until `shutdown` is cancelled,
+/// then finishes the requests in flight and returns.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::new());
+
+    // Lists are parsed on the blocking pool: a million-line file must not
+    // hold up a runtime worker.
+    let blocking = config.blocking.clone();
+    let base = config.base_dir.clone();
+    let snapshot = tokio::task::spawn_blocking(move || Snapshot::build(&blocking, &base)).await??;
+    metrics.observe_lists(&snapshot);
+    metrics
+        .blocking_enabled
+        .set(i64::from(config.blocking.enabled));
+    let summary = format!(
+        "{} lists, {} blocked domains",
+        snapshot.lists.len(),
+        snapshot.blocked_domains()
+    );
+    let lists = Arc::new(ListStore::new(snapshot));
+
+    let chain = chain(&config, lists, metrics.clone());
+    let handler = Handler::new(chain, metrics.clone(), config.server.edns_udp_size);
+    let mut server = Server::new(handler);
+    for udp in listeners.udp {
+        tracing::info!(addr = %udp.local_addr()?, "listening for DNS over UDP");
+        server.register_socket(udp);
+    }
+    for tcp in listeners.tcp {
+        tracing::info!(addr = %tcp.local_addr()?, "listening for DNS over TCP");
+        // 64 KiB: one maximal DNS message per connection write buffer.
+        server.register_listener(tcp, config.server.tcp_timeout, 65_535);
+    }
+    let http = match listeners.http {
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz over HTTP");
+            let state = crate::http::HttpState {
+                metrics: metrics.clone(),
+            };
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                state,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(
+        "telesink {} ready: {summary}, started in {:.0?}",
+        env!("CARGO_PKG_VERSION"),
+        started.elapsed()
+    );
+
+    shutdown.cancelled().await;
+    server.shutdown_gracefully().await?;
+    if let Some(http) = http {
+        http.await??;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `telesink check-config`: load the configuration and every list it names,
+//! and print a one-screen summary or every problem found.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::lists::{ListKind, Snapshot};
+
+/// The summary of a valid configuration, or the problems of an invalid one.
+pub fn check(config: &Config) -> Result<String, String> {
+    let snapshot =
+        Snapshot::build(&config.blocking, &config.base_dir).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let _ = writeln!(out, "config: {} is valid", config.origin);
+    let listen: Vec<String> = config
+        .server
+        .listen
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let _ = writeln!(out, "listen: {} (UDP and TCP)", listen.join(", "));
+    let upstreams: Vec<String> = config
+        .upstream
+        .servers
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let _ = writeln!(
+        out,
+        "upstream: {} (timeout {})",
+        upstreams.join(", "),
+        humantime::format_duration(config.upstream.timeout)
+    );
+    let _ = writeln!(
+        out,
+        "cache: {} entries, ttl {}..{}",
+        config.cache.capacity,
+        humantime::format_duration(config.cache.min_ttl),
+        humantime::format_duration(config.cache.max_ttl)
+    );
+    let _ = writeln!(
+        out,
+        "blocking: {}, mode {}, ttl {}",
+        if config.blocking.enabled { "on" } else { "off" },
+        config.blocking.mode.as_str(),
+        humantime::format_duration(config.blocking.ttl)
+    );
+    for list in &snapshot.lists {
+        let kind = match list.kind {
+            ListKind::Block => "block",
+            ListKind::Allow => "allow",
+        };
+        let _ = write!(
+            out,
+            "  {kind} {:<16} {:>7} domains  {}",
+            list.name, list.domains, list.origin
+        );
+        if list.invalid_lines > 0 {
+            let _ = write!(out, "  ({} invalid lines skipped)", list.invalid_lines);
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "total: {} blocked domains, built in {:.1?}",
+        snapshot.blocked_domains(),
+        snapshot.build_time
+    );
+    match config.http.listen {
+        Some(addr) => {
+            let _ = writeln!(out, "http: http://{addr}/metrics");
+        }
+        None => {
+            let _ = writeln!(out, "http: off");
+        }
+    }
+    Ok(out)
+}

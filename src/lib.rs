@@ -1,0 +1,34 @@
+//! telesink: a DNS sinkhole for home networks.
+//!
+//! Every device on the LAN uses telesink as its DNS server. It forwards
+//! ordinary queries to upstream resolvers through a cache, answers names on
+//! the block lists (phone-vendor telemetry first of all) with a sinkhole
+//! address, and exports Prometheus metrics that show which lists block how
+//! much.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration; strict serde structs, every error
+//!   with file:line:column; the embedded default `config/telesink.toml`.
+//! - [`lists`]: list parsing, the immutable [`lists::Snapshot`] of all
+//!   lists behind one `ArcSwap` ([`lists::ListStore`]), and name matching.
+//! - [`resolver`]: the chain each query flows through, assembled in
+//!   [`resolver::chain`]: access control → blocking → cache → upstream,
+//!   with CNAME targets checked on the way back. Every answer carries a
+//!   typed [`resolver::Outcome`].
+//! - [`server`]: socket binding and the hickory `RequestHandler` that turns
+//!   requests into chain queries and answers into responses.
+//! - [`metrics`]: every Prometheus metric, with bounded labels only.
+//! - [`http`]: `/metrics` and `/healthz`.
+//! - [`app`]: wiring; [`app::serve`] takes bound sockets and a shutdown
+//!   token, so tests run the whole server on port 0.
+//! - [`check`]: `telesink check-config`.
+
+pub mod app;
+pub mod check;
+pub mod config;
+pub mod http;
+pub mod lists;
+pub mod metrics;
+pub mod resolver;
+pub mod server;

@@ -1,0 +1,85 @@
+//! The `telesink` binary: parse arguments, set up logging, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use telesink::config::Config;
+
+/// A DNS sinkhole for home networks.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (default: the embedded config/telesink.toml).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve DNS (the default).
+    Run,
+    /// Validate the configuration and every list it names, then exit.
+    CheckConfig,
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TELESINK_LOG")
+                // hickory-server logs every request at info; keep that off
+                // unless asked for.
+                .unwrap_or_else(|_| "info,hickory_server=warn,hickory_net=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match load(cli.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => match telesink::check::check(&config) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("Error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(telesink::app::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    // Printed once, plainly: the default `Termination` output is a Debug dump.
+                    eprintln!("Error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
