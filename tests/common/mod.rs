@@ -1,0 +1,470 @@
+//! Test harness: a stub upstream DNS server, telesink started in-process on
+//! port 0, and small DNS and HTTP clients. Everything stays on 127.0.0.1.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use telesink::config::Config;
+use telesink::server::Listeners;
+
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+pub fn name(s: &str) -> Name {
+    Name::from_str(s).unwrap()
+}
+
+fn soa(zone: &str, ttl: u32, minimum: u32) -> Record {
+    Record::from_rdata(
+        name(zone),
+        ttl,
+        RData::SOA(SOA::new(
+            name("ns.test."),
+            name("hostmaster.test."),
+            2026113001,
+            3600,
+            600,
+            86400,
+            minimum,
+        )),
+    )
+}
+
+/// What the stub upstream answers, by (lowercase name, type).
+fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>, bool, bool) {
+    let n = q.name().to_lowercase().to_ascii();
+    let t = q.query_type();
+    let rec = |owner: &str, ttl: u32, data: RData| Record::from_rdata(name(owner), ttl, data);
+    let a = |owner: &str, ip: [u8; 4]| rec(owner, 300, RData::A(A(Ipv4Addr::from(ip))));
+    // (rcode, answers, authorities, authentic_data, truncated)
+    let ok = |answers: Vec<Record>| (ResponseCode::NoError, answers, vec![], false, false);
+    match (n.as_str(), t) {
+        ("a.test.", RecordType::A) => ok(vec![a("a.test.", [192, 0, 2, 1])]),
+        ("a.test.", RecordType::AAAA) => ok(vec![rec(
+            "a.test.",
+            300,
+            RData::AAAA(AAAA(Ipv6Addr::from_str("2001:db8::1").unwrap())),
+        )]),
+        ("www.test.", RecordType::A) => ok(vec![
+            rec("www.test.", 300, RData::CNAME(CNAME(name("edge.test.")))),
+            rec("edge.test.", 300, RData::CNAME(CNAME(name("a.test.")))),
+            a("a.test.", [192, 0, 2, 1]),
+        ]),
+        ("mx.test.", RecordType::MX) => ok(vec![rec(
+            "mx.test.",
+            300,
+            RData::MX(MX::new(10, name("mail.test."))),
+        )]),
+        ("txt.test.", RecordType::TXT) => ok(vec![rec(
+            "txt.test.",
+            300,
+            RData::TXT(TXT::new(vec!["v=spf1 -all".into(), "hello world".into()])),
+        )]),
+        ("big.test.", RecordType::A) => ok((1..=40u8)
+            .map(|i| a("big.test.", [198, 51, 100, i]))
+            .collect()),
+        ("ad.test.", RecordType::A) => (
+            ResponseCode::NoError,
+            vec![a("ad.test.", [192, 0, 2, 9])],
+            vec![],
+            true,
+            false,
+        ),
+        ("tc.test.", RecordType::A) if !tcp => (ResponseCode::NoError, vec![], vec![], false, true),
+        ("tc.test.", RecordType::A) => ok(vec![a("tc.test.", [192, 0, 2, 10])]),
+        ("short.test.", RecordType::A) => ok(vec![rec(
+            "short.test.",
+            2,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 11))),
+        )]),
+        ("servfail.test.", _) => (ResponseCode::ServFail, vec![], vec![], false, false),
+        ("cloaked.test.", RecordType::A) => ok(vec![
+            rec(
+                "cloaked.test.",
+                300,
+                RData::CNAME(CNAME(name("collect.tracker.test."))),
+            ),
+            a("collect.tracker.test.", [192, 0, 2, 66]),
+        ]),
+        // Names a blocking test expects telesink to sinkhole: the stub
+        // would resolve them, so a missed block shows as a real address.
+        (other, RecordType::A) if other.ends_with("tracker.test.") => {
+            ok(vec![a(other, [192, 0, 2, 66])])
+        }
+        (other, RecordType::A) if other.ends_with("blocked.test.") => {
+            ok(vec![a(other, [192, 0, 2, 66])])
+        }
+        (_, RecordType::AAAA) if n == "nodata.test." => (
+            ResponseCode::NoError,
+            vec![],
+            vec![soa("test.", 300, 120)],
+            false,
+            false,
+        ),
+        ("nodata.test.", RecordType::A) => ok(vec![a("nodata.test.", [192, 0, 2, 12])]),
+        _ => (
+            ResponseCode::NXDomain,
+            vec![],
+            vec![soa("test.", 300, 120)],
+            false,
+            false,
+        ),
+    }
+}
+
+/// A stub upstream DNS server on 127.0.0.1 (UDP and TCP on the same port).
+pub struct Stub {
+    pub addr: SocketAddr,
+    /// Every question received: (lowercase name, type).
+    log: Arc<Mutex<Vec<(String, RecordType)>>>,
+    token: CancellationToken,
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+impl Stub {
+    /// A stub that answers from the fixed test zone.
+    pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A stub that receives queries and never answers (a dead upstream).
+    pub async fn silent() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(silent: bool) -> Self {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let token = CancellationToken::new();
+        {
+            let log = log.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let (n, from) = tokio::select! {
+                        r = udp.recv_from(&mut buf) => r.unwrap(),
+                        _ = token.cancelled() => return,
+                    };
+                    if let Some(reply) = answer(&buf[..n], false, &log, silent) {
+                        let _ = udp.send_to(&reply, from).await;
+                    }
+                }
+            });
+        }
+        {
+            let log = log.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (mut stream, _) = tokio::select! {
+                        r = tcp.accept() => r.unwrap(),
+                        _ = token.cancelled() => return,
+                    };
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        while let Ok(len) = stream.read_u16().await {
+                            let mut buf = vec![0u8; usize::from(len)];
+                            if stream.read_exact(&mut buf).await.is_err() {
+                                return;
+                            }
+                            if let Some(reply) = answer(&buf, true, &log, silent) {
+                                let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                                framed.extend_from_slice(&reply);
+                                if stream.write_all(&framed).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        Self { addr, log, token }
+    }
+
+    /// How many times the stub was asked for (`name`, `qtype`).
+    pub fn count(&self, qname: &str, qtype: RecordType) -> usize {
+        let qname = qname.to_ascii_lowercase();
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, t)| *n == qname && *t == qtype)
+            .count()
+    }
+
+    /// How many questions the stub received in all.
+    pub fn total(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+}
+
+fn answer(
+    bytes: &[u8],
+    tcp: bool,
+    log: &Mutex<Vec<(String, RecordType)>>,
+    silent: bool,
+) -> Option<Vec<u8>> {
+    let req = Message::from_vec(bytes).ok()?;
+    let q = req.queries.first()?.clone();
+    log.lock()
+        .unwrap()
+        .push((q.name().to_lowercase().to_ascii(), q.query_type()));
+    if silent {
+        return None;
+    }
+    let (rcode, answers, authorities, ad, tc) = zone_answer(&q, tcp);
+    let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.metadata.response_code = rcode;
+    resp.metadata.authentic_data = ad;
+    resp.metadata.truncation = tc;
+    resp.add_query(q);
+    resp.add_answers(answers);
+    resp.add_authorities(authorities);
+    if req.edns.is_some() {
+        resp.set_edns(Edns::new());
+    }
+    resp.to_vec().ok()
+}
+
+/// telesink running in-process on ephemeral ports.
+pub struct Telesink {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub http: SocketAddr,
+    token: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Telesink {
+    /// Starts telesink with `config` (TOML, `{upstream}` replaced by the
+    /// stub's address), relative paths resolving against `dir`.
+    pub async fn start(config: &str, upstreams: &[&Stub], dir: &Path) -> Self {
+        let list: Vec<String> = upstreams
+            .iter()
+            .map(|s| format!("\"{}\"", s.addr))
+            .collect();
+        let text = config.replace("{upstreams}", &list.join(", "));
+        let config = Config::from_toml(&text, "test.toml", dir).unwrap();
+        Self::start_config(config).await
+    }
+
+    pub async fn start_config(config: Config) -> Self {
+        let listeners = Listeners::bind(
+            &["127.0.0.1:0".parse().unwrap()],
+            Some("127.0.0.1:0".parse().unwrap()),
+        )
+        .unwrap();
+        let udp = listeners.udp[0].local_addr().unwrap();
+        let tcp = listeners.tcp[0].local_addr().unwrap();
+        let http = listeners.http.as_ref().unwrap().local_addr().unwrap();
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            telesink::app::serve(config, listeners, t).await.unwrap();
+        });
+        let me = Self {
+            udp,
+            tcp,
+            http,
+            token,
+            handle: Some(handle),
+        };
+        // Ready when /healthz answers (lists are loaded before it listens).
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while http_get(me.http, "/healthz").await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "telesink did not start"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        me
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(DEADLINE, h).await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.http, "/metrics").await.unwrap()
+    }
+}
+
+impl Drop for Telesink {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A query for `qname`/`qtype` with RD set, and EDNS when `edns` is true.
+pub fn request(qname: &str, qtype: RecordType, edns: bool) -> Message {
+    let mut m = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(name(qname), qtype));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+    }
+    m
+}
+
+fn rand_id() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(4242);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Sends raw bytes over UDP from `from` and waits for one reply.
+pub async fn udp_raw_from(
+    from: &str,
+    server: SocketAddr,
+    bytes: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let socket = UdpSocket::bind(from).await?;
+    socket.send_to(bytes, server).await?;
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = tokio::time::timeout(DEADLINE, socket.recv_from(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply"))??;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Sends `msg` over UDP and returns the parsed reply.
+pub async fn udp(server: SocketAddr, msg: &Message) -> Message {
+    udp_from("127.0.0.1:0", server, msg).await
+}
+
+pub async fn udp_from(from: &str, server: SocketAddr, msg: &Message) -> Message {
+    let reply = udp_raw_from(from, server, &msg.to_vec().unwrap())
+        .await
+        .unwrap();
+    let reply = Message::from_vec(&reply).unwrap();
+    assert_eq!(
+        reply.metadata.id, msg.metadata.id,
+        "reply ID echoes the query"
+    );
+    reply
+}
+
+/// Sends `msg` over TCP and returns the parsed reply.
+pub async fn tcp(server: SocketAddr, msg: &Message) -> Message {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let bytes = msg.to_vec().unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    stream.write_all(&framed).await.unwrap();
+    let len = tokio::time::timeout(DEADLINE, stream.read_u16())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+/// `qname`/`qtype` over UDP with EDNS.
+pub async fn ask(server: SocketAddr, qname: &str, qtype: RecordType) -> Message {
+    udp(server, &request(qname, qtype, true)).await
+}
+
+/// The A/AAAA addresses of an answer, as strings.
+pub fn addresses(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A plain HTTP/1.1 GET; returns the body of a 200 response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow HTTP"))??;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(head.to_string()));
+    }
+    Ok(body.to_string())
+}
+
+/// The value of one series in a Prometheus text exposition, 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Polls `check` until it is true or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `files` (name, contents) into a fresh temporary directory.
+pub fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+pub type Counts = HashMap<String, usize>;

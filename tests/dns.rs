@@ -1,0 +1,427 @@
+//! End-to-end DNS behaviour: forwarding, caching, blocking, protocol
+//! details. telesink runs in-process on 127.0.0.1 port 0 in front of a stub
+//! upstream started by the test.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+const BASE: &str = r#"
+[upstream]
+servers = [{upstreams}]
+timeout = "300ms"
+[http]
+listen = "127.0.0.1:0"
+"#;
+
+async fn plain() -> (Stub, Telesink, tempfile::TempDir) {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(BASE, &[&stub], dir.path()).await;
+    (stub, ts, dir)
+}
+
+#[tokio::test]
+async fn forwards_common_types_faithfully() {
+    let (stub, ts, _dir) = plain().await;
+
+    let r = ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&r), ["192.0.2.1"]);
+    assert!(r.metadata.recursion_available, "RA is set");
+    assert!(r.metadata.recursion_desired, "RD is copied");
+    assert!(r.edns.is_some(), "EDNS query gets an EDNS answer");
+    assert_eq!(r.queries.len(), 1, "question is echoed");
+    assert_eq!(r.queries[0].name(), &name("a.test."));
+
+    let r = ask(ts.udp, "a.test.", RecordType::AAAA).await;
+    assert_eq!(addresses(&r), ["2001:db8::1"]);
+
+    let r = ask(ts.udp, "www.test.", RecordType::A).await;
+    let kinds: Vec<_> = r.answers.iter().map(|r| r.record_type()).collect();
+    assert_eq!(
+        kinds,
+        [RecordType::CNAME, RecordType::CNAME, RecordType::A],
+        "CNAME chain kept"
+    );
+    assert_eq!(addresses(&r), ["192.0.2.1"]);
+
+    let r = ask(ts.udp, "mx.test.", RecordType::MX).await;
+    match &r.answers[0].data {
+        RData::MX(mx) => {
+            assert_eq!(mx.preference, 10);
+            assert_eq!(mx.exchange, name("mail.test."));
+        }
+        other => panic!("expected MX, got {other:?}"),
+    }
+
+    let r = ask(ts.udp, "txt.test.", RecordType::TXT).await;
+    match &r.answers[0].data {
+        RData::TXT(txt) => {
+            let strings: Vec<&[u8]> = txt.txt_data.iter().map(|s| &s[..]).collect();
+            assert_eq!(strings, [&b"v=spf1 -all"[..], b"hello world"]);
+        }
+        other => panic!("expected TXT, got {other:?}"),
+    }
+
+    let r = ask(ts.udp, "ad.test.", RecordType::A).await;
+    assert!(r.metadata.authentic_data, "AD flag from upstream is kept");
+    assert_eq!(stub.count("a.test.", RecordType::A), 1);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn negative_answers_pass_through_with_soa_and_are_cached() {
+    let (stub, ts, _dir) = plain().await;
+    for _ in 0..2 {
+        let r = ask(ts.udp, "missing.test.", RecordType::A).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        assert!(r.answers.is_empty());
+        assert!(
+            matches!(r.authorities.first().map(|a| &a.data), Some(RData::SOA(_))),
+            "SOA in authority: {:?}",
+            r.authorities
+        );
+        // RFC 2308: negative TTL is min(SOA TTL 300, SOA minimum 120).
+        assert!(r.authorities[0].ttl <= 120, "ttl {}", r.authorities[0].ttl);
+    }
+    assert_eq!(
+        stub.count("missing.test.", RecordType::A),
+        1,
+        "NXDOMAIN was cached"
+    );
+
+    let r = ask(ts.udp, "nodata.test.", RecordType::AAAA).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.answers.is_empty());
+    assert!(matches!(r.authorities[0].data, RData::SOA(_)));
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn second_query_is_a_cache_hit_with_a_lower_ttl() {
+    let (stub, ts, _dir) = plain().await;
+    let first = ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(first.answers[0].ttl, 300);
+    // Poll (each poll is a cache hit) until the TTL has counted down.
+    let udp = ts.udp;
+    eventually("cached TTL counts down", || async move {
+        let r = ask(udp, "a.test.", RecordType::A).await;
+        assert_eq!(addresses(&r), ["192.0.2.1"]);
+        r.answers[0].ttl < 300
+    })
+    .await;
+    assert_eq!(
+        stub.count("a.test.", RecordType::A),
+        1,
+        "upstream asked once"
+    );
+    // Names differing only in case share the cache entry.
+    let r = ask(ts.udp, "A.TeSt.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.1"]);
+    assert_eq!(stub.count("a.test.", RecordType::A), 1);
+    let m = ts.metrics().await;
+    assert!(metric(&m, "telesink_cache_hits_total") >= 2.0, "{m}");
+    assert_eq!(metric(&m, "telesink_cache_misses_total"), 1.0);
+    assert_eq!(metric(&m, "telesink_cache_entries"), 1.0);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn expired_entries_are_fetched_again() {
+    let (stub, ts, _dir) = plain().await;
+    ask(ts.udp, "short.test.", RecordType::A).await;
+    let udp = ts.udp;
+    let stub_ref = &stub;
+    eventually("entry with a 2 s TTL expires", || async move {
+        ask(udp, "short.test.", RecordType::A).await;
+        stub_ref.count("short.test.", RecordType::A) == 2
+    })
+    .await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_queries_are_answered() {
+    let (_stub, ts, _dir) = plain().await;
+    let r = tcp(ts.tcp, &request("a.test.", RecordType::A, false)).await;
+    assert_eq!(addresses(&r), ["192.0.2.1"]);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn large_answer_is_truncated_for_plain_udp_and_complete_over_tcp() {
+    let (_stub, ts, _dir) = plain().await;
+    let q = request("big.test.", RecordType::A, false);
+    let raw = udp_raw_from("127.0.0.1:0", ts.udp, &q.to_vec().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        raw.len() <= 512,
+        "non-EDNS UDP reply is {} bytes",
+        raw.len()
+    );
+    let r = Message::from_vec(&raw).unwrap();
+    assert!(r.metadata.truncation, "TC set");
+    let r = tcp(ts.tcp, &q).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(addresses(&r).len(), 40);
+    // With EDNS the same answer fits in one UDP reply.
+    let r = ask(ts.udp, "big.test.", RecordType::A).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(addresses(&r).len(), 40);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn truncated_upstream_reply_is_retried_over_tcp() {
+    let (stub, ts, _dir) = plain().await;
+    let r = ask(ts.udp, "tc.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.10"]);
+    assert_eq!(
+        stub.count("tc.test.", RecordType::A),
+        2,
+        "once over UDP, once over TCP"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_timeout_fails_over_to_the_next() {
+    let dead = Stub::silent().await;
+    let live = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(BASE, &[&dead, &live], dir.path()).await;
+    let r = ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.1"]);
+    assert_eq!(dead.count("a.test.", RecordType::A), 1);
+    assert_eq!(live.count("a.test.", RecordType::A), 1);
+    let m = ts.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "telesink_upstream_requests_total{{result=\"timeout\",upstream=\"{}\"}}",
+                dead.addr
+            )
+        ),
+        1.0,
+        "{m}"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn servfail_fails_over_and_all_failing_gives_servfail() {
+    let a = Stub::start().await;
+    let b = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(BASE, &[&a, &b], dir.path()).await;
+    let r = ask(ts.udp, "servfail.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(a.count("servfail.test.", RecordType::A), 1);
+    assert_eq!(b.count("servfail.test.", RecordType::A), 1);
+    let m = ts.metrics().await;
+    assert_eq!(
+        metric(&m, "telesink_queries_total{outcome=\"error\",qtype=\"A\"}"),
+        1.0,
+        "{m}"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn clients_outside_allow_clients_are_refused() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let config = format!("{BASE}\n[server]\nallow_clients = [\"127.0.0.2/32\"]\n");
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    let q = request("a.test.", RecordType::A, true);
+    let r = udp_from("127.0.0.1:0", ts.udp, &q).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    assert!(r.answers.is_empty());
+    let r = udp_from("127.0.0.2:0", ts.udp, &q).await;
+    assert_eq!(addresses(&r), ["192.0.2.1"]);
+    assert_eq!(
+        stub.count("a.test.", RecordType::A),
+        1,
+        "the refused query never left"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_does_not_stop_the_server() {
+    let (_stub, ts, _dir) = plain().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for junk in [
+        &b""[..],
+        b"\x00",
+        b"\x12\x34\x01\x00\x00\x01",
+        b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        &[0xc0u8; 600],
+    ] {
+        socket.send_to(junk, ts.udp).await.unwrap();
+    }
+    // A header that promises a question that is not there: FORMERR.
+    let r = udp_raw_from(
+        "127.0.0.1:0",
+        ts.udp,
+        b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07",
+    )
+    .await
+    .unwrap();
+    assert_eq!(&r[..2], b"\xab\xcd");
+    assert_eq!(r[3] & 0x0f, 1, "FORMERR");
+    // TCP garbage too.
+    let mut stream = tokio::net::TcpStream::connect(ts.tcp).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(b"\x00\x05hello\x00\x00").await.unwrap();
+    drop(stream);
+    let r = ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.1"]);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn rfc_error_codes_for_odd_queries() {
+    let (_stub, ts, _dir) = plain().await;
+    let mut q = request("a.test.", RecordType::A, false);
+    q.metadata.op_code = OpCode::Status;
+    let r = udp(ts.udp, &q).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+
+    let mut q = request("a.test.", RecordType::A, false);
+    q.add_query(hickory_proto::op::Query::query(
+        name("b.test."),
+        RecordType::A,
+    ));
+    let r = udp(ts.udp, &q).await;
+    assert_eq!(
+        r.metadata.response_code,
+        ResponseCode::FormErr,
+        "two questions"
+    );
+
+    let mut q = request("a.test.", RecordType::A, true);
+    q.edns.as_mut().unwrap().set_version(1);
+    let r = udp(ts.udp, &q).await;
+    // BADVERS is 16: 0 in the header plus 1 in the OPT record's high bits
+    // (hickory's parser names the shared value 16 BADSIG).
+    assert_eq!(u16::from(r.metadata.response_code), 16);
+    assert!(r.edns.is_some(), "BADVERS comes with an OPT record");
+
+    let mut q = request("a.test.", RecordType::A, true);
+    q.metadata.checking_disabled = true;
+    let r = udp(ts.udp, &q).await;
+    assert!(r.metadata.checking_disabled, "CD copied");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_move_as_queries_are_answered() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "tracker.test\n")]);
+    let config = format!("{BASE}\n[[blocking.lists]]\nname = \"vendor\"\npath = \"block.txt\"\n");
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    let before = ts.metrics().await;
+    assert_eq!(
+        metric(&before, "telesink_blocklist_domains{list=\"vendor\"}"),
+        1.0,
+        "{before}"
+    );
+    assert_eq!(
+        metric(
+            &before,
+            "telesink_queries_total{outcome=\"forwarded\",qtype=\"A\"}"
+        ),
+        0.0
+    );
+    ask(ts.udp, "a.test.", RecordType::A).await;
+    ask(ts.udp, "a.test.", RecordType::A).await;
+    ask(ts.udp, "x.tracker.test.", RecordType::AAAA).await;
+    let m = ts.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_queries_total{outcome=\"forwarded\",qtype=\"A\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "telesink_queries_total{outcome=\"cached\",qtype=\"A\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_queries_total{outcome=\"blocked\",qtype=\"AAAA\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "telesink_blocked_total{list=\"vendor\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_query_duration_seconds_count{outcome=\"forwarded\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "telesink_upstream_requests_total{{result=\"ok\",upstream=\"{}\"}}",
+                stub.addr
+            )
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "telesink_responses_total{rcode=\"NOERROR\"}"),
+        3.0
+    );
+    assert!(m.contains("telesink_build_info{version="));
+    for line in m.lines().filter(|l| l.starts_with("telesink_")) {
+        assert!(
+            !line.contains("tracker.test") && !line.contains("127.0.0.1:0"),
+            "unbounded label: {line}"
+        );
+    }
+    assert_eq!(http_get(ts.http, "/healthz").await.unwrap(), "ok\n");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn shuts_down_promptly_with_a_slow_upstream_in_flight() {
+    let dead = Stub::silent().await;
+    let dir = dir_with(&[]);
+    let config = BASE.replace("300ms", "2s");
+    let ts = Telesink::start(&config, &[&dead], dir.path()).await;
+    let udp = ts.udp;
+    let pending = tokio::spawn(async move {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket
+            .send_to(
+                &request("a.test.", RecordType::A, true).to_vec().unwrap(),
+                udp,
+            )
+            .await
+            .unwrap();
+    });
+    pending.await.unwrap();
+    let stub = &dead;
+    eventually(
+        "query reached the upstream",
+        || async move { stub.total() == 1 },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), ts.stop())
+        .await
+        .expect("graceful stop");
+}
