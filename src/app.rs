@@ -10,6 +10,7 @@ use std::time::Instant;
 use hickory_server::Server;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::Clients;
 use crate::config::Config;
 use crate::lists::{ListStore, Snapshot};
 use crate::metrics::Metrics;
@@ -78,8 +79,14 @@ pub async fn serve(
     );
     let lists = Arc::new(ListStore::new(snapshot));
 
+    let clients = Arc::new(Clients::new(&config.clients, &config.metrics));
+    tokio::spawn(
+        clients
+            .clone()
+            .refresh_task(config.metrics.neighbour_refresh, shutdown.clone()),
+    );
     let chain = chain(&config, lists, metrics.clone());
-    let handler = Handler::new(chain, metrics.clone(), config.server.edns_udp_size);
+    let handler = Handler::new(chain, metrics.clone(), clients, config.server.edns_udp_size);
     let mut server = Server::new(handler);
     for udp in listeners.udp {
         tracing::info!(addr = %udp.local_addr()?, "listening for DNS over UDP");

@@ -65,6 +65,10 @@ pub struct Config {
     pub blocking: BlockingConfig,
     /// The HTTP listener for `/metrics` and `/healthz`.
     pub http: HttpConfig,
+    /// How clients appear in metrics.
+    pub metrics: MetricsConfig,
+    /// Named devices (`[[clients]]`), the `client` label of metrics.
+    pub clients: Vec<ClientConfig>,
     /// Directory that relative paths in this file resolve against (the
     /// file's own directory; the current directory for the embedded default).
     #[serde(skip)]
@@ -333,6 +337,73 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[metrics]`: how clients are labelled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// What unnamed clients are called in the `client` label: `"name"`
+    /// counts them all as `unknown`; `"ip"` uses their address, for the
+    /// first `max_clients` addresses only (then `other`), so the number of
+    /// series stays bounded.
+    pub client_label: ClientLabel,
+    /// Cap on distinct address labels with `client_label = "ip"`.
+    pub max_clients: usize,
+    /// How often MAC addresses of `[[clients]]` are re-resolved to IP
+    /// addresses from the kernel's neighbour tables.
+    #[serde(with = "humantime_serde")]
+    pub neighbour_refresh: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            client_label: ClientLabel::Name,
+            max_clients: 64,
+            neighbour_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+/// See [`MetricsConfig::client_label`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientLabel {
+    /// Unnamed clients are `unknown`.
+    #[default]
+    Name,
+    /// Unnamed clients are labelled by address, capped.
+    Ip,
+}
+
+/// One `[[clients]]` entry: a named device.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The device's name, used as the `client` label (`"phone-anna"`).
+    pub name: String,
+    /// Addresses or networks of the device (`"192.168.1.23"`, `"fd00::/64"`).
+    #[serde(default, deserialize_with = "nets")]
+    pub ips: Vec<IpNet>,
+    /// MAC addresses of the device (`"aa:bb:cc:dd:ee:ff"`), resolved to its
+    /// current addresses from the neighbour tables. Phones use a private
+    /// MAC per network: use the one shown in the phone's Wi-Fi details.
+    #[serde(default)]
+    pub macs: Vec<String>,
+}
+
+/// Accepts bare addresses as single-host networks.
+fn nets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("invalid address or network {s:?}")))
+        })
+        .collect()
+}
+
 fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let s = String::deserialize(d)?;
     if s.is_empty() {
@@ -422,6 +493,54 @@ impl Config {
         if self.cache.min_ttl > self.cache.max_ttl {
             return Err(invalid("[cache] min_ttl is greater than max_ttl".into()));
         }
+        let label_ok = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        let mut devices = std::collections::HashSet::new();
+        for client in &self.clients {
+            let here = Some(client.name.as_str());
+            if !label_ok(&client.name)
+                || client.name == crate::clients::UNKNOWN
+                || client.name == crate::clients::OTHER
+            {
+                return Err(fail(
+                    here,
+                    format!(
+                        "[[clients]] name {:?}: use up to 64 letters, digits, '-', '_' or '.'; \"unknown\" and \"other\" are reserved",
+                        client.name
+                    ),
+                ));
+            }
+            if !devices.insert(client.name.as_str()) {
+                return Err(fail(
+                    here,
+                    format!("[[clients]] name {:?} is used twice", client.name),
+                ));
+            }
+            if client.ips.is_empty() && client.macs.is_empty() {
+                return Err(fail(
+                    here,
+                    format!("[[clients]] {:?}: give `ips` or `macs`", client.name),
+                ));
+            }
+            if let Some(bad) = client
+                .macs
+                .iter()
+                .find(|m| crate::clients::normalize_mac(m).is_none())
+            {
+                return Err(fail(
+                    Some(bad.as_str()),
+                    format!(
+                        "[[clients]] {:?}: invalid MAC address {bad:?} (expected aa:bb:cc:dd:ee:ff)",
+                        client.name
+                    ),
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (table, lists) in [
             ("blocking.lists", &self.blocking.lists),
@@ -429,12 +548,7 @@ impl Config {
         ] {
             for list in lists {
                 let here = Some(list.name.as_str());
-                if list.name.is_empty()
-                    || !list
-                        .name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                {
+                if !label_ok(&list.name) {
                     return Err(fail(
                         here,
                         format!(

@@ -18,6 +18,8 @@
 //!   typed [`resolver::Outcome`].
 //! - [`server`]: socket binding and the hickory `RequestHandler` that turns
 //!   requests into chain queries and answers into responses.
+//! - [`clients`]: named devices (`[[clients]]` by address, network or MAC),
+//!   the `client` label of per-device metrics.
 //! - [`metrics`]: every Prometheus metric, with bounded labels only.
 //! - [`http`]: `/metrics` and `/healthz`.
 //! - [`app`]: wiring; [`app::serve`] takes bound sockets and a shutdown
@@ -26,6 +28,7 @@
 
 pub mod app;
 pub mod check;
+pub mod clients;
 pub mod config;
 pub mod http;
 pub mod lists;

@@ -6,7 +6,7 @@
 //! bounded however many names a household looks up.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -48,6 +48,20 @@ pub struct Metrics {
     pub blocklist_build_seconds: Histogram,
     /// `telesink_blocking_enabled`
     pub blocking_enabled: IntGauge,
+    /// `telesink_client_queries_total{client,outcome}`
+    pub client_queries: IntCounterVec,
+    /// `telesink_client_blocked_total{client,list}`
+    pub client_blocked: IntCounterVec,
+    /// `telesink_client_last_query_timestamp_seconds{client}`
+    pub client_last_query: GaugeVec,
+    /// `telesink_config_reloads_total{result}`
+    pub config_reloads: IntCounterVec,
+    /// `telesink_blocklist_reloads_total{list,result}`
+    pub blocklist_reloads: IntCounterVec,
+    /// `telesink_blocklist_last_success_timestamp_seconds{list}`
+    pub blocklist_last_success: GaugeVec,
+    /// `telesink_blocklist_refresh_seconds{list}`
+    pub blocklist_refresh: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -138,6 +152,60 @@ impl Metrics {
                 "telesink_blocking_enabled",
                 "1 when blocking is on, 0 when it is turned off.",
             ),
+            client_queries: counter_vec(
+                r,
+                "telesink_client_queries_total",
+                "Queries per configured device (unknown for unnamed clients), by outcome.",
+                &["client", "outcome"],
+            ),
+            client_blocked: counter_vec(
+                r,
+                "telesink_client_blocked_total",
+                "Blocked queries per configured device and list.",
+                &["client", "list"],
+            ),
+            client_last_query: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "telesink_client_last_query_timestamp_seconds",
+                        "Unix time of the last query from each configured device; a phone that falls silent may have switched to its own DNS.",
+                    ),
+                    &["client"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            config_reloads: counter_vec(
+                r,
+                "telesink_config_reloads_total",
+                "Configuration reloads, by result (success, failure).",
+                &["result"],
+            ),
+            blocklist_reloads: counter_vec(
+                r,
+                "telesink_blocklist_reloads_total",
+                "List loads, by list and result (success, failure).",
+                &["list", "result"],
+            ),
+            blocklist_last_success: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "telesink_blocklist_last_success_timestamp_seconds",
+                        "Unix time each list was last loaded successfully.",
+                    ),
+                    &["list"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            blocklist_refresh: gauge_vec(
+                r,
+                "telesink_blocklist_refresh_seconds",
+                "Configured refresh period of each downloaded list; 0 for local and builtin lists.",
+                &["list"],
+            ),
             registry,
         };
         let build_info = gauge_vec(
@@ -184,6 +252,21 @@ impl Metrics {
         }
     }
 
+    /// Counts one query for the device labelled `client`.
+    pub fn observe_client(&self, client: &str, outcome: &Outcome) {
+        self.client_queries
+            .with_label_values(&[client, outcome.label()])
+            .inc();
+        if let Outcome::Blocked { list, .. } = outcome {
+            self.client_blocked
+                .with_label_values(&[client, &**list])
+                .inc();
+        }
+        self.client_last_query
+            .with_label_values(&[client])
+            .set(unix_now());
+    }
+
     /// Publishes the sizes of a freshly built list snapshot.
     pub fn observe_lists(&self, snapshot: &crate::lists::Snapshot) {
         self.blocklist_domains.reset();
@@ -214,6 +297,13 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A bounded label for a query type: the common types by name, the rest `other`.

@@ -19,6 +19,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::clients::Clients;
 use crate::metrics::Metrics;
 use crate::resolver::{Query, Resolve};
 
@@ -26,16 +27,19 @@ use crate::resolver::{Query, Resolve};
 pub struct Handler<R> {
     chain: R,
     metrics: Arc<Metrics>,
+    /// Names the device behind a client address, for per-device metrics.
+    clients: Arc<Clients>,
     /// The largest UDP payload telesink advertises and sends.
     edns_udp_size: u16,
 }
 
 impl<R: Resolve> Handler<R> {
     /// A handler answering through `chain`.
-    pub fn new(chain: R, metrics: Arc<Metrics>, edns_udp_size: u16) -> Self {
+    pub fn new(chain: R, metrics: Arc<Metrics>, clients: Arc<Clients>, edns_udp_size: u16) -> Self {
         Self {
             chain,
             metrics,
+            clients,
             edns_udp_size: edns_udp_size.max(512),
         }
     }
@@ -139,6 +143,8 @@ impl<R: Resolve> RequestHandler for Handler<R> {
             answer.rcode,
             started.elapsed(),
         );
+        let client = self.clients.label(query.client);
+        self.metrics.observe_client(&client, &answer.outcome);
         info
     }
 }

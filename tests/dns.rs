@@ -425,3 +425,86 @@ async fn shuts_down_promptly_with_a_slow_upstream_in_flight() {
         .await
         .expect("graceful stop");
 }
+
+#[tokio::test]
+async fn per_device_metrics_use_configured_names() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "tracker.test\n")]);
+    let config = format!(
+        "{BASE}\n[[blocking.lists]]\nname = \"xiaomi\"\npath = \"block.txt\"\n\
+         [[clients]]\nname = \"phone\"\nips = [\"127.0.0.2\"]\n\
+         [[clients]]\nname = \"tv\"\nips = [\"127.0.0.3/32\"]\n"
+    );
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    udp_from(
+        "127.0.0.2:0",
+        ts.udp,
+        &request("x.tracker.test.", RecordType::A, true),
+    )
+    .await;
+    udp_from(
+        "127.0.0.2:0",
+        ts.udp,
+        &request("a.test.", RecordType::A, true),
+    )
+    .await;
+    udp_from(
+        "127.0.0.3:0",
+        ts.udp,
+        &request("a.test.", RecordType::A, true),
+    )
+    .await;
+    udp_from(
+        "127.0.0.1:0",
+        ts.udp,
+        &request("a.test.", RecordType::A, true),
+    )
+    .await;
+    let m = ts.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_client_queries_total{client=\"phone\",outcome=\"blocked\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_client_queries_total{client=\"phone\",outcome=\"forwarded\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_client_queries_total{client=\"tv\",outcome=\"cached\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_client_queries_total{client=\"unknown\",outcome=\"cached\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_client_blocked_total{client=\"phone\",list=\"xiaomi\"}"
+        ),
+        1.0
+    );
+    let last = metric(
+        &m,
+        "telesink_client_last_query_timestamp_seconds{client=\"tv\"}",
+    );
+    assert!(
+        (last - telesink::metrics::unix_now()).abs() < 60.0,
+        "{last}"
+    );
+    assert!(!m.contains("127.0.0.2"), "no client addresses in labels");
+    ts.stop().await;
+}
