@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clients::Clients;
 use crate::config::Config;
-use crate::lists::{ListStore, Snapshot};
+use crate::lists::ListStore;
 use crate::metrics::Metrics;
 use crate::resolver::chain;
 use crate::server::{Handler, Listeners};
@@ -65,9 +65,9 @@ pub async fn serve(
 
     // Lists are parsed on the blocking pool: a million-line file must not
     // hold up a runtime worker.
-    let blocking = config.blocking.clone();
-    let base = config.base_dir.clone();
-    let snapshot = tokio::task::spawn_blocking(move || Snapshot::build(&blocking, &base)).await??;
+    let for_build = config.clone();
+    let snapshot =
+        tokio::task::spawn_blocking(move || crate::lists::build(&for_build, None)).await?;
     metrics.observe_lists(&snapshot);
     metrics
         .blocking_enabled

@@ -4,12 +4,23 @@
 use std::fmt::Write as _;
 
 use crate::config::Config;
-use crate::lists::{ListKind, Snapshot};
+use crate::lists::ListKind;
 
 /// The summary of a valid configuration, or the problems of an invalid one.
 pub fn check(config: &Config) -> Result<String, String> {
-    let snapshot =
-        Snapshot::build(&config.blocking, &config.base_dir).map_err(|e| e.to_string())?;
+    let snapshot = crate::lists::build(config, None);
+    let problems: Vec<String> = snapshot
+        .lists
+        .iter()
+        .filter_map(|l| {
+            l.error
+                .as_ref()
+                .map(|e| format!("list {:?}: {}: {e}", &*l.name, l.origin))
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
     let mut out = String::new();
     let _ = writeln!(out, "config: {} is valid", config.origin);
     let listen: Vec<String> = config
@@ -55,8 +66,21 @@ pub fn check(config: &Config) -> Result<String, String> {
             "  {kind} {:<16} {:>7} domains  {}",
             list.name, list.domains, list.origin
         );
+        if list.regexes > 0 {
+            let _ = write!(out, "  (+{} regex)", list.regexes);
+        }
         if list.invalid_lines > 0 {
             let _ = write!(out, "  ({} invalid lines skipped)", list.invalid_lines);
+        }
+        if list.unsupported_lines > 0 {
+            let _ = write!(
+                out,
+                "  ({} unsupported rules skipped)",
+                list.unsupported_lines
+            );
+        }
+        if list.loaded_at.is_none() {
+            let _ = write!(out, "  (not downloaded yet)");
         }
         out.push('\n');
     }

@@ -266,6 +266,54 @@ pub struct BlockingConfig {
     /// Allow lists: a listed domain and its subdomains are never blocked,
     /// even when a parent domain is on a block list.
     pub allow: Vec<ListConfig>,
+    /// Check the CNAME targets in upstream answers against the lists too,
+    /// so a tracker hidden behind a first-party alias is still blocked.
+    pub cname_check: bool,
+    /// Regular expressions kept per list; more are skipped with a warning
+    /// (each costs matching time on every query).
+    pub max_regex_per_list: usize,
+    /// Where downloaded (`url`) lists are kept, so a reboot without
+    /// internet still blocks. Default: `$STATE_DIRECTORY` (set by systemd),
+    /// else `$XDG_CACHE_HOME/telesink`, else `~/.cache/telesink`.
+    pub cache_dir: Option<PathBuf>,
+    /// How long one list download may take.
+    #[serde(with = "humantime_serde")]
+    pub download_timeout: Duration,
+    /// Largest list download accepted, in bytes; a larger one fails and
+    /// the previous copy stays in use.
+    pub download_max_bytes: u64,
+}
+
+impl BlockingConfig {
+    /// The directory for downloaded lists, resolved as documented on
+    /// [`BlockingConfig::cache_dir`], relative to `base_dir`.
+    pub fn cache_dir(&self, base_dir: &Path) -> PathBuf {
+        if let Some(dir) = &self.cache_dir {
+            return base_dir.join(dir);
+        }
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(state) = env("STATE_DIRECTORY") {
+            // systemd may pass several, separated by ':'; the first is ours.
+            let first = state
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            return PathBuf::from(first);
+        }
+        if let Some(cache) = env("XDG_CACHE_HOME") {
+            return cache.join("telesink");
+        }
+        if let Some(home) = env("HOME") {
+            return home.join(".cache").join("telesink");
+        }
+        PathBuf::from("/var/cache/telesink")
+    }
 }
 
 impl Default for BlockingConfig {
@@ -278,6 +326,11 @@ impl Default for BlockingConfig {
             sinkhole_ipv6: Ipv6Addr::UNSPECIFIED,
             lists: Vec::new(),
             allow: Vec::new(),
+            cname_check: true,
+            max_regex_per_list: 1000,
+            cache_dir: None,
+            download_timeout: Duration::from_secs(60),
+            download_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -295,7 +348,17 @@ pub struct ListConfig {
     /// A list compiled into telesink: `builtin:NAME` (see `blocklists/`).
     #[serde(default)]
     pub source: Option<String>,
+    /// A list downloaded over HTTP(S), kept in `cache_dir` between runs.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How often a `url` list is downloaded again (conditional GET, so an
+    /// unchanged list costs one small request).
+    #[serde(default, with = "humantime_serde")]
+    pub refresh: Option<Duration>,
 }
+
+/// How often `url` lists are refreshed unless `refresh` says otherwise.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// Where a list's text comes from, once the config has been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,17 +367,30 @@ pub enum ListSource {
     File(PathBuf),
     /// A list compiled into the binary, by name.
     Builtin(String),
+    /// A list downloaded from this URL.
+    Url(String),
+}
+
+impl std::fmt::Display for ListSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Builtin(n) => write!(f, "builtin:{n}"),
+            Self::Url(u) => f.write_str(u),
+        }
+    }
 }
 
 impl ListConfig {
     /// The single source of this list; `validate` guarantees there is one.
     pub fn resolved_source(&self, base_dir: &Path) -> ListSource {
-        match (&self.path, &self.source) {
-            (Some(p), _) => ListSource::File(base_dir.join(p)),
-            (None, Some(s)) => {
+        match (&self.path, &self.source, &self.url) {
+            (Some(p), _, _) => ListSource::File(base_dir.join(p)),
+            (None, Some(s), _) => {
                 ListSource::Builtin(s.strip_prefix("builtin:").unwrap_or(s.as_str()).to_string())
             }
-            (None, None) => unreachable!("validated: every list has a source"),
+            (None, None, Some(u)) => ListSource::Url(u.clone()),
+            (None, None, None) => unreachable!("validated: every list has a source"),
         }
     }
 }
@@ -566,40 +642,75 @@ impl Config {
                         ),
                     ));
                 }
-                match (&list.path, &list.source) {
-                    (Some(_), Some(_)) | (None, None) => {
+                let sources = [
+                    list.path.is_some(),
+                    list.source.is_some(),
+                    list.url.is_some(),
+                ];
+                if sources.iter().filter(|s| **s).count() != 1 {
+                    return Err(fail(
+                        here,
+                        format!(
+                            "[[{table}]] {:?}: give exactly one of `path`, `source` or `url`",
+                            list.name
+                        ),
+                    ));
+                }
+                if list.refresh.is_some() && list.url.is_none() {
+                    return Err(fail(
+                        here,
+                        format!(
+                            "[[{table}]] {:?}: `refresh` applies to `url` lists only (local files are watched)",
+                            list.name
+                        ),
+                    ));
+                }
+                if list.refresh.is_some_and(|r| r < Duration::from_secs(60)) {
+                    return Err(fail(
+                        here,
+                        format!("[[{table}]] {:?}: `refresh` must be at least 1m", list.name),
+                    ));
+                }
+                if let Some(url) = &list.url {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
                         return Err(fail(
-                            here,
+                            Some(url.as_str()),
                             format!(
-                                "[[{table}]] {:?}: give exactly one of `path` or `source`",
+                                "[[{table}]] {:?}: url {url:?} must start with http:// or https://",
                                 list.name
                             ),
                         ));
                     }
-                    (None, Some(s)) => {
-                        let Some(name) = s.strip_prefix("builtin:") else {
-                            return Err(fail(
-                                here,
-                                format!(
-                                    "[[{table}]] {:?}: source {s:?} is not supported; use \"builtin:NAME\" or `path`",
-                                    list.name
-                                ),
-                            ));
-                        };
-                        if crate::lists::builtin(name).is_none() {
-                            return Err(fail(
-                                here,
-                                format!(
-                                    "[[{table}]] {:?}: no builtin list {name:?}; builtin lists are: {}",
-                                    list.name,
-                                    crate::lists::builtin_names().collect::<Vec<_>>().join(", ")
-                                ),
-                            ));
-                        }
+                }
+                if let Some(s) = &list.source {
+                    let Some(name) = s.strip_prefix("builtin:") else {
+                        return Err(fail(
+                            here,
+                            format!(
+                                "[[{table}]] {:?}: source {s:?} is not supported; use \"builtin:NAME\", `path` or `url`",
+                                list.name
+                            ),
+                        ));
+                    };
+                    if crate::lists::builtin(name).is_none() {
+                        return Err(fail(
+                            here,
+                            format!(
+                                "[[{table}]] {:?}: no builtin list {name:?}; builtin lists are: {}",
+                                list.name,
+                                crate::lists::builtin_names().collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
                     }
-                    (Some(_), None) => {}
                 }
             }
+        }
+        let total = self.blocking.lists.len() + self.blocking.allow.len();
+        if total > crate::lists::MAX_LISTS {
+            return Err(invalid(format!(
+                "{total} lists configured; at most {} block and allow lists together are supported (merge some files)",
+                crate::lists::MAX_LISTS
+            )));
         }
         Ok(())
     }
@@ -671,7 +782,10 @@ mod tests {
         let err = Config::from_toml("[[blocking.lists]]\nname = \"a\"\n", "x", Path::new("."))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("exactly one of `path` or `source`"), "{err}");
+        assert!(
+            err.contains("exactly one of `path`, `source` or `url`"),
+            "{err}"
+        );
         let err = Config::from_toml(
             "[[blocking.lists]]\nname = \"a\"\nsource = \"builtin:nope\"\n",
             "x",

@@ -12,11 +12,14 @@ use super::{Answer, Outcome, Query, Resolve};
 use crate::config::{BlockMode, BlockingConfig};
 use crate::lists::{ListStore, Snapshot};
 
-/// How blocked names are answered; fixed at startup from `[blocking]`.
+/// How blocked names are answered, from `[blocking]`. It is part of the
+/// list snapshot, so a reload changes lists and policy together.
 #[derive(Debug, Clone)]
 pub struct BlockPolicy {
     /// Whether blocking is on at all.
     pub enabled: bool,
+    /// Whether CNAME targets in answers are checked too.
+    pub cname_check: bool,
     /// The kind of answer.
     pub mode: BlockMode,
     /// TTL of blocked answers, in seconds.
@@ -32,6 +35,7 @@ impl BlockPolicy {
     pub fn from_config(c: &BlockingConfig) -> Self {
         Self {
             enabled: c.enabled,
+            cname_check: c.cname_check,
             mode: c.mode,
             ttl: u32::try_from(c.ttl.as_secs()).unwrap_or(u32::MAX),
             ipv4: c.sinkhole_ipv4,
@@ -40,9 +44,14 @@ impl BlockPolicy {
     }
 }
 
+impl Default for BlockPolicy {
+    fn default() -> Self {
+        Self::from_config(&BlockingConfig::default())
+    }
+}
+
 /// Answers blocked names itself and passes the rest on.
 pub struct Block<N> {
-    policy: BlockPolicy,
     lists: Arc<ListStore>,
     /// The SOA owner and server name of synthesized negative answers.
     soa_mname: Name,
@@ -52,17 +61,14 @@ pub struct Block<N> {
 
 impl<N> std::fmt::Debug for Block<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block")
-            .field("policy", &self.policy)
-            .finish()
+        f.debug_struct("Block").finish_non_exhaustive()
     }
 }
 
 impl<N: Resolve> Block<N> {
-    /// Blocks by `lists` as `policy` says, then asks `next`.
-    pub fn new(policy: BlockPolicy, lists: Arc<ListStore>, next: N) -> Self {
+    /// Blocks by `lists` as their snapshot's policy says, then asks `next`.
+    pub fn new(lists: Arc<ListStore>, next: N) -> Self {
         Self {
-            policy,
             lists,
             soa_mname: Name::from_ascii("telesink.").expect("valid name"),
             soa_rname: Name::from_ascii("hostmaster.telesink.").expect("valid name"),
@@ -71,14 +77,20 @@ impl<N: Resolve> Block<N> {
     }
 
     /// The sinkhole answer for `query`, blocked by `list`.
-    fn blocked(&self, query: &Query<'_>, list: Arc<str>, via_cname: bool) -> Answer {
+    fn blocked(
+        &self,
+        policy: &BlockPolicy,
+        query: &Query<'_>,
+        list: Arc<str>,
+        via_cname: bool,
+    ) -> Answer {
         let outcome = Outcome::Blocked { list, via_cname };
         let name = Name::from(query.name.clone());
-        let ttl = self.policy.ttl;
-        let data = match (self.policy.mode, query.qtype) {
+        let ttl = policy.ttl;
+        let data = match (policy.mode, query.qtype) {
             (BlockMode::Refused, _) => return Answer::empty(outcome, ResponseCode::Refused),
-            (BlockMode::Null, RecordType::A) => Some(RData::A(A(self.policy.ipv4))),
-            (BlockMode::Null, RecordType::AAAA) => Some(RData::AAAA(AAAA(self.policy.ipv6))),
+            (BlockMode::Null, RecordType::A) => Some(RData::A(A(policy.ipv4))),
+            (BlockMode::Null, RecordType::AAAA) => Some(RData::AAAA(AAAA(policy.ipv6))),
             _ => None,
         };
         if let Some(data) = data {
@@ -88,18 +100,17 @@ impl<N: Resolve> Block<N> {
         }
         // NXDOMAIN, or NODATA for the types `null` has no address for; an
         // SOA lets clients cache the denial for `ttl` (RFC 2308).
-        let rcode = if self.policy.mode == BlockMode::Nxdomain {
+        let rcode = if policy.mode == BlockMode::Nxdomain {
             ResponseCode::NXDomain
         } else {
             ResponseCode::NoError
         };
         let mut answer = Answer::empty(outcome, rcode);
-        answer.authorities.push(self.soa(name));
+        answer.authorities.push(self.soa(name, ttl));
         answer
     }
 
-    fn soa(&self, owner: Name) -> Record {
-        let ttl = self.policy.ttl;
+    fn soa(&self, owner: Name, ttl: u32) -> Record {
         Record::from_rdata(
             owner,
             ttl,
@@ -126,27 +137,33 @@ impl<N: Resolve> Block<N> {
 
 impl<N: Resolve> Resolve for Block<N> {
     async fn resolve(&self, query: &Query<'_>) -> Answer {
-        if !self.policy.enabled {
-            return self.next.resolve(query).await;
-        }
         // The guard is dropped before awaiting: a reload never waits on a
         // slow upstream to free the old snapshot.
         let hit = {
             let snapshot = self.lists.load();
-            snapshot
-                .blocking_list(query.name)
-                .map(|i| snapshot.lists[i].name.clone())
+            if !snapshot.policy.enabled {
+                None
+            } else {
+                snapshot
+                    .blocking_list(query.name)
+                    .map(|i| (snapshot.policy.clone(), snapshot.lists[i].name.clone()))
+            }
         };
-        if let Some(list) = hit {
-            return self.blocked(query, list, false);
+        if let Some((policy, list)) = hit {
+            return self.blocked(&policy, query, list, false);
         }
         let answer = self.next.resolve(query).await;
         let cloaked = {
             let snapshot = self.lists.load();
-            Self::cname_block(&snapshot, &answer).map(|i| snapshot.lists[i].name.clone())
+            if snapshot.policy.enabled && snapshot.policy.cname_check {
+                Self::cname_block(&snapshot, &answer)
+                    .map(|i| (snapshot.policy.clone(), snapshot.lists[i].name.clone()))
+            } else {
+                None
+            }
         };
         match cloaked {
-            Some(list) => self.blocked(query, list, true),
+            Some((policy, list)) => self.blocked(&policy, query, list, true),
             None => answer,
         }
     }

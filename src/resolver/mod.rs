@@ -128,7 +128,7 @@ pub fn chain(config: &Config, lists: Arc<ListStore>, metrics: Arc<Metrics>) -> i
     // Block sits above Cache so a list change applies at once even to names
     // whose answers are cached, and it checks the CNAME targets of answers
     // on their way back from Cache/Forward (CNAME cloaking).
-    let block = Block::new(BlockPolicy::from_config(&config.blocking), lists, cache);
+    let block = Block::new(lists, cache);
     // Access control is first: a client outside `allow_clients` learns
     // nothing, not even whether a name is blocked, and costs no lookup.
     Access::new(config.server.allow_clients.clone(), block)

@@ -1,0 +1,729 @@
+//! The immutable snapshot of every list, and matching against it.
+
+use std::borrow::Cow;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hashbrown::DefaultHashBuilder;
+use hickory_proto::rr::LowerName;
+use regex::RegexSet;
+
+use super::parse::{Action, Pattern, Rule, Skip, parse_line};
+use super::set::{DomainSet, MAX_LISTS};
+use crate::config::ListSource;
+use crate::resolver::BlockPolicy;
+
+/// How many invalid lines of one list are logged with their location; the
+/// rest are only counted, so a broken 100k-line file cannot flood the log.
+const LOGGED_INVALID_LINES: usize = 5;
+
+/// Whether a list blocks or allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    /// `[[blocking.lists]]`: its plain rules block; `@@` rules in it allow.
+    Block,
+    /// `[[blocking.allow]]`: every rule in it allows.
+    Allow,
+}
+
+impl ListKind {
+    /// `block` or `allow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+/// What is known about one loaded list.
+#[derive(Debug, Clone)]
+pub struct ListMeta {
+    /// The configured name, used as the `list` metrics label.
+    pub name: Arc<str>,
+    /// Block or allow.
+    pub kind: ListKind,
+    /// Where the text comes from.
+    pub source: ListSource,
+    /// Where the text was read from, for messages (`builtin:xiaomi
+    /// (blocklists/xiaomi.txt)`, a path, or a URL and its cached copy).
+    pub origin: String,
+    /// Distinct domain and wildcard rules.
+    pub domains: usize,
+    /// Regular expression rules.
+    pub regexes: usize,
+    /// Lines that were no rule in any supported format.
+    pub invalid_lines: usize,
+    /// Valid rules DNS cannot honour (adblock modifiers, cosmetic rules).
+    pub unsupported_lines: usize,
+    /// When the text now in use was loaded; `None` if it never was.
+    pub loaded_at: Option<SystemTime>,
+    /// Why the latest load failed, if it did (the previous text then
+    /// stays in use).
+    pub error: Option<String>,
+}
+
+/// The text of one list for a build, or why it could not be read.
+#[derive(Debug)]
+pub struct ListInput {
+    /// Configured name.
+    pub name: String,
+    /// Block or allow.
+    pub kind: ListKind,
+    /// Where it comes from.
+    pub source: ListSource,
+    /// For messages.
+    pub origin: String,
+    /// The text, or why reading it failed (then the previous snapshot's
+    /// entries of the list are kept).
+    pub text: Result<Cow<'static, str>, String>,
+    /// When the text was obtained.
+    pub loaded_at: Option<SystemTime>,
+}
+
+/// One list's regular expressions, compiled into one automaton.
+#[derive(Debug, Clone)]
+struct ListRegexes {
+    list: usize,
+    action: Action,
+    patterns: Vec<String>,
+    set: RegexSet,
+}
+
+/// A line that could not be used, with where it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// The line as written (trimmed).
+    pub text: String,
+    /// Why it was skipped.
+    pub skip: Skip,
+}
+
+/// The rule that decided a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchedRule {
+    /// A domain rule (the name or a parent).
+    Domain(String),
+    /// A `*.` rule.
+    Subdomains(String),
+    /// A regular expression.
+    Regex(String),
+}
+
+impl std::fmt::Display for MatchedRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Domain(d) => f.write_str(d),
+            Self::Subdomains(d) => write!(f, "*.{d}"),
+            Self::Regex(r) => write!(f, "/{r}/"),
+        }
+    }
+}
+
+/// Why a name is or is not blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No rule mentions the name or a parent.
+    NotListed,
+    /// A block rule matched and no allow rule applies.
+    Blocked {
+        /// Index into [`Snapshot::lists`].
+        list: usize,
+        /// The rule.
+        rule: MatchedRule,
+    },
+    /// An allow rule matched; it beats any block rule.
+    Allowed {
+        /// Index into [`Snapshot::lists`].
+        list: usize,
+        /// The rule.
+        rule: MatchedRule,
+        /// The block rule it overrode, if any.
+        overrode: Option<(usize, MatchedRule)>,
+    },
+}
+
+/// Every list as it was at one moment: immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    hasher: DefaultHashBuilder,
+    deny: DomainSet,
+    deny_sub: DomainSet,
+    allow: DomainSet,
+    allow_sub: DomainSet,
+    regexes: Vec<ListRegexes>,
+    /// Every configured list, block lists first, in config order.
+    pub lists: Vec<ListMeta>,
+    /// How blocked names are answered.
+    pub policy: BlockPolicy,
+    /// How long the build took.
+    pub build_time: Duration,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        let hasher = DefaultHashBuilder::default();
+        Self {
+            deny: DomainSet::with_hasher(hasher.clone()),
+            deny_sub: DomainSet::with_hasher(hasher.clone()),
+            allow: DomainSet::with_hasher(hasher.clone()),
+            allow_sub: DomainSet::with_hasher(hasher.clone()),
+            hasher,
+            regexes: Vec::new(),
+            lists: Vec::new(),
+            policy: BlockPolicy::default(),
+            build_time: Duration::ZERO,
+        }
+    }
+}
+
+/// Limits that keep one list from costing too much.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildLimits {
+    /// Regular expressions kept per list; the rest are skipped with a warning.
+    pub max_regex_per_list: usize,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        Self {
+            max_regex_per_list: 1000,
+        }
+    }
+}
+
+/// Calls `rule` for every rule of `text` with its 1-based line number, and
+/// returns the lines skipped (all of them; callers log the first few).
+pub fn parse_text<'a>(text: &'a str, mut rule: impl FnMut(usize, Rule<'a>)) -> Vec<SkippedLine> {
+    let mut skipped = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if let Err(skip) = parse_line(line, |r| rule(index + 1, r)) {
+            skipped.push(SkippedLine {
+                line: index + 1,
+                text: line.trim().to_string(),
+                skip,
+            });
+        }
+    }
+    skipped
+}
+
+impl Snapshot {
+    /// Builds a snapshot from list texts. A list whose text could not be
+    /// read keeps its entries from `previous` (matched by name and kind).
+    /// Invalid lines are skipped, counted and the first few logged.
+    pub fn build(
+        inputs: Vec<ListInput>,
+        policy: BlockPolicy,
+        limits: BuildLimits,
+        previous: Option<&Self>,
+    ) -> Self {
+        assert!(
+            inputs.len() <= MAX_LISTS,
+            "validated: at most {MAX_LISTS} lists"
+        );
+        let started = Instant::now();
+        let mut snap = Self {
+            policy,
+            ..Self::default()
+        };
+        for (index, input) in inputs.into_iter().enumerate() {
+            let mut meta = ListMeta {
+                name: Arc::from(input.name.as_str()),
+                kind: input.kind,
+                source: input.source,
+                origin: input.origin,
+                domains: 0,
+                regexes: 0,
+                invalid_lines: 0,
+                unsupported_lines: 0,
+                loaded_at: input.loaded_at,
+                error: None,
+            };
+            match input.text {
+                Ok(text) => snap.add_text(index, &mut meta, &text, limits),
+                Err(error) => {
+                    tracing::error!(list = %meta.name, "{}: {error}; keeping the previous version", meta.origin);
+                    if let Some(old) = previous {
+                        snap.carry_over(index, &mut meta, old);
+                    }
+                    meta.error = Some(error);
+                }
+            }
+            snap.lists.push(meta);
+        }
+        for set in [
+            &mut snap.deny,
+            &mut snap.deny_sub,
+            &mut snap.allow,
+            &mut snap.allow_sub,
+        ] {
+            set.shrink_to_fit();
+        }
+        snap.count_domains();
+        snap.build_time = started.elapsed();
+        snap
+    }
+
+    fn add_text(&mut self, index: usize, meta: &mut ListMeta, text: &str, limits: BuildLimits) {
+        let mut block_re = Vec::new();
+        let mut allow_re = Vec::new();
+        let kind = meta.kind;
+        let skipped = parse_text(text, |_, rule| {
+            // Everything in an allow list allows, whatever its syntax.
+            let action = if kind == ListKind::Allow {
+                Action::Allow
+            } else {
+                rule.action
+            };
+            let (exact, sub) = match action {
+                Action::Block => (&mut self.deny, &mut self.deny_sub),
+                Action::Allow => (&mut self.allow, &mut self.allow_sub),
+            };
+            match rule.pattern {
+                Pattern::Domain(d) => {
+                    exact.insert(d.as_bytes(), index);
+                }
+                Pattern::Subdomains(d) => {
+                    sub.insert(d.as_bytes(), index);
+                }
+                Pattern::Regex(r) => match action {
+                    Action::Block => block_re.push(r.to_string()),
+                    Action::Allow => allow_re.push(r.to_string()),
+                },
+            }
+        });
+        meta.invalid_lines = skipped
+            .iter()
+            .filter(|s| matches!(s.skip, Skip::Invalid(_)))
+            .count();
+        meta.unsupported_lines = skipped.len() - meta.invalid_lines;
+        for bad in skipped.iter().take(LOGGED_INVALID_LINES) {
+            tracing::warn!(
+                list = %meta.name,
+                "{}:{}: skipped {:?}: {}",
+                meta.origin, bad.line, bad.text, bad.skip.reason()
+            );
+        }
+        if skipped.len() > LOGGED_INVALID_LINES {
+            tracing::warn!(
+                list = %meta.name,
+                "{}: {} more lines skipped ({} invalid, {} unsupported in all)",
+                meta.origin,
+                skipped.len() - LOGGED_INVALID_LINES,
+                meta.invalid_lines,
+                meta.unsupported_lines
+            );
+        }
+        for (action, mut patterns) in [(Action::Block, block_re), (Action::Allow, allow_re)] {
+            if patterns.is_empty() {
+                continue;
+            }
+            if patterns.len() > limits.max_regex_per_list {
+                tracing::warn!(
+                    list = %meta.name,
+                    "{}: {} regular expressions, only the first {} are used ([blocking] max_regex_per_list)",
+                    meta.origin, patterns.len(), limits.max_regex_per_list
+                );
+                patterns.truncate(limits.max_regex_per_list);
+            }
+            // Compile one by one first so a bad pattern is reported and
+            // dropped instead of failing the whole set.
+            patterns.retain(|p| match regex::Regex::new(p) {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::warn!(list = %meta.name, "{}: skipped regular expression /{p}/: {error}", meta.origin);
+                    meta.invalid_lines += 1;
+                    false
+                }
+            });
+            match RegexSet::new(&patterns) {
+                Ok(set) => {
+                    meta.regexes += patterns.len();
+                    self.regexes.push(ListRegexes {
+                        list: index,
+                        action,
+                        patterns,
+                        set,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(list = %meta.name, "{}: regular expressions not used: {error}", meta.origin);
+                }
+            }
+        }
+    }
+
+    /// Copies list `meta.name`'s entries from `old` into this snapshot as list `index`.
+    fn carry_over(&mut self, index: usize, meta: &mut ListMeta, old: &Self) {
+        let Some(j) = old
+            .lists
+            .iter()
+            .position(|l| l.name == meta.name && l.kind == meta.kind)
+        else {
+            return;
+        };
+        let bit = 1u32 << j;
+        for (from, to) in [
+            (&old.deny, &mut self.deny),
+            (&old.deny_sub, &mut self.deny_sub),
+            (&old.allow, &mut self.allow),
+            (&old.allow_sub, &mut self.allow_sub),
+        ] {
+            for (name, mask) in from.iter() {
+                if mask & bit != 0 {
+                    to.insert(name, index);
+                }
+            }
+        }
+        for re in old.regexes.iter().filter(|r| r.list == j) {
+            self.regexes.push(ListRegexes {
+                list: index,
+                ..re.clone()
+            });
+        }
+        let before = &old.lists[j];
+        meta.regexes = before.regexes;
+        meta.invalid_lines = before.invalid_lines;
+        meta.unsupported_lines = before.unsupported_lines;
+        meta.loaded_at = before.loaded_at;
+    }
+
+    /// Sets each list's `domains` from the masks, in one pass over the sets.
+    fn count_domains(&mut self) {
+        let mut counts = [0usize; MAX_LISTS];
+        for set in [&self.deny, &self.deny_sub, &self.allow, &self.allow_sub] {
+            for (_, mut mask) in set.iter() {
+                while mask != 0 {
+                    counts[mask.trailing_zeros() as usize] += 1;
+                    mask &= mask - 1;
+                }
+            }
+        }
+        for (meta, count) in self.lists.iter_mut().zip(counts) {
+            meta.domains = count;
+        }
+    }
+
+    /// Distinct names on block lists (domain and wildcard rules).
+    pub fn blocked_domains(&self) -> usize {
+        self.deny.len() + self.deny_sub.len()
+    }
+
+    /// Heap bytes held by the name sets.
+    pub fn heap_bytes(&self) -> usize {
+        [&self.deny, &self.deny_sub, &self.allow, &self.allow_sub]
+            .iter()
+            .map(|s| s.heap_bytes())
+            .sum()
+    }
+
+    /// The index of the list that blocks `name`, or `None` if it is not
+    /// blocked: the query path's lookup. It does not allocate.
+    pub fn blocking_list(&self, name: &LowerName) -> Option<usize> {
+        if self.deny.is_empty() && self.deny_sub.is_empty() && self.regexes.is_empty() {
+            return None;
+        }
+        let mut buf = NameBuf::new();
+        let full = buf.fill(name)?;
+        self.blocking_list_str(full)
+    }
+
+    /// [`Snapshot::blocking_list`] for a lowercase name without a trailing dot.
+    pub fn blocking_list_str(&self, full: &str) -> Option<usize> {
+        let check_allow = !(self.allow.is_empty() && self.allow_sub.is_empty());
+        let mut blocked = None;
+        for (depth, suffix) in suffixes(full).enumerate() {
+            let bytes = suffix.as_bytes();
+            let hash = self.hasher.hash_one(bytes);
+            if check_allow
+                && (self.allow.get_hashed(bytes, hash) != 0
+                    || (depth > 0 && self.allow_sub.get_hashed(bytes, hash) != 0))
+            {
+                return None;
+            }
+            if blocked.is_none() {
+                let mut mask = self.deny.get_hashed(bytes, hash);
+                if depth > 0 {
+                    mask |= self.deny_sub.get_hashed(bytes, hash);
+                }
+                if mask != 0 {
+                    blocked = Some(mask.trailing_zeros() as usize);
+                }
+            }
+        }
+        if !self.regexes.is_empty() {
+            for re in &self.regexes {
+                if re.action == Action::Allow && re.set.is_match(full) {
+                    return None;
+                }
+            }
+            if blocked.is_none() {
+                blocked = self
+                    .regexes
+                    .iter()
+                    .find(|re| re.action == Action::Block && re.set.is_match(full))
+                    .map(|re| re.list);
+            }
+        }
+        blocked
+    }
+
+    /// The full verdict for `name` (lowercase, with or without a trailing
+    /// dot): which rule of which list decides it, and what an allow rule
+    /// overrode. For `explain`; allocates freely.
+    pub fn verdict(&self, name: &str) -> Verdict {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut allowed = None;
+        let mut blocked = None;
+        for (depth, suffix) in suffixes(&name).enumerate() {
+            let b = suffix.as_bytes();
+            if allowed.is_none() {
+                if let Some((m, rule)) = first_hit(&self.allow, &self.allow_sub, b, depth) {
+                    allowed = Some((m.trailing_zeros() as usize, rule));
+                }
+            }
+            if blocked.is_none() {
+                if let Some((m, rule)) = first_hit(&self.deny, &self.deny_sub, b, depth) {
+                    blocked = Some((m.trailing_zeros() as usize, rule));
+                }
+            }
+        }
+        for re in &self.regexes {
+            let slot = match re.action {
+                Action::Allow => &mut allowed,
+                Action::Block => &mut blocked,
+            };
+            if slot.is_none() {
+                if let Some(i) = re.set.matches(&name).iter().next() {
+                    *slot = Some((re.list, MatchedRule::Regex(re.patterns[i].clone())));
+                }
+            }
+        }
+        match (allowed, blocked) {
+            (Some((list, rule)), overrode) => Verdict::Allowed {
+                list,
+                rule,
+                overrode,
+            },
+            (None, Some((list, rule))) => Verdict::Blocked { list, rule },
+            (None, None) => Verdict::NotListed,
+        }
+    }
+}
+
+fn first_hit(
+    exact: &DomainSet,
+    sub: &DomainSet,
+    name: &[u8],
+    depth: usize,
+) -> Option<(u32, MatchedRule)> {
+    let text = || String::from_utf8_lossy(name).into_owned();
+    match exact.get(name) {
+        0 if depth > 0 => match sub.get(name) {
+            0 => None,
+            m => Some((m, MatchedRule::Subdomains(text()))),
+        },
+        0 => None,
+        m => Some((m, MatchedRule::Domain(text()))),
+    }
+}
+
+/// `a.b.c`, `b.c`, `c`.
+fn suffixes(name: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(name).chain(name.match_indices('.').map(move |(i, _)| &name[i + 1..]))
+}
+
+/// A stack buffer holding a query name as `a.b.c` (lowercase, no trailing
+/// dot), so matching does not allocate.
+struct NameBuf {
+    bytes: [u8; 255],
+}
+
+impl NameBuf {
+    fn new() -> Self {
+        Self { bytes: [0; 255] }
+    }
+
+    /// Writes the name; `None` for the root or a label that is not UTF-8.
+    fn fill(&mut self, name: &LowerName) -> Option<&str> {
+        let mut len = 0;
+        for label in name.iter() {
+            if len > 0 {
+                *self.bytes.get_mut(len)? = b'.';
+                len += 1;
+            }
+            self.bytes
+                .get_mut(len..len + label.len())?
+                .copy_from_slice(label);
+            len += label.len();
+        }
+        if len == 0 {
+            return None;
+        }
+        std::str::from_utf8(&self.bytes[..len]).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::Name;
+    use std::str::FromStr;
+
+    fn input(name: &str, kind: ListKind, text: &'static str) -> ListInput {
+        ListInput {
+            name: name.into(),
+            kind,
+            source: ListSource::Builtin(name.into()),
+            origin: name.into(),
+            text: Ok(Cow::Borrowed(text)),
+            loaded_at: None,
+        }
+    }
+
+    fn build(inputs: Vec<ListInput>) -> Snapshot {
+        Snapshot::build(inputs, BlockPolicy::default(), BuildLimits::default(), None)
+    }
+
+    fn blocked(s: &Snapshot, name: &str) -> Option<usize> {
+        let lower = LowerName::from(Name::from_str(name).unwrap());
+        let via_str = s.blocking_list_str(name.trim_end_matches('.'));
+        let via_name = s.blocking_list(&lower);
+        assert_eq!(via_str, via_name, "{name}");
+        via_name
+    }
+
+    #[test]
+    fn allow_beats_a_parent_block_in_every_format() {
+        for (block, allow) in [
+            ("tracker.example", "ok.tracker.example"),
+            ("0.0.0.0 tracker.example", "0.0.0.0 ok.tracker.example"),
+            ("||tracker.example^", "@@||ok.tracker.example^"),
+            ("||tracker.example^", "||ok.tracker.example^"),
+            ("*.tracker.example", "*.ok.tracker.example"),
+            (
+                "/^([a-z0-9-]+\\.)*tracker\\.example$/",
+                "/(^|\\.)ok\\.tracker\\.example$/",
+            ),
+        ] {
+            let s = build(vec![
+                input(
+                    "b",
+                    ListKind::Block,
+                    Box::leak(block.to_string().into_boxed_str()),
+                ),
+                input(
+                    "a",
+                    ListKind::Allow,
+                    Box::leak(allow.to_string().into_boxed_str()),
+                ),
+            ]);
+            assert_eq!(blocked(&s, "x.tracker.example."), Some(0), "{block}");
+            assert_eq!(blocked(&s, "deep.x.tracker.example."), Some(0), "{block}");
+            assert_eq!(blocked(&s, "a.ok.tracker.example."), None, "{allow}");
+            assert_eq!(blocked(&s, "trackerexample.org."), None);
+            assert!(
+                matches!(
+                    s.verdict("a.ok.tracker.example"),
+                    Verdict::Allowed {
+                        list: 1,
+                        overrode: Some((0, _)),
+                        ..
+                    }
+                ),
+                "{allow}"
+            );
+        }
+    }
+
+    #[test]
+    fn exception_inside_a_block_list_allows() {
+        let s = build(vec![input(
+            "b",
+            ListKind::Block,
+            "||ads.example^\n@@||ok.ads.example^\n",
+        )]);
+        assert_eq!(blocked(&s, "x.ads.example."), Some(0));
+        assert_eq!(blocked(&s, "ok.ads.example."), None);
+    }
+
+    #[test]
+    fn wildcards_do_not_match_the_apex() {
+        let s = build(vec![input("b", ListKind::Block, "*.wild.example\n")]);
+        assert_eq!(blocked(&s, "wild.example."), None);
+        assert_eq!(blocked(&s, "a.wild.example."), Some(0));
+        assert_eq!(blocked(&s, "b.a.wild.example."), Some(0));
+    }
+
+    #[test]
+    fn attribution_goes_to_the_first_list() {
+        let s = build(vec![
+            input("one", ListKind::Block, "a.example\n"),
+            input("two", ListKind::Block, "a.example\nb.example\n"),
+        ]);
+        assert_eq!(blocked(&s, "a.example."), Some(0));
+        assert_eq!(blocked(&s, "b.example."), Some(1));
+        assert_eq!(s.lists[0].domains, 1);
+        assert_eq!(s.lists[1].domains, 2);
+        assert_eq!(s.blocked_domains(), 2);
+    }
+
+    #[test]
+    fn a_failed_list_keeps_its_previous_entries() {
+        let old = build(vec![
+            input("one", ListKind::Block, "a.example\n"),
+            input("two", ListKind::Block, "b.example\n/^re\\./\n"),
+        ]);
+        let mut failed = input("two", ListKind::Block, "");
+        failed.text = Err("permission denied".into());
+        let new = Snapshot::build(
+            vec![failed, input("one", ListKind::Block, "c.example\n")],
+            BlockPolicy::default(),
+            BuildLimits::default(),
+            Some(&old),
+        );
+        assert_eq!(
+            blocked(&new, "b.example."),
+            Some(0),
+            "carried over as list 0 now"
+        );
+        assert_eq!(blocked(&new, "re.example."), Some(0), "regexes too");
+        assert_eq!(blocked(&new, "a.example."), None, "list one was re-read");
+        assert_eq!(blocked(&new, "c.example."), Some(1));
+        assert_eq!(new.lists[0].error.as_deref(), Some("permission denied"));
+        assert_eq!(new.lists[0].domains, 1);
+    }
+
+    #[test]
+    fn counts_invalid_and_unsupported_lines() {
+        let s = build(vec![input(
+            "b",
+            ListKind::Block,
+            "ok.example\nnot a domain\n||x.example^$third-party\n1.2.3.4\n/([/\n",
+        )]);
+        let m = &s.lists[0];
+        assert_eq!(
+            (m.domains, m.invalid_lines, m.unsupported_lines, m.regexes),
+            (1, 3, 1, 0)
+        );
+    }
+
+    #[test]
+    fn regex_cap() {
+        let s = Snapshot::build(
+            vec![input("b", ListKind::Block, "/^a\\./\n/^b\\./\n/^c\\./\n")],
+            BlockPolicy::default(),
+            BuildLimits {
+                max_regex_per_list: 2,
+            },
+            None,
+        );
+        assert_eq!(s.lists[0].regexes, 2);
+        assert_eq!(blocked(&s, "b.example."), Some(0));
+        assert_eq!(blocked(&s, "c.example."), None);
+    }
+}

@@ -1,0 +1,211 @@
+//! Where list texts come from: files, the builtin lists, and downloads
+//! kept on disk.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::snapshot::{ListInput, ListKind};
+use crate::config::{Config, ListConfig, ListSource};
+
+/// Reads every configured list, block lists first (blocking I/O).
+pub fn read_all(config: &Config) -> Vec<ListInput> {
+    let b = &config.blocking;
+    b.lists
+        .iter()
+        .map(|l| (l, ListKind::Block))
+        .chain(b.allow.iter().map(|l| (l, ListKind::Allow)))
+        .map(|(list, kind)| read_list(list, kind, config))
+        .collect()
+}
+
+/// Reads one list: a file, a builtin, or the last downloaded copy of a URL
+/// (an empty list until the first download completes).
+pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInput {
+    let source = list.resolved_source(&config.base_dir);
+    let (origin, text, loaded_at) = match &source {
+        ListSource::File(path) => match std::fs::read(path) {
+            Ok(bytes) => (
+                path.display().to_string(),
+                Ok(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())),
+                Some(SystemTime::now()),
+            ),
+            Err(e) => (path.display().to_string(), Err(e.to_string()), None),
+        },
+        ListSource::Builtin(name) => match (super::builtin(name), super::builtin_path(name)) {
+            (Some(text), Some(path)) => (
+                format!("builtin:{name} ({path})"),
+                Ok(Cow::Borrowed(text)),
+                Some(SystemTime::now()),
+            ),
+            _ => (
+                format!("builtin:{name}"),
+                Err("no such builtin list".into()),
+                None,
+            ),
+        },
+        ListSource::Url(url) => {
+            let paths = CachePaths::new(
+                &config.blocking.cache_dir(&config.base_dir),
+                &list.name,
+                url,
+            );
+            let origin = format!("{url} (cached at {})", paths.body.display());
+            match std::fs::read(&paths.body) {
+                Ok(bytes) => {
+                    let fetched = std::fs::metadata(&paths.body)
+                        .and_then(|m| m.modified())
+                        .ok();
+                    (
+                        origin,
+                        Ok(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())),
+                        fetched,
+                    )
+                }
+                // Not downloaded yet: empty until the first download lands.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (origin, Ok(Cow::Borrowed("")), None)
+                }
+                Err(e) => (origin, Err(e.to_string()), None),
+            }
+        }
+    };
+    ListInput {
+        name: list.name.clone(),
+        kind,
+        source,
+        origin,
+        text,
+        loaded_at,
+    }
+}
+
+/// The files a downloaded list is kept in.
+#[derive(Debug, Clone)]
+pub struct CachePaths {
+    /// The list text.
+    pub body: PathBuf,
+    /// `etag:` and `last-modified:` of the copy, for conditional requests.
+    pub meta: PathBuf,
+}
+
+impl CachePaths {
+    /// Paths for list `name` from `url`. The URL's hash is part of the file
+    /// name, so pointing a list at another URL never serves the old copy.
+    pub fn new(dir: &Path, name: &str, url: &str) -> Self {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in url.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let stem = format!("{name}-{h:016x}");
+        Self {
+            body: dir.join(format!("{stem}.list")),
+            meta: dir.join(format!("{stem}.meta")),
+        }
+    }
+}
+
+/// What a download did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadOutcome {
+    /// A new copy was stored.
+    Updated,
+    /// The server said the copy on disk is current (304).
+    NotModified,
+}
+
+/// Downloads `url` into `paths` with a conditional GET, at most `max_bytes`
+/// and within `timeout`. The copy on disk is replaced only by a complete,
+/// successful download (written aside, then renamed).
+pub async fn download(
+    client: &reqwest::Client,
+    url: &str,
+    paths: &CachePaths,
+    timeout: Duration,
+    max_bytes: u64,
+) -> Result<DownloadOutcome, String> {
+    let run = async {
+        let mut request = client.get(url);
+        if paths.body.exists() {
+            if let Ok(meta) = tokio::fs::read_to_string(&paths.meta).await {
+                for line in meta.lines() {
+                    if let Some(v) = line.strip_prefix("etag: ") {
+                        request = request.header(reqwest::header::IF_NONE_MATCH, v);
+                    } else if let Some(v) = line.strip_prefix("last-modified: ") {
+                        request = request.header(reqwest::header::IF_MODIFIED_SINCE, v);
+                    }
+                }
+            }
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            // Touch the copy so its age shows when it was last confirmed.
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&paths.body)
+                .and_then(|f| f.set_modified(SystemTime::now()));
+            return Ok(DownloadOutcome::NotModified);
+        }
+        if !status.is_success() {
+            return Err(format!("server answered {status}"));
+        }
+        if response.content_length().is_some_and(|n| n > max_bytes) {
+            return Err(format!("larger than download_max_bytes ({max_bytes})"));
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let etag = header(reqwest::header::ETAG);
+        let modified = header(reqwest::header::LAST_MODIFIED);
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("download failed: {e}"))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > max_bytes {
+                return Err(format!("larger than download_max_bytes ({max_bytes})"));
+            }
+        }
+        store(paths, &body, etag.as_deref(), modified.as_deref())
+            .await
+            .map_err(|e| format!("cannot store the download in {}: {e}", paths.body.display()))?;
+        Ok(DownloadOutcome::Updated)
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("timed out after {}", humantime::format_duration(timeout)))?
+}
+
+async fn store(
+    paths: &CachePaths,
+    body: &[u8],
+    etag: Option<&str>,
+    modified: Option<&str>,
+) -> std::io::Result<()> {
+    if let Some(dir) = paths.body.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let tmp = paths.body.with_extension("list.part");
+    tokio::fs::write(&tmp, body).await?;
+    tokio::fs::rename(&tmp, &paths.body).await?;
+    let mut meta = String::new();
+    if let Some(e) = etag {
+        meta.push_str(&format!("etag: {e}\n"));
+    }
+    if let Some(m) = modified {
+        meta.push_str(&format!("last-modified: {m}\n"));
+    }
+    tokio::fs::write(&paths.meta, meta).await
+}
