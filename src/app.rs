@@ -10,11 +10,15 @@ use std::time::Instant;
 use hickory_server::Server;
 use tokio_util::sync::CancellationToken;
 
+use arc_swap::ArcSwap;
+use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType};
+
 use crate::clients::Clients;
 use crate::config::Config;
 use crate::lists::ListStore;
 use crate::metrics::Metrics;
-use crate::resolver::chain;
+use crate::reload::{ReloadHandle, Reloader, publish};
+use crate::resolver::{Query, Resolve, chain};
 use crate::server::{Handler, Listeners};
 
 /// Anything that stops telesink from starting or running.
@@ -68,16 +72,25 @@ pub async fn serve(
     let for_build = config.clone();
     let snapshot =
         tokio::task::spawn_blocking(move || crate::lists::build(&for_build, None)).await?;
-    metrics.observe_lists(&snapshot);
-    metrics
-        .blocking_enabled
-        .set(i64::from(config.blocking.enabled));
+    publish(&metrics, &snapshot);
     let summary = format!(
         "{} lists, {} blocked domains",
         snapshot.lists.len(),
         snapshot.blocked_domains()
     );
     let lists = Arc::new(ListStore::new(snapshot));
+    let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
+
+    // The single writer of the list snapshot.
+    let (reloader, reload) = Reloader::new(
+        config.path.clone(),
+        shared_config.clone(),
+        lists.clone(),
+        metrics.clone(),
+    );
+    let reloader = tokio::spawn(reloader.run(shutdown.clone()));
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(reload.clone(), shutdown.clone()));
 
     let clients = Arc::new(Clients::new(&config.clients, &config.metrics));
     tokio::spawn(
@@ -85,8 +98,13 @@ pub async fn serve(
             .clone()
             .refresh_task(config.metrics.neighbour_refresh, shutdown.clone()),
     );
-    let chain = chain(&config, lists, metrics.clone());
-    let handler = Handler::new(chain, metrics.clone(), clients, config.server.edns_udp_size);
+    let chain = Arc::new(chain(&config, lists.clone(), metrics.clone()));
+    let handler = Handler::new(
+        chain.clone(),
+        metrics.clone(),
+        clients,
+        config.server.edns_udp_size,
+    );
     let mut server = Server::new(handler);
     for udp in listeners.udp {
         tracing::info!(addr = %udp.local_addr()?, "listening for DNS over UDP");
@@ -99,9 +117,13 @@ pub async fn serve(
     }
     let http = match listeners.http {
         Some(listener) => {
-            tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz over HTTP");
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /api over HTTP");
             let state = crate::http::HttpState {
                 metrics: metrics.clone(),
+                reload,
+                lists,
+                config: shared_config,
+                lookup: live_lookup(chain),
             };
             Some(tokio::spawn(crate::http::serve(
                 listener,
@@ -122,6 +144,48 @@ pub async fn serve(
     if let Some(http) = http {
         http.await??;
     }
+    let _ = reloader.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An A lookup through the live chain, as a client on loopback would make.
+fn live_lookup<R: Resolve>(chain: Arc<R>) -> crate::http::Lookup {
+    Arc::new(move |name: String| {
+        let chain = chain.clone();
+        Box::pin(async move {
+            let mut name = Name::from_ascii(&name).ok()?.to_lowercase();
+            name.set_fqdn(true);
+            let name = LowerName::from(name);
+            let query = Query {
+                name: &name,
+                qtype: RecordType::A,
+                qclass: DNSClass::IN,
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+                checking_disabled: false,
+            };
+            Some(chain.resolve(&query).await)
+        })
+    })
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(reload: ReloadHandle, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received, reloading");
+                reload.signal();
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }

@@ -76,6 +76,10 @@ pub struct Config {
     /// Where this configuration came from, for messages.
     #[serde(skip)]
     pub origin: String,
+    /// The file it was read from; `None` for the embedded default. The
+    /// reloader watches it.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// `[server]`: the DNS listeners.
@@ -503,7 +507,9 @@ impl Config {
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        Self::from_toml(&text, &path.display().to_string(), &base)
+        let mut config = Self::from_toml(&text, &path.display().to_string(), &base)?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// The embedded default configuration.

@@ -20,8 +20,11 @@
 //!   requests into chain queries and answers into responses.
 //! - [`clients`]: named devices (`[[clients]]` by address, network or MAC),
 //!   the `client` label of per-device metrics.
+//! - [`reload`]: the single writer of the list snapshot: file watching,
+//!   SIGHUP, `POST /api/reload`, and scheduled downloads of `url` lists.
+//! - [`explain`]: why a name is or is not blocked, to the file and line.
 //! - [`metrics`]: every Prometheus metric, with bounded labels only.
-//! - [`http`]: `/metrics` and `/healthz`.
+//! - [`http`]: `/metrics`, `/healthz`, `/api/reload`, `/api/explain`.
 //! - [`app`]: wiring; [`app::serve`] takes bound sockets and a shutdown
 //!   token, so tests run the whole server on port 0.
 //! - [`check`]: `telesink check-config`.
@@ -30,8 +33,10 @@ pub mod app;
 pub mod check;
 pub mod clients;
 pub mod config;
+pub mod explain;
 pub mod http;
 pub mod lists;
 pub mod metrics;
+pub mod reload;
 pub mod resolver;
 pub mod server;

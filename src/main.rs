@@ -23,6 +23,11 @@ enum Command {
     Run,
     /// Validate the configuration and every list it names, then exit.
     CheckConfig,
+    /// Tell whether NAME is blocked, by which list, file and line.
+    Explain {
+        /// The domain name to explain.
+        name: String,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -61,6 +66,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain { name } => {
+            if let Err(e) = telesink::lists::normalize(name.trim_end_matches('.')) {
+                eprintln!("Error: {name:?} is not a domain name: {}", e.reason());
+                return ExitCode::FAILURE;
+            }
+            let snapshot = telesink::lists::build(&config, None);
+            for list in snapshot.lists.iter().filter(|l| l.error.is_some()) {
+                eprintln!(
+                    "warning: list {:?} could not be read: {}",
+                    &*list.name,
+                    list.error.as_deref().unwrap_or_default()
+                );
+            }
+            print!(
+                "{}",
+                telesink::explain::explain(&snapshot, &config, &name).text()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Run => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -208,6 +208,10 @@ impl Metrics {
             ),
             registry,
         };
+        // Both results exist from the start, so `increase()` sees the first failure.
+        for result in ["success", "failure"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
         let build_info = gauge_vec(
             &metrics.registry,
             "telesink_build_info",
@@ -269,8 +273,11 @@ impl Metrics {
 
     /// Publishes the sizes of a freshly built list snapshot.
     pub fn observe_lists(&self, snapshot: &crate::lists::Snapshot) {
+        // Lists removed from the config must not linger as stale series.
         self.blocklist_domains.reset();
         self.blocklist_invalid_lines.reset();
+        self.blocklist_refresh.reset();
+        self.blocklist_last_success.reset();
         for list in &snapshot.lists {
             self.blocklist_domains
                 .with_label_values(&[&*list.name])

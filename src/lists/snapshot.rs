@@ -62,6 +62,8 @@ pub struct ListMeta {
     /// Why the latest load failed, if it did (the previous text then
     /// stays in use).
     pub error: Option<String>,
+    /// How often a downloaded list is refreshed; `None` for local lists.
+    pub refresh: Option<Duration>,
 }
 
 /// The text of one list for a build, or why it could not be read.
@@ -80,6 +82,8 @@ pub struct ListInput {
     pub text: Result<Cow<'static, str>, String>,
     /// When the text was obtained.
     pub loaded_at: Option<SystemTime>,
+    /// How often a downloaded list is refreshed; `None` for local lists.
+    pub refresh: Option<Duration>,
 }
 
 /// One list's regular expressions, compiled into one automaton.
@@ -242,6 +246,7 @@ impl Snapshot {
                 unsupported_lines: 0,
                 loaded_at: input.loaded_at,
                 error: None,
+                refresh: input.refresh,
             };
             match input.text {
                 Ok(text) => snap.add_text(index, &mut meta, &text, limits),
@@ -582,6 +587,7 @@ mod tests {
             origin: name.into(),
             text: Ok(Cow::Borrowed(text)),
             loaded_at: None,
+            refresh: None,
         }
     }
 

@@ -70,6 +70,8 @@ pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInpu
             }
         }
     };
+    let refresh = matches!(source, ListSource::Url(_))
+        .then(|| list.refresh.unwrap_or(crate::config::DEFAULT_REFRESH));
     ListInput {
         name: list.name.clone(),
         kind,
@@ -77,6 +79,7 @@ pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInpu
         origin,
         text,
         loaded_at,
+        refresh,
     }
 }
 
@@ -197,7 +200,11 @@ async fn store(
     if let Some(dir) = paths.body.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
-    let tmp = paths.body.with_extension("list.part");
+    // A unique name: a scheduled download and one asked for by a reload
+    // may run at the same time.
+    let tmp = paths
+        .body
+        .with_extension(format!("list.{:08x}.part", rand::random::<u32>()));
     tokio::fs::write(&tmp, body).await?;
     tokio::fs::rename(&tmp, &paths.body).await?;
     let mut meta = String::new();

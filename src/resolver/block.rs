@@ -82,9 +82,9 @@ impl<N: Resolve> Block<N> {
         policy: &BlockPolicy,
         query: &Query<'_>,
         list: Arc<str>,
-        via_cname: bool,
+        cname: Option<Box<str>>,
     ) -> Answer {
-        let outcome = Outcome::Blocked { list, via_cname };
+        let outcome = Outcome::Blocked { list, cname };
         let name = Name::from(query.name.clone());
         let ttl = policy.ttl;
         let data = match (policy.mode, query.qtype) {
@@ -126,10 +126,12 @@ impl<N: Resolve> Block<N> {
         )
     }
 
-    /// The list that blocks a CNAME target of `answer`, if any.
-    fn cname_block(snapshot: &Snapshot, answer: &Answer) -> Option<usize> {
+    /// The list that blocks a CNAME target of `answer`, and the target.
+    fn cname_block(snapshot: &Snapshot, answer: &Answer) -> Option<(usize, Box<str>)> {
         answer.answers.iter().find_map(|r| match &r.data {
-            RData::CNAME(target) => snapshot.blocking_list(&LowerName::new(&target.0)),
+            RData::CNAME(target) => snapshot
+                .blocking_list(&LowerName::new(&target.0))
+                .map(|list| (list, target.0.to_lowercase().to_ascii().into_boxed_str())),
             _ => None,
         })
     }
@@ -150,20 +152,25 @@ impl<N: Resolve> Resolve for Block<N> {
             }
         };
         if let Some((policy, list)) = hit {
-            return self.blocked(&policy, query, list, false);
+            return self.blocked(&policy, query, list, None);
         }
         let answer = self.next.resolve(query).await;
         let cloaked = {
             let snapshot = self.lists.load();
             if snapshot.policy.enabled && snapshot.policy.cname_check {
-                Self::cname_block(&snapshot, &answer)
-                    .map(|i| (snapshot.policy.clone(), snapshot.lists[i].name.clone()))
+                Self::cname_block(&snapshot, &answer).map(|(i, target)| {
+                    (
+                        snapshot.policy.clone(),
+                        snapshot.lists[i].name.clone(),
+                        target,
+                    )
+                })
             } else {
                 None
             }
         };
         match cloaked {
-            Some((policy, list)) => self.blocked(&policy, query, list, true),
+            Some((policy, list, target)) => self.blocked(&policy, query, list, Some(target)),
             None => answer,
         }
     }

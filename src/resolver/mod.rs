@@ -50,9 +50,9 @@ pub enum Outcome {
     Blocked {
         /// Configured name of the list that matched.
         list: Arc<str>,
-        /// True when the match was on a CNAME target in the upstream
-        /// answer rather than on the queried name.
-        via_cname: bool,
+        /// The CNAME target in the upstream answer that matched, when the
+        /// queried name itself is not listed (CNAME cloaking).
+        cname: Option<Box<str>>,
     },
     /// Served from the cache.
     Cached,
@@ -110,6 +110,12 @@ impl Answer {
 pub trait Resolve: Send + Sync + Unpin + 'static {
     /// Answers `query`, by itself or by asking the next link.
     fn resolve(&self, query: &Query<'_>) -> impl Future<Output = Answer> + Send;
+}
+
+impl<R: Resolve> Resolve for Arc<R> {
+    fn resolve(&self, query: &Query<'_>) -> impl Future<Output = Answer> + Send {
+        (**self).resolve(query)
+    }
 }
 
 /// Builds the chain for `config`. This is the only place that fixes the

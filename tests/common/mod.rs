@@ -429,6 +429,26 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     Ok(body.to_string())
 }
 
+/// A plain HTTP/1.1 POST with an empty body; returns the status and body.
+pub async fn http_post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
 /// The value of one series in a Prometheus text exposition, 0 if absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()

@@ -1,0 +1,152 @@
+//! `telesink explain NAME` and `GET /api/explain?name=NAME`: why a name is
+//! or is not blocked, down to the list, the file and the line.
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::lists::{ListKind, MatchedRule, Pattern, Snapshot, Verdict, parse_text, read_list};
+
+/// Where a rule that decided a name was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSite {
+    /// The list's configured name.
+    pub list: String,
+    /// Block or allow list.
+    pub kind: ListKind,
+    /// The rule as it matched (`tracker.example`, `*.example`, `/re/`).
+    pub rule: String,
+    /// File, builtin or URL copy the list was read from.
+    pub origin: String,
+    /// 1-based line of the rule in it, if it could be found again.
+    pub line: Option<usize>,
+}
+
+/// The explanation of one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// The name asked about, lowercase, without a trailing dot.
+    pub name: String,
+    /// `blocked`, `allowed` or `not listed`.
+    pub verdict: &'static str,
+    /// The rule that decided it (block or allow).
+    pub rule: Option<RuleSite>,
+    /// For an allowed name: the block rule the allow rule overrode.
+    pub overrode: Option<RuleSite>,
+    /// Blocking is turned off as a whole: nothing is blocked whatever the lists say.
+    pub blocking_disabled: bool,
+}
+
+/// Explains `name` against `snapshot`, finding each rule's line by reading
+/// its list again (explain is rare; the snapshot keeps no line numbers, to
+/// stay small).
+pub fn explain(snapshot: &Snapshot, config: &Config, name: &str) -> Explanation {
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let site = |list: usize, rule: &MatchedRule| {
+        let meta = &snapshot.lists[list];
+        RuleSite {
+            list: meta.name.to_string(),
+            kind: meta.kind,
+            rule: rule.to_string(),
+            origin: meta.origin.clone(),
+            line: find_line(config, &meta.name, meta.kind, rule),
+        }
+    };
+    let (verdict, rule, overrode) = match snapshot.verdict(&name) {
+        Verdict::NotListed => ("not listed", None, None),
+        Verdict::Blocked { list, rule } => ("blocked", Some(site(list, &rule)), None),
+        Verdict::Allowed {
+            list,
+            rule,
+            overrode,
+        } => (
+            "allowed",
+            Some(site(list, &rule)),
+            overrode.map(|(l, r)| site(l, &r)),
+        ),
+    };
+    Explanation {
+        name,
+        verdict,
+        rule,
+        overrode,
+        blocking_disabled: !snapshot.policy.enabled,
+    }
+}
+
+/// The line of `rule` in the list named `name`.
+fn find_line(config: &Config, name: &str, kind: ListKind, rule: &MatchedRule) -> Option<usize> {
+    let lists = match kind {
+        ListKind::Block => &config.blocking.lists,
+        ListKind::Allow => &config.blocking.allow,
+    };
+    let list = lists.iter().find(|l| l.name == name)?;
+    let text = read_list(list, kind, config).text.ok()?;
+    let mut found = None;
+    parse_text(&text, |line, r| {
+        if found.is_some() {
+            return;
+        }
+        let same = match (&r.pattern, rule) {
+            (Pattern::Domain(d), MatchedRule::Domain(m)) => d == m,
+            (Pattern::Subdomains(d), MatchedRule::Subdomains(m)) => d == m,
+            (Pattern::Regex(p), MatchedRule::Regex(m)) => p == m,
+            _ => false,
+        };
+        if same {
+            found = Some(line);
+        }
+    });
+    found
+}
+
+impl RuleSite {
+    fn json(&self) -> Value {
+        json!({
+            "list": self.list,
+            "kind": self.kind.as_str(),
+            "rule": self.rule,
+            "source": self.origin,
+            "line": self.line,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let at = self.line.map(|l| format!(", line {l}")).unwrap_or_default();
+        format!(
+            "rule {} in {} list {:?} ({}{at})",
+            self.rule,
+            self.kind.as_str(),
+            self.list,
+            self.origin
+        )
+    }
+}
+
+impl Explanation {
+    /// The explanation as JSON, for the API.
+    pub fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "verdict": self.verdict,
+            "rule": self.rule.as_ref().map(RuleSite::json),
+            "overrode": self.overrode.as_ref().map(RuleSite::json),
+            "blocking_enabled": !self.blocking_disabled,
+        })
+    }
+
+    /// The explanation as text, for the command line.
+    pub fn text(&self) -> String {
+        let mut out = format!("{}: {}", self.name, self.verdict);
+        if let Some(rule) = &self.rule {
+            out.push_str(&format!(" by {}", rule.describe()));
+        }
+        if let Some(o) = &self.overrode {
+            out.push_str(&format!("\n  overriding {}", o.describe()));
+        }
+        if self.blocking_disabled {
+            out.push_str("\n  note: blocking is turned off ([blocking] enabled = false)");
+        }
+        out.push('\n');
+        out
+    }
+}

@@ -1,0 +1,527 @@
+//! Hot reload: the single writer of the list snapshot.
+//!
+//! One task owns the running configuration and is the only code that
+//! stores a new [`Snapshot`]. It wakes on file changes (notify watches the
+//! directories of the config file and of every local list, so editors that
+//! save by rename and `sed -i` are caught), on SIGHUP, on `POST
+//! /api/reload`, and when a downloaded list changed. Bursts of file events
+//! are debounced. Each rebuild runs on the blocking pool and is swapped in
+//! whole; a list that fails to read keeps its previous entries, and an
+//! invalid config keeps the running one.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DEFAULT_REFRESH, ListSource};
+use crate::lists::{CachePaths, DownloadOutcome, ListStore, Snapshot};
+use crate::metrics::Metrics;
+
+/// Quiet time after the last file event before a rebuild starts: editors
+/// write a file in several steps, and a checkout touches many files.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Why a reload was asked for.
+#[derive(Debug)]
+pub enum Trigger {
+    /// A watched file changed.
+    Files,
+    /// SIGHUP: re-read everything and download `url` lists again.
+    Signal,
+    /// `POST /api/reload`: like SIGHUP, and report the result.
+    Api(oneshot::Sender<Result<String, String>>),
+    /// A background download stored a new copy of a list.
+    Downloaded,
+}
+
+/// Asks the reloader for a reload; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<Trigger>,
+}
+
+impl ReloadHandle {
+    /// Reloads now and returns a summary or the error that kept the old state.
+    pub async fn reload(&self) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Trigger::Api(tx))
+            .await
+            .map_err(|_| "telesink is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "telesink is shutting down".to_string())?
+    }
+
+    /// Asks for a reload without waiting (SIGHUP).
+    pub fn signal(&self) {
+        let _ = self.tx.try_send(Trigger::Signal);
+    }
+}
+
+/// The writer task's state.
+pub struct Reloader {
+    /// The file the config came from; `None` for the embedded default.
+    config_path: Option<PathBuf>,
+    /// The running configuration, shared with readers such as `explain`.
+    config: Arc<ArcSwap<Config>>,
+    store: Arc<ListStore>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Trigger>,
+    rx: mpsc::Receiver<Trigger>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched_dirs: HashSet<PathBuf>,
+    /// Absolute paths whose changes matter.
+    watched_files: Arc<std::sync::Mutex<HashSet<PathBuf>>>,
+    /// Cancels the background downloaders of the current configuration.
+    downloads: CancellationToken,
+    http: reqwest::Client,
+}
+
+/// An HTTP client for list downloads: rustls with the ring provider and
+/// the platform's trust store.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    // Installing the process-wide provider fails harmlessly if one is set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(concat!("telesink/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .build()
+        .unwrap_or_default()
+}
+
+impl Reloader {
+    /// A reloader for the running `config` whose lists are in `store`.
+    pub fn new(
+        config_path: Option<PathBuf>,
+        config: Arc<ArcSwap<Config>>,
+        store: Arc<ListStore>,
+        metrics: Arc<Metrics>,
+    ) -> (Self, ReloadHandle) {
+        let (tx, rx) = mpsc::channel(16);
+        let timeout = config.load().blocking.download_timeout;
+        let me = Self {
+            config_path,
+            config,
+            store,
+            metrics,
+            tx: tx.clone(),
+            rx,
+            watcher: None,
+            watched_dirs: HashSet::new(),
+            watched_files: Arc::new(std::sync::Mutex::new(HashSet::new())),
+            downloads: CancellationToken::new(),
+            http: http_client(timeout),
+        };
+        (me, ReloadHandle { tx })
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.watch();
+        self.start_downloads(&shutdown);
+        loop {
+            let trigger = tokio::select! {
+                t = self.rx.recv() => match t {
+                    Some(t) => t,
+                    None => return,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let mut reply = None;
+            let mut refresh_urls = false;
+            match trigger {
+                Trigger::Files | Trigger::Downloaded => {
+                    // Debounce: wait until events stop for DEBOUNCE.
+                    loop {
+                        tokio::select! {
+                            more = self.rx.recv() => match more {
+                                Some(Trigger::Api(tx)) => { reply = Some(tx); refresh_urls = true; break }
+                                Some(Trigger::Signal) => { refresh_urls = true; break }
+                                Some(_) => continue,
+                                None => return,
+                            },
+                            _ = tokio::time::sleep(DEBOUNCE) => break,
+                            _ = shutdown.cancelled() => { self.downloads.cancel(); return }
+                        }
+                    }
+                }
+                Trigger::Signal => refresh_urls = true,
+                Trigger::Api(tx) => {
+                    reply = Some(tx);
+                    refresh_urls = true;
+                }
+            }
+            let result = self.reload(refresh_urls, &shutdown).await;
+            match &result {
+                Ok(summary) => tracing::info!("reloaded: {summary}"),
+                Err(error) => tracing::error!(
+                    "reload failed, still serving the previous configuration: {error}"
+                ),
+            }
+            if let Some(tx) = reply {
+                let _ = tx.send(result);
+            }
+        }
+        self.downloads.cancel();
+    }
+
+    /// Re-reads the config (if from a file) and every list, and swaps in
+    /// the new snapshot.
+    async fn reload(
+        &mut self,
+        refresh_urls: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<String, String> {
+        let mut config = (**self.config.load()).clone();
+        if let Some(path) = &self.config_path {
+            match Config::load(path) {
+                Ok(new) => {
+                    self.metrics
+                        .config_reloads
+                        .with_label_values(&["success"])
+                        .inc();
+                    let restart = needs_restart(&config, &new);
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            "changed settings take effect after a restart: {}",
+                            restart.join(", ")
+                        );
+                    }
+                    // Everything but [blocking] stays as the server was started.
+                    let sources_changed = new.blocking.lists != config.blocking.lists
+                        || new.blocking.allow != config.blocking.allow
+                        || new.blocking.cache_dir != config.blocking.cache_dir;
+                    config.blocking = new.blocking;
+                    if sources_changed {
+                        self.config.store(Arc::new(config.clone()));
+                        self.watch();
+                        self.start_downloads(shutdown);
+                    }
+                }
+                Err(error) => {
+                    self.metrics
+                        .config_reloads
+                        .with_label_values(&["failure"])
+                        .inc();
+                    // The lists may still have changed: rebuild them with
+                    // the running config.
+                    tracing::error!("{error}; keeping the running configuration");
+                    if refresh_urls {
+                        self.download_all(&config).await;
+                    }
+                    self.rebuild(config).await;
+                    return Err(error.to_string());
+                }
+            }
+        }
+        if refresh_urls {
+            self.download_all(&config).await;
+        }
+        self.config.store(Arc::new(config.clone()));
+        let snapshot = self.rebuild(config).await;
+        Ok(format!(
+            "{} lists, {} blocked domains, built in {:.0?}",
+            snapshot.lists.len(),
+            snapshot.blocked_domains(),
+            snapshot.build_time
+        ))
+    }
+
+    /// Builds and stores a snapshot for `config` on the blocking pool.
+    async fn rebuild(&self, config: Config) -> Arc<Snapshot> {
+        let previous = self.store.load_full();
+        let built =
+            tokio::task::spawn_blocking(move || crate::lists::build(&config, Some(&previous)))
+                .await
+                .expect("list build does not panic");
+        publish(&self.metrics, &built);
+        self.store.store(built);
+        self.store.load_full()
+    }
+
+    /// Downloads every `url` list now (SIGHUP and the API ask for fresh data).
+    async fn download_all(&self, config: &Config) {
+        for list in config.blocking.lists.iter().chain(&config.blocking.allow) {
+            if let ListSource::Url(url) = list.resolved_source(&config.base_dir) {
+                let paths = CachePaths::new(
+                    &config.blocking.cache_dir(&config.base_dir),
+                    &list.name,
+                    &url,
+                );
+                fetch(&self.http, &self.metrics, &list.name, &url, &paths, config).await;
+            }
+        }
+    }
+
+    /// Watches the directories of the config file and of every local list.
+    fn watch(&mut self) {
+        let config = self.config.load();
+        let mut files = HashSet::new();
+        if let Some(p) = &self.config_path {
+            files.insert(absolute(p));
+        }
+        for list in config.blocking.lists.iter().chain(&config.blocking.allow) {
+            if let ListSource::File(p) = list.resolved_source(&config.base_dir) {
+                files.insert(absolute(&p));
+            }
+        }
+        let dirs: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        *self.watched_files.lock().unwrap_or_else(|e| e.into_inner()) = files;
+        if self.watcher.is_none() {
+            let tx = self.tx.clone();
+            let files = self.watched_files.clone();
+            let watcher =
+                notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                    let Ok(event) = event else { return };
+                    if matches!(event.kind, notify::EventKind::Access(_)) {
+                        return;
+                    }
+                    let files = files.lock().unwrap_or_else(|e| e.into_inner());
+                    if event.paths.iter().any(|p| files.contains(p)) {
+                        // A full channel already holds a pending reload.
+                        let _ = tx.try_send(Trigger::Files);
+                    }
+                });
+            match watcher {
+                Ok(w) => self.watcher = Some(w),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch files; reload with SIGHUP or POST /api/reload");
+                    return;
+                }
+            }
+        }
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        for gone in self.watched_dirs.difference(&dirs) {
+            let _ = watcher.unwatch(gone);
+        }
+        for dir in dirs.difference(&self.watched_dirs) {
+            if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), %error, "cannot watch this directory for changes");
+            }
+        }
+        self.watched_dirs = dirs;
+    }
+
+    /// (Re)starts one background downloader per `url` list.
+    fn start_downloads(&mut self, shutdown: &CancellationToken) {
+        self.downloads.cancel();
+        self.downloads = shutdown.child_token();
+        let config = self.config.load_full();
+        for list in config.blocking.lists.iter().chain(&config.blocking.allow) {
+            let ListSource::Url(url) = list.resolved_source(&config.base_dir) else {
+                continue;
+            };
+            let refresh = list.refresh.unwrap_or(DEFAULT_REFRESH);
+            let paths = CachePaths::new(
+                &config.blocking.cache_dir(&config.base_dir),
+                &list.name,
+                &url,
+            );
+            let task = Downloader {
+                name: list.name.clone(),
+                url,
+                paths,
+                refresh,
+                config: config.clone(),
+                http: self.http.clone(),
+                metrics: self.metrics.clone(),
+                tx: self.tx.clone(),
+            };
+            tokio::spawn(task.run(self.downloads.clone()));
+        }
+    }
+}
+
+/// Settings outside `[blocking]` that differ, named for the log.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let s = (&old.server, &new.server);
+    if s.0.listen != s.1.listen {
+        out.push("[server] listen");
+    }
+    if s.0.allow_clients != s.1.allow_clients
+        || s.0.tcp_timeout != s.1.tcp_timeout
+        || s.0.edns_udp_size != s.1.edns_udp_size
+    {
+        out.push("[server]");
+    }
+    if old.upstream.servers != new.upstream.servers || old.upstream.timeout != new.upstream.timeout
+    {
+        out.push("[upstream]");
+    }
+    let c = (&old.cache, &new.cache);
+    if c.0.capacity != c.1.capacity
+        || c.0.min_ttl != c.1.min_ttl
+        || c.0.max_ttl != c.1.max_ttl
+        || c.0.negative_max_ttl != c.1.negative_max_ttl
+    {
+        out.push("[cache]");
+    }
+    if old.http.listen != new.http.listen {
+        out.push("[http] listen");
+    }
+    if old.clients != new.clients {
+        out.push("[[clients]]");
+    }
+    let m = (&old.metrics, &new.metrics);
+    if m.0.client_label != m.1.client_label
+        || m.0.max_clients != m.1.max_clients
+        || m.0.neighbour_refresh != m.1.neighbour_refresh
+    {
+        out.push("[metrics]");
+    }
+    out
+}
+
+/// Publishes a new snapshot's list metrics.
+pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
+    metrics.observe_lists(snapshot);
+    metrics
+        .blocking_enabled
+        .set(i64::from(snapshot.policy.enabled));
+    for list in &snapshot.lists {
+        let name = &*list.name;
+        // Both series exist from the first load, so `increase()` sees the
+        // first failure.
+        let success = metrics
+            .blocklist_reloads
+            .with_label_values(&[name, "success"]);
+        let failure = metrics
+            .blocklist_reloads
+            .with_label_values(&[name, "failure"]);
+        // A url list's load is its download, counted by the downloader.
+        if !matches!(list.source, ListSource::Url(_)) {
+            if list.error.is_some() {
+                failure.inc()
+            } else {
+                success.inc()
+            }
+        }
+        let refresh = list
+            .refresh
+            .map_or(0, |r| i64::try_from(r.as_secs()).unwrap_or(i64::MAX));
+        metrics
+            .blocklist_refresh
+            .with_label_values(&[name])
+            .set(refresh);
+        if let Some(at) = list.loaded_at {
+            let secs = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics
+                .blocklist_last_success
+                .with_label_values(&[name])
+                .set(secs);
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// How soon a failed download is tried again (unless the refresh period
+/// is shorter).
+const RETRY: Duration = Duration::from_secs(300);
+
+/// Downloads one list and counts the result: `Some(true)` if a new copy
+/// was stored, `Some(false)` if it was unchanged, `None` on failure.
+async fn fetch(
+    http: &reqwest::Client,
+    metrics: &Metrics,
+    name: &str,
+    url: &str,
+    paths: &CachePaths,
+    config: &Config,
+) -> Option<bool> {
+    let result = crate::lists::download(
+        http,
+        url,
+        paths,
+        config.blocking.download_timeout,
+        config.blocking.download_max_bytes,
+    )
+    .await;
+    let label = if result.is_ok() { "success" } else { "failure" };
+    metrics
+        .blocklist_reloads
+        .with_label_values(&[name, label])
+        .inc();
+    match result {
+        Ok(DownloadOutcome::Updated) => {
+            tracing::info!(list = name, "downloaded a new copy of {url}");
+            Some(true)
+        }
+        Ok(DownloadOutcome::NotModified) => {
+            tracing::debug!(list = name, "{url} is unchanged");
+            let secs = crate::metrics::unix_now();
+            metrics
+                .blocklist_last_success
+                .with_label_values(&[name])
+                .set(secs);
+            Some(false)
+        }
+        Err(error) => {
+            tracing::warn!(
+                list = name,
+                "cannot refresh {url}: {error}; the previous copy stays in use"
+            );
+            None
+        }
+    }
+}
+
+/// Refreshes one `url` list on its schedule.
+struct Downloader {
+    name: String,
+    url: String,
+    paths: CachePaths,
+    refresh: Duration,
+    config: Arc<Config>,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Trigger>,
+}
+
+impl Downloader {
+    async fn run(self, stop: CancellationToken) {
+        // A copy younger than the refresh period is used as it is; startup
+        // never waits for the network.
+        let age = std::fs::metadata(&self.paths.body)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        let mut wait = match age {
+            Some(age) if age < self.refresh => self.refresh - age,
+            _ => Duration::ZERO,
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+            let result = tokio::select! {
+                r = fetch(&self.http, &self.metrics, &self.name, &self.url, &self.paths, &self.config) => r,
+                _ = stop.cancelled() => return,
+            };
+            if result == Some(true) {
+                let _ = self.tx.send(Trigger::Downloaded).await;
+            }
+            wait = match result {
+                Some(_) => self.refresh,
+                None => self.refresh.min(RETRY),
+            };
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! Hot reload, downloaded lists and explain, end to end.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use telesink::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config_text(lists: &str) -> String {
+    format!(
+        r#"
+[upstream]
+servers = [{{upstreams}}]
+timeout = "300ms"
+[http]
+listen = "127.0.0.1:0"
+{lists}
+"#
+    )
+}
+
+async fn is_blocked(ts: &Telesink, name: &str) -> bool {
+    addresses(&ask(ts.udp, name, RecordType::A).await) == ["0.0.0.0"]
+}
+
+/// Queries `a.test` in a loop while the lists change, and fails if any
+/// answer is wrong.
+fn background_queries(ts: &Telesink) -> (Arc<AtomicBool>, tokio::task::JoinHandle<usize>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let udp = ts.udp;
+    let flag = stop.clone();
+    let handle = tokio::spawn(async move {
+        let mut n = 0;
+        while !flag.load(Ordering::Relaxed) {
+            let r = ask(udp, "a.test.", RecordType::A).await;
+            assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(addresses(&r), ["192.0.2.1"], "query {n} during a reload");
+            n += 1;
+        }
+        n
+    });
+    (stop, handle)
+}
+
+async fn wait_blocked(ts: &Telesink, name: &str, want: bool) {
+    // The issue asks for a new entry to block within 2 s of the write.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if is_blocked(ts, name).await == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} blocked={want} not reached within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_edits_apply_in_place_and_by_rename_without_failing_queries() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "one.blocked.test\n")]);
+    let config = config_text("[[blocking.lists]]\nname = \"mine\"\npath = \"block.txt\"");
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    assert!(is_blocked(&ts, "one.blocked.test.").await);
+    assert!(!is_blocked(&ts, "two.blocked.test.").await);
+
+    let (stop, queries) = background_queries(&ts);
+    // In place, as `echo >>` does.
+    let path = dir.path().join("block.txt");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"two.blocked.test\n").unwrap();
+    drop(f);
+    wait_blocked(&ts, "two.blocked.test.", true).await;
+
+    // By rename, as editors and `sed -i` do.
+    let tmp = dir.path().join(".block.txt.swp");
+    std::fs::write(&tmp, "three.blocked.test\n").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    wait_blocked(&ts, "three.blocked.test.", true).await;
+    wait_blocked(&ts, "one.blocked.test.", false).await;
+
+    // An emptied file is an empty list.
+    std::fs::write(&path, "").unwrap();
+    wait_blocked(&ts, "three.blocked.test.", false).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let n = queries.await.unwrap();
+    assert!(n > 10, "only {n} queries ran during the reloads");
+    let m = ts.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "telesink_blocklist_reloads_total{list=\"mine\",result=\"success\"}"
+        ) >= 3.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "telesink_blocklist_domains{list=\"mine\"}"), 0.0);
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_list_keeps_its_old_entries() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[
+        ("block.txt", "kept.blocked.test\n"),
+        ("other.txt", "x.blocked.test\n"),
+    ]);
+    let config = config_text(
+        "[[blocking.lists]]\nname = \"mine\"\npath = \"block.txt\"\n\
+         [[blocking.lists]]\nname = \"other\"\npath = \"other.txt\"",
+    );
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    assert!(is_blocked(&ts, "kept.blocked.test.").await);
+    // Root can read any file, so make the path unreadable by putting a
+    // directory where the file was.
+    let path = dir.path().join("block.txt");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    // A change to the other list triggers a rebuild that must keep `mine`.
+    std::fs::write(dir.path().join("other.txt"), "y.blocked.test\n").unwrap();
+    wait_blocked(&ts, "y.blocked.test.", true).await;
+    assert!(
+        is_blocked(&ts, "kept.blocked.test.").await,
+        "old entries kept"
+    );
+    let m = ts.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "telesink_blocklist_reloads_total{list=\"mine\",result=\"failure\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "telesink_blocklist_domains{list=\"mine\"}"), 1.0);
+    ts.stop().await;
+}
+
+async fn start_from_file(dir: &Path, text: &str, stub: &Stub) -> Telesink {
+    let path = dir.join("telesink.toml");
+    std::fs::write(
+        &path,
+        text.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
+    )
+    .unwrap();
+    Telesink::start_config(Config::load(&path).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_edits_apply_and_an_invalid_edit_keeps_the_running_config() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("a.txt", "a.blocked.test\n"), ("b.txt", "b.blocked.test\n")]);
+    let first = config_text("[[blocking.lists]]\nname = \"a\"\npath = \"a.txt\"");
+    let ts = start_from_file(dir.path(), &first, &stub).await;
+    assert!(is_blocked(&ts, "a.blocked.test.").await);
+    let path = dir.path().join("telesink.toml");
+    let write = |text: &str| {
+        std::fs::write(
+            &path,
+            text.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
+        )
+        .unwrap()
+    };
+
+    // A broken edit: reported, counted, and the old lists keep serving.
+    write(&format!("{first}\n[blocking]\nmode = \"bogus\"\n"));
+    let http = ts.http;
+    eventually("config reload failure counted", || async move {
+        let m = http_get(http, "/metrics").await.unwrap();
+        metric(&m, "telesink_config_reloads_total{result=\"failure\"}") >= 1.0
+    })
+    .await;
+    assert!(is_blocked(&ts, "a.blocked.test.").await);
+
+    // A good edit adds a list and changes the mode without a restart.
+    write(&config_text(
+        "[blocking]\nmode = \"nxdomain\"\n[[blocking.lists]]\nname = \"a\"\npath = \"a.txt\"\n[[blocking.lists]]\nname = \"b\"\npath = \"b.txt\"",
+    ));
+    let udp = ts.udp;
+    eventually("new list and mode applied", || async move {
+        ask(udp, "b.blocked.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code
+            == ResponseCode::NXDomain
+    })
+    .await;
+    // The new list's file is watched too.
+    std::fs::write(dir.path().join("b.txt"), "c.blocked.test\n").unwrap();
+    eventually("new list's file is watched", || async move {
+        ask(udp, "c.blocked.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code
+            == ResponseCode::NXDomain
+    })
+    .await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn api_reload_reports_success_and_failure() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("a.txt", "a.blocked.test\n")]);
+    let text = config_text("[[blocking.lists]]\nname = \"a\"\npath = \"a.txt\"");
+    let ts = start_from_file(dir.path(), &text, &stub).await;
+    let (status, body) = http_post(ts.http, "/api/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("1 lists, 1 blocked domains"), "{body}");
+    std::fs::write(dir.path().join("telesink.toml"), "[server\n").unwrap();
+    let (status, body) = http_post(ts.http, "/api/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("telesink.toml:1:"), "error located: {body}");
+    assert!(is_blocked(&ts, "a.blocked.test.").await);
+    ts.stop().await;
+}
+
+/// A local HTTP server for list downloads, whose behaviour the test sets.
+struct ListServer {
+    addr: std::net::SocketAddr,
+    mode: Arc<std::sync::Mutex<&'static str>>,
+    body: Arc<std::sync::Mutex<String>>,
+    hits: Arc<AtomicUsize>,
+    not_modified: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ListServer {
+    async fn start(body: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(std::sync::Mutex::new("ok"));
+        let body = Arc::new(std::sync::Mutex::new(body.to_string()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let not_modified = Arc::new(AtomicUsize::new(0));
+        let (m, b, h, nm) = (
+            mode.clone(),
+            body.clone(),
+            hits.clone(),
+            not_modified.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (m, b, h, nm) = (m.clone(), b.clone(), h.clone(), nm.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = stream.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..n]);
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let req = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                    let body = b.lock().unwrap().clone();
+                    let etag = format!("\"v{}\"", body.len());
+                    let mode = *m.lock().unwrap();
+                    let response = match mode {
+                        "ok" if req.contains(&format!("if-none-match: {etag}")) => {
+                            nm.fetch_add(1, Ordering::SeqCst);
+                            "HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n".to_string()
+                        }
+                        "ok" => format!(
+                            "HTTP/1.1 200 OK\r\nETag: {etag}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        "error" => {
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+                                .to_string()
+                        }
+                        "slow" => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                        "huge" => {
+                            let big = "x.blocked.test\n".repeat(10_000);
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{big}",
+                                big.len()
+                            )
+                        }
+                        _ => unreachable!(),
+                    };
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self {
+            addr,
+            mode,
+            body,
+            hits,
+            not_modified,
+            task,
+        }
+    }
+
+    fn set(&self, mode: &'static str) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+impl Drop for ListServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
+    let stub = Stub::start().await;
+    let server = ListServer::start("# remote list\nremote.blocked.test\n").await;
+    let dir = dir_with(&[]);
+    let text = config_text(&format!(
+        "[blocking]\ncache_dir = \"cache\"\ndownload_timeout = \"1s\"\ndownload_max_bytes = 100000\n\
+         [[blocking.lists]]\nname = \"remote\"\nurl = \"http://{}/list.txt\"\nrefresh = \"1h\"",
+        server.addr
+    ));
+    let ts = start_from_file(dir.path(), &text, &stub).await;
+    // Startup does not wait for the download; it lands in the background.
+    let udp = ts.udp;
+    eventually("downloaded list blocks", || async move {
+        addresses(&ask(udp, "remote.blocked.test.", RecordType::A).await) == ["0.0.0.0"]
+    })
+    .await;
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    // A reload asks again with If-None-Match and gets 304.
+    let (status, _) = http_post(ts.http, "/api/reload").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        server.not_modified.load(Ordering::SeqCst),
+        1,
+        "conditional GET answered 304"
+    );
+
+    // A changed list is picked up.
+    *server.body.lock().unwrap() = "remote.blocked.test\nnew.blocked.test\n".into();
+    http_post(ts.http, "/api/reload").await;
+    assert!(is_blocked(&ts, "new.blocked.test.").await);
+
+    // 500, a timeout and an oversized body all keep the previous copy.
+    for mode in ["error", "slow", "huge"] {
+        server.set(mode);
+        let (status, _) = http_post(ts.http, "/api/reload").await;
+        assert_eq!(status, 200, "{mode}: the reload itself succeeds");
+        assert!(
+            is_blocked(&ts, "new.blocked.test.").await,
+            "{mode}: previous copy kept"
+        );
+        assert!(
+            !is_blocked(&ts, "x.blocked.test.").await,
+            "{mode}: nothing of the bad download used"
+        );
+    }
+    let m = ts.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_blocklist_reloads_total{list=\"remote\",result=\"failure\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "telesink_blocklist_refresh_seconds{list=\"remote\"}"),
+        3600.0
+    );
+    ts.stop().await;
+
+    // Restart with the server gone: the copy on disk serves at once.
+    drop(server);
+    let ts = start_from_file(dir.path(), &text, &stub).await;
+    assert!(
+        is_blocked(&ts, "new.blocked.test.").await,
+        "on-disk fallback after restart"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn api_explain_names_the_list_file_and_line_and_cname() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[
+        ("block.txt", "# vendor\n\ntracker.test\n"),
+        ("allow.txt", "ok.tracker.test\n"),
+    ]);
+    let config = config_text(
+        "[[blocking.lists]]\nname = \"vendor\"\npath = \"block.txt\"\n[[blocking.allow]]\nname = \"keep\"\npath = \"allow.txt\"",
+    );
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    let json = |body: String| -> serde_json::Value { serde_json::from_str(&body).unwrap() };
+
+    let v = json(
+        http_get(ts.http, "/api/explain?name=a.tracker.test")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(v["verdict"], "blocked");
+    assert_eq!(v["rule"]["list"], "vendor");
+    assert_eq!(v["rule"]["rule"], "tracker.test");
+    assert_eq!(v["rule"]["line"], 3);
+
+    let v = json(
+        http_get(ts.http, "/api/explain?name=x.ok.tracker.test")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(v["verdict"], "allowed");
+    assert_eq!(v["rule"]["list"], "keep");
+    assert_eq!(v["overrode"]["list"], "vendor");
+
+    let v = json(http_get(ts.http, "/api/explain?name=a.test").await.unwrap());
+    assert_eq!(v["verdict"], "not listed");
+    assert_eq!(v["live"]["outcome"], "forwarded");
+
+    let v = json(
+        http_get(ts.http, "/api/explain?name=cloaked.test")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(v["verdict"], "not listed");
+    assert_eq!(v["live"]["outcome"], "blocked");
+    assert_eq!(v["live"]["blocked_cname"], "collect.tracker.test.");
+    assert_eq!(v["live"]["cname_rule"]["line"], 3);
+    ts.stop().await;
+}
+
+#[test]
+fn cli_explain_block_allow_override_and_not_listed() {
+    let dir = dir_with(&[
+        ("block.txt", "tracker.test\n"),
+        ("allow.txt", "# keep\nok.tracker.test\n"),
+    ]);
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        "[[blocking.lists]]\nname = \"vendor\"\npath = \"block.txt\"\n[[blocking.allow]]\nname = \"keep\"\npath = \"allow.txt\"\n",
+    )
+    .unwrap();
+    let run = |name: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_telesink"))
+            .args(["explain", name, "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = run("a.tracker.test");
+    assert!(
+        out.starts_with("a.tracker.test: blocked by rule tracker.test in block list \"vendor\""),
+        "{out}"
+    );
+    assert!(out.contains("block.txt, line 1)"), "{out}");
+    let out = run("Z.OK.tracker.test.");
+    assert!(
+        out.starts_with(
+            "z.ok.tracker.test: allowed by rule ok.tracker.test in allow list \"keep\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("allow.txt, line 2)"), "{out}");
+    assert!(
+        out.contains("overriding rule tracker.test in block list \"vendor\""),
+        "{out}"
+    );
+    assert_eq!(run("example.org"), "example.org: not listed\n");
+}
