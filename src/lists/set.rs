@@ -106,6 +106,17 @@ impl DomainSet {
         true
     }
 
+    /// Makes room for about `names` more names of `bytes` bytes in all, so
+    /// a large list is built without the arena and table doubling (which
+    /// briefly holds two copies).
+    pub fn reserve(&mut self, names: usize, bytes: usize) {
+        self.arena.reserve(bytes + names * HEADER);
+        let hasher = &self.hasher;
+        let arena = &self.arena;
+        self.table
+            .reserve(names, |&o| hasher.hash_one(Self::name_at(arena, o)));
+    }
+
     /// The list mask of `name`, or 0 if absent.
     pub fn get(&self, name: &[u8]) -> u32 {
         self.get_hashed(name, self.hash(name))

@@ -1,0 +1,186 @@
+//! The list matcher: memory, build time and lookup time, against a plain
+//! `HashSet<String>` holding the same names.
+//!
+//! `cargo bench --bench matcher` uses a deterministic synthetic list of
+//! 100k and 1M names; `TELESINK_BENCH_LIST=FILE` adds a real list file
+//! (any supported format). Memory is counted by a global allocator that
+//! tracks live heap bytes, so the figures are exact for this process.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use criterion::{BenchmarkId, Criterion};
+use telesink::config::ListSource;
+use telesink::lists::{BuildLimits, ListInput, ListKind, Snapshot};
+use telesink::resolver::BlockPolicy;
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// `n` distinct names shaped like blocklist entries (2–4 labels).
+fn synthetic(n: usize) -> String {
+    const WORDS: &[&str] = &[
+        "ad", "ads", "track", "metrics", "stat", "log", "cdn", "pixel", "beacon", "sync", "data",
+        "api", "edge", "push", "collect", "event", "sdk", "tag", "rtb", "media",
+    ];
+    const TLDS: &[&str] = &[
+        "com", "net", "org", "io", "cn", "ru", "de", "xyz", "info", "top",
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = String::with_capacity(n * 26);
+    for i in 0..n {
+        let r = next();
+        let labels = 1 + (r % 3) as usize;
+        for l in 0..labels {
+            out.push_str(WORDS[((r >> (8 * l + 4)) % WORDS.len() as u64) as usize]);
+            if l == 0 {
+                out.push_str(&format!("{i:x}"));
+            }
+            out.push('.');
+        }
+        out.push_str(TLDS[((r >> 40) % TLDS.len() as u64) as usize]);
+        out.push('\n');
+    }
+    out
+}
+
+fn build(text: &str) -> Snapshot {
+    let input = ListInput {
+        name: "bench".into(),
+        kind: ListKind::Block,
+        source: ListSource::Builtin("bench".into()),
+        origin: "bench".into(),
+        text: Ok(Cow::Owned(text.to_string())),
+        loaded_at: None,
+        refresh: None,
+    };
+    Snapshot::build(
+        vec![input],
+        BlockPolicy::default(),
+        BuildLimits::default(),
+        None,
+    )
+}
+
+/// Prints bytes per name and build time for the matcher and a HashSet.
+fn report(label: &str, text: &str) {
+    let names = text.lines().filter(|l| !l.trim().is_empty()).count();
+    let text_bytes = text.len();
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let started = Instant::now();
+    let snap = build(text);
+    let took = started.elapsed();
+    // The input text (a copy made by `build`) is freed by now.
+    let held = LIVE.load(Ordering::Relaxed) - base;
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let domains = snap.blocked_domains();
+    drop(snap);
+
+    let base = LIVE.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let set: HashSet<String> = text
+        .lines()
+        .map(|l| l.trim().to_ascii_lowercase())
+        .collect();
+    let set_took = started.elapsed();
+    let set_held = LIVE.load(Ordering::Relaxed) - base;
+    drop(set);
+    println!(
+        "{label}: {names} lines ({text_bytes} bytes), {domains} domains | matcher: {:.1} MB held ({:.1} B/domain), peak {:.1} MB during build incl. the {:.1} MB text copy, built in {:.0?} | HashSet<String>: {:.1} MB ({:.1} B/domain), built in {:.0?}",
+        held as f64 / 1e6,
+        held as f64 / domains as f64,
+        peak as f64 / 1e6,
+        text_bytes as f64 / 1e6,
+        took,
+        set_held as f64 / 1e6,
+        set_held as f64 / domains as f64,
+        set_took,
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lookup");
+    for (label, n) in [("100k", 100_000), ("1m", 1_000_000)] {
+        let text = synthetic(n);
+        let snap = build(&text);
+        let set: HashSet<String> = text.lines().map(str::to_string).collect();
+        let listed = text.lines().nth(n / 2).unwrap().to_string();
+        let sub = format!("a.b.{listed}");
+        let miss = "static.images.example-cdn.com";
+        assert_eq!(snap.blocking_list_str(&listed), Some(0));
+        assert_eq!(snap.blocking_list_str(&sub), Some(0));
+        assert_eq!(snap.blocking_list_str(miss), None);
+        group.bench_with_input(
+            BenchmarkId::new("matcher_miss_4_labels", label),
+            &miss,
+            |b, m| b.iter(|| snap.blocking_list_str(black_box(m))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("matcher_hit_subdomain", label),
+            &sub,
+            |b, m| b.iter(|| snap.blocking_list_str(black_box(m))),
+        );
+        // The same suffix walk over a HashSet<String>, for comparison.
+        group.bench_with_input(
+            BenchmarkId::new("hashset_miss_4_labels", label),
+            &miss,
+            |b, m| {
+                b.iter(|| {
+                    let m: &str = black_box(m);
+                    std::iter::once(m)
+                        .chain(m.match_indices('.').map(|(i, _)| &m[i + 1..]))
+                        .any(|s| set.contains(s))
+                })
+            },
+        );
+    }
+    group.finish();
+    let mut group = c.benchmark_group("build");
+    group.sample_size(10);
+    let text = synthetic(100_000);
+    group.bench_function("matcher_100k", |b| b.iter(|| build(black_box(&text))));
+    group.finish();
+}
+
+fn main() {
+    report("synthetic 100k", &synthetic(100_000));
+    report("synthetic 1m", &synthetic(1_000_000));
+    if let Ok(path) = std::env::var("TELESINK_BENCH_LIST") {
+        let text = std::fs::read_to_string(&path).expect("TELESINK_BENCH_LIST is readable");
+        report(&path, &text);
+    }
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+}
