@@ -144,6 +144,9 @@ pub struct UpstreamConfig {
     /// How long to wait for one upstream before trying the next.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Upstream requests allowed at once (after identical queries are
+    /// merged); beyond it queries get SERVFAIL instead of piling up.
+    pub max_in_flight: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -154,6 +157,7 @@ impl Default for UpstreamConfig {
                 UpstreamAddr(SocketAddr::from(([1, 1, 1, 1], 53))),
             ],
             timeout: Duration::from_secs(2),
+            max_in_flight: 1024,
         }
     }
 }
@@ -208,6 +212,14 @@ pub struct CacheConfig {
     /// from the SOA minimum (RFC 2308).
     #[serde(with = "humantime_serde")]
     pub negative_max_ttl: Duration,
+    /// How long past its expiry an answer may still be served when no
+    /// upstream answers (RFC 8767 serve-stale); "0s" turns it off.
+    #[serde(with = "humantime_serde")]
+    pub serve_stale: Duration,
+    /// How long a query whose answer has expired waits for the upstreams
+    /// before the stale answer goes out (RFC 8767 suggests 1.8 s at most).
+    #[serde(with = "humantime_serde")]
+    pub stale_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -217,6 +229,8 @@ impl Default for CacheConfig {
             min_ttl: Duration::ZERO,
             max_ttl: Duration::from_secs(86_400),
             negative_max_ttl: Duration::from_secs(3_600),
+            serve_stale: Duration::from_secs(86_400),
+            stale_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -40,3 +40,4 @@ pub mod metrics;
 pub mod reload;
 pub mod resolver;
 pub mod server;
+pub mod throttle;

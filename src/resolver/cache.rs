@@ -6,9 +6,19 @@
 //! NODATA) are kept for the SOA's negative TTL (RFC 2308 §5). The cache is
 //! bounded by entry count and evicts with S3-FIFO (quick_cache), which keeps
 //! popular names through a burst of one-off lookups.
+//!
+//! When the upstreams fail or stay silent, an expired answer up to
+//! `[cache] serve_stale` old is served with a 30 s TTL after at most
+//! `stale_timeout` (RFC 8767). Identical queries that miss at the same time
+//! share one upstream request, and at most `[upstream] max_in_flight`
+//! upstream requests run at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, broadcast};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
@@ -16,8 +26,15 @@ use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 use super::{Answer, Outcome, Query, Resolve};
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
+use crate::throttle::Throttle;
 
 type Key = (LowerName, RecordType, DNSClass);
+
+/// TTL of an answer served stale (RFC 8767 §4 recommends 30 s).
+const STALE_TTL: u32 = 30;
+/// After a failed refresh, stale answers are served without asking the
+/// upstreams again for this long (RFC 8767's stale-refresh time).
+const STALE_REFRESH: u32 = 30;
 
 /// One cached answer.
 #[derive(Debug)]
@@ -30,14 +47,95 @@ struct Entry {
     stored: Instant,
     /// Seconds the entry stays fresh: the smallest (clamped) TTL in it.
     ttl: u32,
+    /// Age in seconds + 1 at the last failed refresh; 0 if none.
+    failed_at: AtomicU32,
 }
 
-/// Serves fresh cached answers and stores what `next` answers.
+impl Entry {
+    fn age(&self) -> u32 {
+        u32::try_from(self.stored.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// The entry as an answer, with TTLs counted down by `age`, or all set
+    /// to `ttl` when given (stale answers).
+    fn answer(&self, outcome: Outcome, age: u32, ttl: Option<u32>) -> Answer {
+        let count_down = |records: &[Record]| -> Vec<Record> {
+            records
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.ttl = ttl.unwrap_or_else(|| r.ttl.saturating_sub(age));
+                    r
+                })
+                .collect()
+        };
+        Answer {
+            outcome,
+            rcode: self.rcode,
+            authentic_data: self.authentic_data,
+            answers: count_down(&self.answers),
+            authorities: count_down(&self.authorities),
+            additionals: count_down(&self.additionals),
+        }
+    }
+
+    fn mark_failed(&self) {
+        self.failed_at
+            .store(self.age().saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn recently_failed(&self, age: u32) -> bool {
+        let at = self.failed_at.load(Ordering::Relaxed);
+        at != 0 && age < (at - 1).saturating_add(STALE_REFRESH)
+    }
+}
+
+/// Removes an in-flight entry when its leader finishes or is dropped, so
+/// waiters of an abandoned request resolve on their own.
+struct InFlight<'a> {
+    map: &'a Mutex<HashMap<Key, broadcast::Sender<Answer>>>,
+    key: Key,
+}
+
+impl InFlight<'_> {
+    fn finish(self, answer: &Answer) {
+        let tx = lock(self.map).remove(&self.key);
+        if let Some(tx) = tx {
+            let _ = tx.send(answer.clone());
+        }
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(self.map).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serves fresh cached answers, stores what `next` answers, shares one
+/// upstream request among identical queries in flight, bounds how many
+/// upstream requests run at once, and serves expired answers when the
+/// upstreams fail (RFC 8767).
 pub struct Cache<N> {
     entries: Option<quick_cache::sync::Cache<Key, Arc<Entry>>>,
     min_ttl: u32,
     max_ttl: u32,
     negative_max_ttl: u32,
+    /// Seconds past expiry an answer may still be served stale; 0 = never.
+    serve_stale: u32,
+    /// How long a query with a stale answer waits for the upstreams.
+    stale_timeout: Duration,
+    /// Identical queries waiting on one upstream request.
+    in_flight: Mutex<HashMap<Key, broadcast::Sender<Answer>>>,
+    /// Upstream requests allowed at once.
+    upstream_slots: Semaphore,
+    /// Keeps "upstream saturated" warnings to one per interval in a flood.
+    saturated_log: Throttle,
     metrics: Arc<Metrics>,
     next: N,
 }
@@ -65,18 +163,23 @@ impl<N> Cache<N> {
 }
 
 impl<N: Resolve> Cache<N> {
-    /// A cache as `[cache]` describes, in front of `next`.
-    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>, next: N) -> Self {
+    /// A cache as `[cache]` describes, in front of `next`, allowing
+    /// `max_in_flight` upstream requests at once.
+    pub fn new(config: &CacheConfig, max_in_flight: usize, metrics: Arc<Metrics>, next: N) -> Self {
         Self {
             entries: (config.capacity > 0).then(|| quick_cache::sync::Cache::new(config.capacity)),
             min_ttl: secs(config.min_ttl),
             max_ttl: secs(config.max_ttl),
             negative_max_ttl: secs(config.negative_max_ttl),
+            serve_stale: secs(config.serve_stale),
+            stale_timeout: config.stale_timeout,
+            in_flight: Mutex::new(HashMap::new()),
+            upstream_slots: Semaphore::new(max_in_flight.max(1)),
+            saturated_log: Throttle::new(Duration::from_secs(10)),
             metrics,
             next,
         }
     }
-
     /// How long `answer` may be cached, in seconds, with its records'
     /// TTLs clamped in place; `None` if it must not be cached.
     fn cacheable_ttl(&self, answer: &mut Answer) -> Option<u32> {
@@ -113,58 +216,128 @@ impl<N: Resolve> Cache<N> {
     }
 }
 
-impl<N: Resolve> Resolve for Cache<N> {
-    async fn resolve(&self, query: &Query<'_>) -> Answer {
-        let Some(entries) = &self.entries else {
-            return self.next.resolve(query).await;
-        };
-        let key: Key = (query.name.clone(), query.qtype, query.qclass);
-        if let Some(entry) = entries.get(&key) {
-            let age = u32::try_from(entry.stored.elapsed().as_secs()).unwrap_or(u32::MAX);
-            if age < entry.ttl {
-                self.metrics.cache_hits.inc();
-                let count_down = |records: &[Record]| -> Vec<Record> {
-                    records
-                        .iter()
-                        .map(|r| {
-                            let mut r = r.clone();
-                            r.ttl = r.ttl.saturating_sub(age);
-                            r
-                        })
-                        .collect()
-                };
-                return Answer {
-                    outcome: Outcome::Cached,
-                    rcode: entry.rcode,
-                    authentic_data: entry.authentic_data,
-                    answers: count_down(&entry.answers),
-                    authorities: count_down(&entry.authorities),
-                    additionals: count_down(&entry.additionals),
-                };
+impl<N: Resolve> Cache<N> {
+    /// Asks `next`, sharing the request with identical queries in flight.
+    async fn coalesced(&self, key: &Key, query: &Query<'_>) -> Answer {
+        let waiting = {
+            let mut map = lock(&self.in_flight);
+            match map.get(key) {
+                Some(tx) => Some(tx.subscribe()),
+                None => {
+                    map.insert(key.clone(), broadcast::channel(1).0);
+                    None
+                }
             }
-            entries.remove(&key);
+        };
+        if let Some(mut rx) = waiting {
+            if let Ok(answer) = rx.recv().await {
+                return answer;
+            }
+            // The leading request was abandoned: ask on our own.
+            return self.limited(query).await;
+        }
+        let leader = InFlight {
+            map: &self.in_flight,
+            key: key.clone(),
+        };
+        let answer = self.limited(query).await;
+        leader.finish(&answer);
+        answer
+    }
+
+    /// Asks `next` once an upstream slot is free; SERVFAIL if none frees
+    /// up in time (the upstreams are saturated and more waiting would only
+    /// pile up work the clients have given up on).
+    async fn limited(&self, query: &Query<'_>) -> Answer {
+        let wait = self.stale_timeout.max(Duration::from_secs(1));
+        let Ok(Ok(_permit)) = tokio::time::timeout(wait, self.upstream_slots.acquire()).await
+        else {
+            if let Some(suppressed) = self.saturated_log.ready() {
+                tracing::warn!(
+                    suppressed,
+                    "too many upstream requests in flight ([upstream] max_in_flight); answering SERVFAIL"
+                );
+            }
+            return Answer::empty(Outcome::Error, ResponseCode::ServFail);
+        };
+        self.next.resolve(query).await
+    }
+
+    fn store(
+        &self,
+        entries: &quick_cache::sync::Cache<Key, Arc<Entry>>,
+        key: Key,
+        answer: &mut Answer,
+    ) {
+        if let Some(ttl) = self.cacheable_ttl(answer) {
+            entries.insert(
+                key,
+                Arc::new(Entry {
+                    rcode: answer.rcode,
+                    authentic_data: answer.authentic_data,
+                    answers: answer.answers.clone(),
+                    authorities: answer.authorities.clone(),
+                    additionals: answer.additionals.clone(),
+                    stored: Instant::now(),
+                    ttl,
+                    failed_at: AtomicU32::new(0),
+                }),
+            );
+            // Kept current on the write path (inserts and expiries), so
+            // hits pay nothing for it.
             self.metrics.cache_entries.set(entries.len() as i64);
         }
-        self.metrics.cache_misses.inc();
-        let mut answer = self.next.resolve(query).await;
-        if answer.outcome == Outcome::Forwarded {
-            if let Some(ttl) = self.cacheable_ttl(&mut answer) {
-                entries.insert(
-                    key,
-                    Arc::new(Entry {
-                        rcode: answer.rcode,
-                        authentic_data: answer.authentic_data,
-                        answers: answer.answers.clone(),
-                        authorities: answer.authorities.clone(),
-                        additionals: answer.additionals.clone(),
-                        stored: Instant::now(),
-                        ttl,
-                    }),
-                );
-                // Kept current on the write path (inserts and expiries),
-                // so hits pay nothing for it.
+    }
+}
+
+/// Whether an upstream answer is good enough to replace a stale one.
+fn usable(answer: &Answer) -> bool {
+    answer.outcome == Outcome::Forwarded
+        && !matches!(answer.rcode, ResponseCode::ServFail | ResponseCode::Refused)
+}
+
+impl<N: Resolve> Resolve for Cache<N> {
+    async fn resolve(&self, query: &Query<'_>) -> Answer {
+        let key: Key = (query.name.clone(), query.qtype, query.qclass);
+        let Some(entries) = &self.entries else {
+            return self.coalesced(&key, query).await;
+        };
+        let mut stale = None;
+        if let Some(entry) = entries.get(&key) {
+            let age = entry.age();
+            if age < entry.ttl {
+                self.metrics.cache_hits.inc();
+                return entry.answer(Outcome::Cached, age, None);
+            }
+            if age < entry.ttl.saturating_add(self.serve_stale) {
+                if entry.recently_failed(age) {
+                    return entry.answer(Outcome::Stale, age, Some(STALE_TTL));
+                }
+                stale = Some(entry);
+            } else {
+                entries.remove(&key);
                 self.metrics.cache_entries.set(entries.len() as i64);
             }
+        }
+        self.metrics.cache_misses.inc();
+        let mut answer = match stale {
+            None => self.coalesced(&key, query).await,
+            Some(entry) => {
+                // RFC 8767: give the upstreams `stale_timeout`, then answer
+                // with the expired data rather than keep the client waiting.
+                let fresh =
+                    tokio::time::timeout(self.stale_timeout, self.coalesced(&key, query)).await;
+                match fresh {
+                    Ok(answer) if usable(&answer) => answer,
+                    _ => {
+                        entry.mark_failed();
+                        return entry.answer(Outcome::Stale, entry.age(), Some(STALE_TTL));
+                    }
+                }
+            }
+        };
+        if answer.outcome == Outcome::Forwarded {
+            self.store(entries, key, &mut answer);
         }
         answer
     }

@@ -56,6 +56,9 @@ pub enum Outcome {
     },
     /// Served from the cache.
     Cached,
+    /// An expired cached answer, served because the upstreams failed or
+    /// were too slow (RFC 8767).
+    Stale,
     /// Answered by an upstream resolver.
     Forwarded,
     /// No usable answer could be had (SERVFAIL).
@@ -69,6 +72,7 @@ impl Outcome {
             Self::Refused => "refused",
             Self::Blocked { .. } => "blocked",
             Self::Cached => "cached",
+            Self::Stale => "stale",
             Self::Forwarded => "forwarded",
             Self::Error => "error",
         }
@@ -130,7 +134,12 @@ pub fn chain(config: &Config, lists: Arc<ListStore>, metrics: Arc<Metrics>) -> i
     );
     // Cache sits right above Forward so it holds only upstream answers: a
     // blocked answer is never cached, and unblocking a name needs no flush.
-    let cache = Cache::new(&config.cache, metrics.clone(), forward);
+    let cache = Cache::new(
+        &config.cache,
+        config.upstream.max_in_flight,
+        metrics.clone(),
+        forward,
+    );
     // Block sits above Cache so a list change applies at once even to names
     // whose answers are cached, and it checks the CNAME targets of answers
     // on their way back from Cache/Forward (CNAME cloaking).

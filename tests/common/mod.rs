@@ -85,6 +85,7 @@ fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>,
         ),
         ("tc.test.", RecordType::A) if !tcp => (ResponseCode::NoError, vec![], vec![], false, true),
         ("tc.test.", RecordType::A) => ok(vec![a("tc.test.", [192, 0, 2, 10])]),
+        ("slow.test.", RecordType::A) => ok(vec![a("slow.test.", [192, 0, 2, 13])]),
         ("short.test.", RecordType::A) => ok(vec![rec(
             "short.test.",
             2,
@@ -130,6 +131,8 @@ pub struct Stub {
     pub addr: SocketAddr,
     /// Every question received: (lowercase name, type).
     log: Arc<Mutex<Vec<(String, RecordType)>>>,
+    /// While set, questions are logged but never answered.
+    silent: Arc<std::sync::atomic::AtomicBool>,
     token: CancellationToken,
 }
 
@@ -150,8 +153,15 @@ impl Stub {
         Self::start_with(true).await
     }
 
+    /// Stops (or resumes) answering, as a dead upstream would.
+    pub fn set_silent(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn start_with(silent: bool) -> Self {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(silent));
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = udp.local_addr().unwrap();
         let tcp = TcpListener::bind(addr).await.unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -159,6 +169,7 @@ impl Stub {
         {
             let log = log.clone();
             let token = token.clone();
+            let silent = silent.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 loop {
@@ -166,15 +177,23 @@ impl Stub {
                         r = udp.recv_from(&mut buf) => r.unwrap(),
                         _ = token.cancelled() => return,
                     };
-                    if let Some(reply) = answer(&buf[..n], false, &log, silent) {
-                        let _ = udp.send_to(&reply, from).await;
-                    }
+                    let quiet = silent.load(std::sync::atomic::Ordering::SeqCst);
+                    let packet = buf[..n].to_vec();
+                    let (udp, log) = (udp.clone(), log.clone());
+                    // One task per query, so a slow answer delays no other.
+                    tokio::spawn(async move {
+                        if let Some((reply, delay)) = answer(&packet, false, &log, quiet) {
+                            tokio::time::sleep(delay).await;
+                            let _ = udp.send_to(&reply, from).await;
+                        }
+                    });
                 }
             });
         }
         {
             let log = log.clone();
             let token = token.clone();
+            let silent = silent.clone();
             tokio::spawn(async move {
                 loop {
                     let (mut stream, _) = tokio::select! {
@@ -182,13 +201,16 @@ impl Stub {
                         _ = token.cancelled() => return,
                     };
                     let log = log.clone();
+                    let silent = silent.clone();
                     tokio::spawn(async move {
                         while let Ok(len) = stream.read_u16().await {
                             let mut buf = vec![0u8; usize::from(len)];
                             if stream.read_exact(&mut buf).await.is_err() {
                                 return;
                             }
-                            if let Some(reply) = answer(&buf, true, &log, silent) {
+                            let quiet = silent.load(std::sync::atomic::Ordering::SeqCst);
+                            if let Some((reply, delay)) = answer(&buf, true, &log, quiet) {
+                                tokio::time::sleep(delay).await;
                                 let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
                                 framed.extend_from_slice(&reply);
                                 if stream.write_all(&framed).await.is_err() {
@@ -200,7 +222,12 @@ impl Stub {
                 }
             });
         }
-        Self { addr, log, token }
+        Self {
+            addr,
+            log,
+            silent,
+            token,
+        }
     }
 
     /// How many times the stub was asked for (`name`, `qtype`).
@@ -225,7 +252,7 @@ fn answer(
     tcp: bool,
     log: &Mutex<Vec<(String, RecordType)>>,
     silent: bool,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, Duration)> {
     let req = Message::from_vec(bytes).ok()?;
     let q = req.queries.first()?.clone();
     log.lock()
@@ -247,7 +274,19 @@ fn answer(
     if req.edns.is_some() {
         resp.set_edns(Edns::new());
     }
-    resp.to_vec().ok()
+    // `slow.test` answers after 300 ms, so identical queries overlap.
+    let delay = if q_name_is(&resp, "slow.test.") {
+        Duration::from_millis(300)
+    } else {
+        Duration::ZERO
+    };
+    Some((resp.to_vec().ok()?, delay))
+}
+
+fn q_name_is(m: &Message, name: &str) -> bool {
+    m.queries
+        .first()
+        .is_some_and(|q| q.name().to_lowercase().to_ascii() == name)
 }
 
 /// telesink running in-process on ephemeral ports.

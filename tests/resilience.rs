@@ -1,0 +1,132 @@
+//! Upstream loss and overload: serve-stale, shared upstream requests, and
+//! the bound on upstream requests in flight.
+
+mod common;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+fn config(extra: &str) -> String {
+    format!(
+        "[upstream]\nservers = [{{upstreams}}]\ntimeout = \"2s\"\n{extra}\n[http]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_answers_are_served_stale_when_the_upstream_dies() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(
+        &config("[cache]\nserve_stale = \"1d\"\nstale_timeout = \"500ms\""),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    let first = ask(ts.udp, "short.test.", RecordType::A).await;
+    assert_eq!(addresses(&first), ["192.0.2.11"]);
+    stub.set_silent(true);
+    // Once the 2 s TTL has run out, the answer comes from the stale entry.
+    let udp = ts.udp;
+    eventually("stale answer served", || async move {
+        let r = ask(udp, "short.test.", RecordType::A).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(
+            addresses(&r),
+            ["192.0.2.11"],
+            "never SERVFAIL while a stale answer exists"
+        );
+        r.answers[0].ttl == 30
+    })
+    .await;
+    let asked = stub.count("short.test.", RecordType::A);
+    // Within the stale-refresh window the upstream is not asked again.
+    let r = ask(ts.udp, "short.test.", RecordType::A).await;
+    assert_eq!(r.answers[0].ttl, 30);
+    assert_eq!(stub.count("short.test.", RecordType::A), asked);
+    let m = ts.metrics().await;
+    assert!(
+        metric(&m, "telesink_queries_total{outcome=\"stale\",qtype=\"A\"}") >= 2.0,
+        "{m}"
+    );
+    // A name never cached fails with SERVFAIL.
+    let r = ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stale_can_be_turned_off() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(
+        &config("[cache]\nserve_stale = \"0s\""),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    ask(ts.udp, "short.test.", RecordType::A).await;
+    stub.set_silent(true);
+    let udp = ts.udp;
+    eventually("SERVFAIL once expired", || async move {
+        ask(udp, "short.test.", RecordType::A)
+            .await
+            .metadata
+            .response_code
+            == ResponseCode::ServFail
+    })
+    .await;
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_queries_in_flight_share_one_upstream_request() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(&config(""), &[&stub], dir.path()).await;
+    let udp = ts.udp;
+    let queries: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { ask(udp, "slow.test.", RecordType::A).await }))
+        .collect();
+    for q in queries {
+        assert_eq!(addresses(&q.await.unwrap()), ["192.0.2.13"]);
+    }
+    assert_eq!(
+        stub.count("slow.test.", RecordType::A),
+        1,
+        "ten clients, one upstream request"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_requests_in_flight_are_bounded() {
+    let stub = Stub::silent().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(
+        &config("max_in_flight = 1\n[cache]\nstale_timeout = \"200ms\""),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    let udp = ts.udp;
+    // The first query holds the only slot until its 2 s timeout.
+    let first = tokio::spawn(async move { ask(udp, "a.test.", RecordType::A).await });
+    let s = &stub;
+    eventually("first query reached the upstream", || async move {
+        s.total() == 1
+    })
+    .await;
+    let r = ask(ts.udp, "mx.test.", RecordType::MX).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        stub.count("mx.test.", RecordType::MX),
+        0,
+        "no slot, no upstream request"
+    );
+    assert_eq!(
+        first.await.unwrap().metadata.response_code,
+        ResponseCode::ServFail
+    );
+    ts.stop().await;
+}
