@@ -69,6 +69,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Named devices (`[[clients]]`), the `client` label of metrics.
     pub clients: Vec<ClientConfig>,
+    /// Abuse protection.
+    pub security: SecurityConfig,
     /// Directory that relative paths in this file resolve against (the
     /// file's own directory; the current directory for the embedded default).
     #[serde(skip)]
@@ -429,6 +431,55 @@ impl Default for HttpConfig {
             listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9153))),
         }
     }
+}
+
+/// `[security]`: protection against abusive clients.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Per-client query rate limit.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `[security] rate_limit`: a token bucket per client address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained queries per second allowed per client address; 0 turns
+    /// the limit off. The default is far above what any home device sends
+    /// (a phone averages well under 1 query per second).
+    pub rate: u32,
+    /// Queries a client may send at once before the rate applies (an app
+    /// start or a page load sends dozens together).
+    pub burst: u32,
+    /// Networks never limited: put your router here if it forwards DNS for
+    /// the whole LAN, or every device would share one bucket.
+    pub exempt: Vec<IpNet>,
+    /// What a client over its limit gets: `"refuse"` (REFUSED) or `"drop"`
+    /// (no answer; cheaper under a spoofed flood, but clients retry).
+    pub action: RateLimitAction,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            rate: 200,
+            burst: 1000,
+            exempt: Vec::new(),
+            action: RateLimitAction::Refuse,
+        }
+    }
+}
+
+/// See [`RateLimitConfig::action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitAction {
+    /// Answer REFUSED.
+    #[default]
+    Refuse,
+    /// Send nothing.
+    Drop,
 }
 
 /// `[metrics]`: how clients are labelled.

@@ -114,6 +114,18 @@ impl<R: Resolve> RequestHandler for Handler<R> {
             checking_disabled: request.metadata.checking_disabled,
         };
         let answer = self.chain.resolve(&query).await;
+        if answer.outcome == crate::resolver::Outcome::Dropped {
+            // Rate limited with `action = "drop"`: no reply at all, so it
+            // counts as a query but not as a response.
+            self.metrics
+                .queries
+                .with_label_values(&[
+                    crate::metrics::qtype_label(query.qtype),
+                    answer.outcome.label(),
+                ])
+                .inc();
+            return failed(request, ResponseCode::Refused);
+        }
 
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = answer.rcode;

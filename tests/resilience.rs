@@ -130,3 +130,63 @@ async fn upstream_requests_in_flight_are_bounded() {
     );
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn clients_over_their_rate_are_refused_or_dropped_but_exempt_ones_are_not() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let extra = "[security]\nrate_limit = { rate = 1, burst = 3, exempt = [\"127.0.0.7/32\"] }";
+    let ts = Telesink::start(&config(extra), &[&stub], dir.path()).await;
+    let q = request("a.test.", RecordType::A, true);
+    for i in 0..3 {
+        let r = udp_from("127.0.0.5:0", ts.udp, &q).await;
+        assert_eq!(
+            r.metadata.response_code,
+            ResponseCode::NoError,
+            "query {i} within the burst"
+        );
+    }
+    let r = udp_from("127.0.0.5:0", ts.udp, &q).await;
+    assert_eq!(
+        r.metadata.response_code,
+        ResponseCode::Refused,
+        "over the burst"
+    );
+    // Other clients have their own bucket; exempt ones have none.
+    let r = udp_from("127.0.0.6:0", ts.udp, &q).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    for _ in 0..10 {
+        let r = udp_from("127.0.0.7:0", ts.udp, &q).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    }
+    let m = ts.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_queries_total{outcome=\"ratelimited\",qtype=\"A\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    ts.stop().await;
+
+    let extra = "[security]\nrate_limit = { rate = 1, burst = 1, action = \"drop\" }";
+    let ts = Telesink::start(&config(extra), &[&stub], dir.path()).await;
+    let r = udp_from("127.0.0.8:0", ts.udp, &q).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.8:0").await.unwrap();
+    socket.send_to(&q.to_vec().unwrap(), ts.udp).await.unwrap();
+    let mut buf = [0u8; 512];
+    // Waiting for the absence of a reply needs a bound; 500 ms is far above
+    // the loopback round trip of the answered queries above.
+    let silent = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        socket.recv_from(&mut buf),
+    )
+    .await;
+    assert!(
+        silent.is_err(),
+        "over the limit with action = drop: no reply"
+    );
+    ts.stop().await;
+}

@@ -16,11 +16,13 @@ mod access;
 mod block;
 mod cache;
 mod forward;
+mod ratelimit;
 
 pub use access::{Access, is_allowed};
 pub use block::{Block, BlockPolicy};
 pub use cache::Cache;
 pub use forward::{Forward, Upstream};
+pub use ratelimit::RateLimit;
 
 use crate::config::Config;
 use crate::lists::ListStore;
@@ -46,6 +48,10 @@ pub struct Query<'a> {
 pub enum Outcome {
     /// The client is not allowed to query.
     Refused,
+    /// The client is over its rate limit and gets REFUSED.
+    RateLimited,
+    /// The client is over its rate limit and gets no answer at all.
+    Dropped,
     /// A block list matched the name, or a CNAME target in its answer.
     Blocked {
         /// Configured name of the list that matched.
@@ -70,6 +76,7 @@ impl Outcome {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Refused => "refused",
+            Self::RateLimited | Self::Dropped => "ratelimited",
             Self::Blocked { .. } => "blocked",
             Self::Cached => "cached",
             Self::Stale => "stale",
@@ -144,7 +151,11 @@ pub fn chain(config: &Config, lists: Arc<ListStore>, metrics: Arc<Metrics>) -> i
     // whose answers are cached, and it checks the CNAME targets of answers
     // on their way back from Cache/Forward (CNAME cloaking).
     let block = Block::new(lists, cache);
+    // Rate limiting comes right after access control: a flooding client is
+    // stopped before it costs a list lookup, a cache entry or an upstream
+    // request, and refused outsiders do not use up anyone's bucket.
+    let limited = RateLimit::new(&config.security.rate_limit, block);
     // Access control is first: a client outside `allow_clients` learns
     // nothing, not even whether a name is blocked, and costs no lookup.
-    Access::new(config.server.allow_clients.clone(), block)
+    Access::new(config.server.allow_clients.clone(), limited)
 }
