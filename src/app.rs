@@ -15,6 +15,7 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType};
 
 use crate::clients::Clients;
 use crate::config::Config;
+use crate::controls::Controls;
 use crate::lists::ListStore;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadHandle, Reloader, publish};
@@ -98,7 +99,13 @@ pub async fn serve(
             .clone()
             .refresh_task(config.metrics.neighbour_refresh, shutdown.clone()),
     );
-    let chain = Arc::new(chain(&config, lists.clone(), metrics.clone()));
+    let controls = Arc::new(Controls::default());
+    let chain = Arc::new(chain(
+        &config,
+        lists.clone(),
+        metrics.clone(),
+        controls.clone(),
+    ));
     let handler = Handler::new(
         chain.clone(),
         metrics.clone(),
@@ -124,6 +131,10 @@ pub async fn serve(
                 lists,
                 config: shared_config,
                 lookup: live_lookup(chain),
+                controls,
+                api: config.http.api,
+                token: config.http.token.as_deref().map(Arc::from),
+                metrics_token: config.http.metrics_token.as_deref().map(Arc::from),
             };
             Some(tokio::spawn(crate::http::serve(
                 listener,

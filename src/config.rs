@@ -423,12 +423,26 @@ pub struct HttpConfig {
     /// string turns it off. Keep it on loopback or a trusted network.
     #[serde(deserialize_with = "optional_addr")]
     pub listen: Option<SocketAddr>,
+    /// Serve the admin API (`/api/reload`, `/api/explain`, `/api/blocking`,
+    /// `/api/cache/flush`) besides `/metrics` and `/healthz`.
+    pub api: bool,
+    /// Bearer token for the admin API: requests must send
+    /// `Authorization: Bearer TOKEN`. Required when the API is on and
+    /// `listen` is not a loopback address; telesink refuses to start
+    /// otherwise.
+    pub token: Option<String>,
+    /// Bearer token for `/metrics`; unset leaves it open (Prometheus
+    /// scrapes it, and it holds no names or addresses).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9153))),
+            api: true,
+            token: None,
+            metrics_token: None,
         }
     }
 }
@@ -774,6 +788,16 @@ impl Config {
                         ));
                     }
                 }
+            }
+        }
+        if let Some(addr) = self.http.listen {
+            if self.http.api
+                && !addr.ip().is_loopback()
+                && self.http.token.as_deref().is_none_or(str::is_empty)
+            {
+                return Err(invalid(format!(
+                    "[http] listen = \"{addr}\" is not a loopback address: set [http] token so the admin API is not open to the network, set [http] api = false, or listen on 127.0.0.1"
+                )));
             }
         }
         let total = self.blocking.lists.len() + self.blocking.allow.len();

@@ -1,5 +1,8 @@
-//! The HTTP listener: `GET /metrics` (Prometheus text format),
-//! `GET /healthz`, `POST /api/reload` and `GET /api/explain?name=NAME`.
+//! The HTTP listener: `GET /metrics` (Prometheus text format), `GET
+//! /healthz`, and the admin API: `POST /api/reload`, `GET
+//! /api/explain?name=NAME`, `GET|POST /api/blocking?enabled=false&for=10m`
+//! and `POST /api/cache/flush`. The admin API takes `[http] token` as a
+//! bearer token when one is set, and `/metrics` takes `metrics_token`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,14 +10,16 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::controls::Controls;
 use crate::lists::ListStore;
 use crate::metrics::Metrics;
 use crate::reload::ReloadHandle;
@@ -37,9 +42,61 @@ pub struct HttpState {
     pub config: Arc<ArcSwap<Config>>,
     /// A live lookup, for explaining CNAME cloaking.
     pub lookup: Lookup,
+    /// Runtime switches: pause blocking, flush the cache.
+    pub controls: Arc<Controls>,
+    /// Whether the admin API is served at all.
+    pub api: bool,
+    /// `Authorization: Bearer` value the admin API requires, if any.
+    pub token: Option<Arc<str>>,
+    /// The same for `/metrics`.
+    pub metrics_token: Option<Arc<str>>,
 }
 
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+/// Whether `headers` carry `Authorization: Bearer <expected>`. The
+/// comparison takes the same time wherever the first difference is.
+fn authorized(headers: &HeaderMap, expected: Option<&str>) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    if authorized(request.headers(), state.token.as_deref()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "missing or wrong bearer token ([http] token)\n",
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, state.metrics_token.as_deref()) {
+        return unauthorized();
+    }
+    state.metrics.blocking_enabled.set(i64::from(
+        state.lists.load().policy.enabled && !state.controls.paused(),
+    ));
     (
         [(
             header::CONTENT_TYPE,
@@ -47,6 +104,42 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct BlockingParams {
+    enabled: bool,
+    /// Pause for this long, then resume by itself (`"10m"`).
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    for_: Option<std::time::Duration>,
+}
+
+async fn set_blocking(State(state): State<HttpState>, Query(p): Query<BlockingParams>) -> Response {
+    state.controls.set_paused(!p.enabled, p.for_);
+    tracing::info!(enabled = p.enabled, "blocking switched from the API");
+    blocking_status(State(state)).await
+}
+
+async fn blocking_status(State(state): State<HttpState>) -> Response {
+    let configured = state.lists.load().policy.enabled;
+    let paused = state.controls.paused();
+    state
+        .metrics
+        .blocking_enabled
+        .set(i64::from(configured && !paused));
+    Json(serde_json::json!({
+        "enabled": configured && !paused,
+        "configured": configured,
+        "paused": paused,
+    }))
+    .into_response()
+}
+
+async fn flush_cache(State(state): State<HttpState>) -> Response {
+    let n = state.controls.flush_cache();
+    tracing::info!(answers = n, "cache flushed from the API");
+    format!("flushed {n} cached answers\n").into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -141,12 +234,20 @@ pub async fn serve(
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let api = state.api;
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/api/reload", post(reload))
-        .route("/api/explain", get(explain))
-        .with_state(state);
+        .route("/healthz", get(healthz));
+    if api {
+        let admin = Router::new()
+            .route("/api/reload", post(reload))
+            .route("/api/explain", get(explain))
+            .route("/api/blocking", get(blocking_status).post(set_blocking))
+            .route("/api/cache/flush", post(flush_cache))
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        app = app.merge(admin);
+    }
+    let app = app.with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -24,7 +24,11 @@
 //!   SIGHUP, `POST /api/reload`, and scheduled downloads of `url` lists.
 //! - [`explain`]: why a name is or is not blocked, to the file and line.
 //! - [`metrics`]: every Prometheus metric, with bounded labels only.
-//! - [`http`]: `/metrics`, `/healthz`, `/api/reload`, `/api/explain`.
+//! - [`http`]: `/metrics`, `/healthz` and the admin API (`/api/reload`,
+//!   `/api/explain`, `/api/blocking`, `/api/cache/flush`), with bearer
+//!   tokens.
+//! - [`controls`]: runtime switches the admin API sets (pause blocking,
+//!   flush the cache).
 //! - [`app`]: wiring; [`app::serve`] takes bound sockets and a shutdown
 //!   token, so tests run the whole server on port 0.
 //! - [`check`]: `telesink check-config`.
@@ -33,6 +37,7 @@ pub mod app;
 pub mod check;
 pub mod clients;
 pub mod config;
+pub mod controls;
 pub mod explain;
 pub mod http;
 pub mod lists;

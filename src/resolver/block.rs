@@ -10,6 +10,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use super::{Answer, Outcome, Query, Resolve};
 use crate::config::{BlockMode, BlockingConfig};
+use crate::controls::Controls;
 use crate::lists::{ListStore, Snapshot};
 
 /// How blocked names are answered, from `[blocking]`. It is part of the
@@ -53,6 +54,8 @@ impl Default for BlockPolicy {
 /// Answers blocked names itself and passes the rest on.
 pub struct Block<N> {
     lists: Arc<ListStore>,
+    /// Blocking paused from the admin API.
+    controls: Arc<Controls>,
     /// The SOA owner and server name of synthesized negative answers.
     soa_mname: Name,
     soa_rname: Name,
@@ -67,9 +70,10 @@ impl<N> std::fmt::Debug for Block<N> {
 
 impl<N: Resolve> Block<N> {
     /// Blocks by `lists` as their snapshot's policy says, then asks `next`.
-    pub fn new(lists: Arc<ListStore>, next: N) -> Self {
+    pub fn new(lists: Arc<ListStore>, controls: Arc<Controls>, next: N) -> Self {
         Self {
             lists,
+            controls,
             soa_mname: Name::from_ascii("telesink.").expect("valid name"),
             soa_rname: Name::from_ascii("hostmaster.telesink.").expect("valid name"),
             next,
@@ -143,7 +147,7 @@ impl<N: Resolve> Resolve for Block<N> {
         // slow upstream to free the old snapshot.
         let hit = {
             let snapshot = self.lists.load();
-            if !snapshot.policy.enabled {
+            if !snapshot.policy.enabled || self.controls.paused() {
                 None
             } else {
                 snapshot
@@ -157,7 +161,7 @@ impl<N: Resolve> Resolve for Block<N> {
         let answer = self.next.resolve(query).await;
         let cloaked = {
             let snapshot = self.lists.load();
-            if snapshot.policy.enabled && snapshot.policy.cname_check {
+            if snapshot.policy.enabled && snapshot.policy.cname_check && !self.controls.paused() {
                 Self::cname_block(&snapshot, &answer).map(|(i, target)| {
                     (
                         snapshot.policy.clone(),

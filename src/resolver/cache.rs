@@ -122,7 +122,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// upstream requests run at once, and serves expired answers when the
 /// upstreams fail (RFC 8767).
 pub struct Cache<N> {
-    entries: Option<quick_cache::sync::Cache<Key, Arc<Entry>>>,
+    entries: Option<Arc<quick_cache::sync::Cache<Key, Arc<Entry>>>>,
     min_ttl: u32,
     max_ttl: u32,
     negative_max_ttl: u32,
@@ -160,6 +160,20 @@ impl<N> Cache<N> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// A function that empties this cache and returns how many answers it
+    /// dropped, for the admin API.
+    pub fn flusher(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let entries = self.entries.clone();
+        let metrics = self.metrics.clone();
+        move || {
+            let Some(entries) = &entries else { return 0 };
+            let n = entries.len();
+            entries.clear();
+            metrics.cache_entries.set(0);
+            n
+        }
+    }
 }
 
 impl<N: Resolve> Cache<N> {
@@ -167,7 +181,8 @@ impl<N: Resolve> Cache<N> {
     /// `max_in_flight` upstream requests at once.
     pub fn new(config: &CacheConfig, max_in_flight: usize, metrics: Arc<Metrics>, next: N) -> Self {
         Self {
-            entries: (config.capacity > 0).then(|| quick_cache::sync::Cache::new(config.capacity)),
+            entries: (config.capacity > 0)
+                .then(|| Arc::new(quick_cache::sync::Cache::new(config.capacity))),
             min_ttl: secs(config.min_ttl),
             max_ttl: secs(config.max_ttl),
             negative_max_ttl: secs(config.negative_max_ttl),

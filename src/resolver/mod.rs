@@ -25,6 +25,7 @@ pub use forward::{Forward, Upstream};
 pub use ratelimit::RateLimit;
 
 use crate::config::Config;
+use crate::controls::Controls;
 use crate::lists::ListStore;
 use crate::metrics::Metrics;
 
@@ -131,7 +132,12 @@ impl<R: Resolve> Resolve for Arc<R> {
 
 /// Builds the chain for `config`. This is the only place that fixes the
 /// order of the links.
-pub fn chain(config: &Config, lists: Arc<ListStore>, metrics: Arc<Metrics>) -> impl Resolve {
+pub fn chain(
+    config: &Config,
+    lists: Arc<ListStore>,
+    metrics: Arc<Metrics>,
+    controls: Arc<Controls>,
+) -> impl Resolve {
     // Forward is last: it is the only link that leaves the machine, and
     // everything above it exists to avoid or police that trip.
     let forward = Forward::new(
@@ -147,10 +153,11 @@ pub fn chain(config: &Config, lists: Arc<ListStore>, metrics: Arc<Metrics>) -> i
         metrics.clone(),
         forward,
     );
+    controls.set_flush(cache.flusher());
     // Block sits above Cache so a list change applies at once even to names
     // whose answers are cached, and it checks the CNAME targets of answers
     // on their way back from Cache/Forward (CNAME cloaking).
-    let block = Block::new(lists, cache);
+    let block = Block::new(lists, controls, cache);
     // Rate limiting comes right after access control: a flooding client is
     // stopped before it costs a list lookup, a cache entry or an upstream
     // request, and refused outsiders do not use up anyone's bucket.

@@ -1,0 +1,131 @@
+//! The admin surface: bearer tokens, pausing blocking, flushing the cache,
+//! and refusing a network-facing API without a token.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use hickory_proto::rr::RecordType;
+use telesink::config::Config;
+
+fn config(http: &str) -> String {
+    format!(
+        "[upstream]\nservers = [{{upstreams}}]\ntimeout = \"300ms\"\n[http]\nlisten = \"127.0.0.1:0\"\n{http}\n\
+         [[blocking.lists]]\nname = \"vendor\"\npath = \"block.txt\"\n"
+    )
+}
+
+#[tokio::test]
+async fn admin_api_and_metrics_take_their_tokens() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "tracker.test\n")]);
+    let ts = Telesink::start(
+        &config("token = \"s3cret\"\nmetrics_token = \"scrape\""),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    for (method, path) in [
+        ("POST", "/api/reload"),
+        ("GET", "/api/explain?name=a.test"),
+        ("GET", "/api/blocking"),
+        ("POST", "/api/blocking?enabled=false"),
+        ("POST", "/api/cache/flush"),
+    ] {
+        let (status, _) = http_request(ts.http, method, path, None).await;
+        assert_eq!(status, 401, "{method} {path} without a token");
+        let (status, _) = http_request(ts.http, method, path, Some("wrong")).await;
+        assert_eq!(status, 401, "{method} {path} with a wrong token");
+    }
+    let (status, body) = http_request(ts.http, "POST", "/api/reload", Some("s3cret")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http_request(ts.http, "GET", "/metrics", None).await;
+    assert_eq!(status, 401);
+    let (status, body) = http_request(ts.http, "GET", "/metrics", Some("scrape")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("telesink_build_info"));
+    let (status, _) = http_request(ts.http, "GET", "/healthz", None).await;
+    assert_eq!(status, 200, "health stays open for probes");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn blocking_can_be_paused_and_resumed_and_a_timed_pause_ends() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "tracker.test\n")]);
+    let ts = Telesink::start(&config(""), &[&stub], dir.path()).await;
+    let blocked = |ts: &Telesink| {
+        let udp = ts.udp;
+        async move { addresses(&ask(udp, "x.tracker.test.", RecordType::A).await) == ["0.0.0.0"] }
+    };
+    assert!(blocked(&ts).await);
+    let (status, body) = http_post(ts.http, "/api/blocking?enabled=false").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"paused\":true"), "{body}");
+    assert!(!blocked(&ts).await, "paused: resolves upstream");
+    assert_eq!(
+        metric(&ts.metrics().await, "telesink_blocking_enabled"),
+        0.0
+    );
+    http_post(ts.http, "/api/blocking?enabled=true").await;
+    assert!(blocked(&ts).await);
+    assert_eq!(
+        metric(&ts.metrics().await, "telesink_blocking_enabled"),
+        1.0
+    );
+
+    http_post(ts.http, "/api/blocking?enabled=false&for=1s").await;
+    assert!(!blocked(&ts).await);
+    let t = &ts;
+    eventually(
+        "timed pause ends by itself",
+        || async move { blocked(t).await },
+    )
+    .await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn the_cache_can_be_flushed() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "")]);
+    let ts = Telesink::start(&config(""), &[&stub], dir.path()).await;
+    ask(ts.udp, "a.test.", RecordType::A).await;
+    ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(stub.count("a.test.", RecordType::A), 1);
+    let (status, body) = http_post(ts.http, "/api/cache/flush").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "flushed 1 cached answers\n");
+    ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(
+        stub.count("a.test.", RecordType::A),
+        2,
+        "asked again after the flush"
+    );
+    ts.stop().await;
+}
+
+#[test]
+fn a_network_facing_api_needs_a_token() {
+    let parse =
+        |http: &str| Config::from_toml(&format!("[http]\n{http}\n"), "t.toml", Path::new("."));
+    let err = parse("listen = \"0.0.0.0:9153\"").unwrap_err().to_string();
+    assert!(err.contains("set [http] token"), "{err}");
+    assert!(parse("listen = \"0.0.0.0:9153\"\ntoken = \"x\"").is_ok());
+    assert!(parse("listen = \"0.0.0.0:9153\"\napi = false").is_ok());
+    assert!(parse("listen = \"127.0.0.1:9153\"").is_ok());
+    assert!(parse("listen = \"[::1]:9153\"").is_ok());
+}
+
+#[tokio::test]
+async fn api_off_serves_only_metrics_and_health() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "")]);
+    let ts = Telesink::start(&config("api = false"), &[&stub], dir.path()).await;
+    let (status, _) = http_post(ts.http, "/api/reload").await;
+    assert_eq!(status, 404);
+    let (status, _) = http_request(ts.http, "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    ts.stop().await;
+}
