@@ -101,6 +101,12 @@ pub struct ServerConfig {
     /// The EDNS UDP payload size telesink advertises and honours (1232 avoids
     /// IP fragmentation, per DNS Flag Day 2020).
     pub edns_udp_size: u16,
+    /// When started as root: the user to switch to once the sockets are
+    /// bound (port 53 needs root or CAP_NET_BIND_SERVICE only to bind).
+    pub user: Option<String>,
+    /// When started as root: the group to switch to; default: the user's
+    /// primary group.
+    pub group: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +119,8 @@ impl Default for ServerConfig {
             allow_clients: default_allow_clients(),
             tcp_timeout: Duration::from_secs(10),
             edns_udp_size: 1232,
+            user: None,
+            group: None,
         }
     }
 }

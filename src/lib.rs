@@ -32,6 +32,7 @@
 //! - [`app`]: wiring; [`app::serve`] takes bound sockets and a shutdown
 //!   token, so tests run the whole server on port 0.
 //! - [`check`]: `telesink check-config`.
+//! - [`privileges`]: switching from root to `[server] user` after binding.
 
 pub mod app;
 pub mod check;
@@ -42,6 +43,7 @@ pub mod explain;
 pub mod http;
 pub mod lists;
 pub mod metrics;
+pub mod privileges;
 pub mod reload;
 pub mod resolver;
 pub mod server;

@@ -47,6 +47,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,hickory_server=warn,hickory_net=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in journald or files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match load(cli.config.as_ref()) {
         Ok(c) => c,

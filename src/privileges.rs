@@ -1,0 +1,52 @@
+//! Dropping root after the sockets are bound.
+
+use nix::unistd::{Gid, Group, Uid, User, setgid, setgroups, setuid};
+
+use crate::config::ServerConfig;
+
+/// Switches to `[server] user`/`group` when running as root. Call it after
+/// binding, before serving. Without `user`, running as root is allowed but
+/// warned about.
+pub fn drop_privileges(config: &ServerConfig) -> Result<(), String> {
+    if !Uid::effective().is_root() {
+        if config.user.is_some() {
+            tracing::debug!("not running as root; [server] user is not needed");
+        }
+        return Ok(());
+    }
+    let Some(name) = &config.user else {
+        tracing::warn!(
+            "running as root: set [server] user to drop privileges once the sockets are bound, or run unprivileged with CAP_NET_BIND_SERVICE"
+        );
+        return Ok(());
+    };
+    let user = User::from_name(name)
+        .map_err(|e| format!("[server] user {name:?}: {e}"))?
+        .ok_or_else(|| format!("[server] user {name:?} does not exist"))?;
+    let gid = match &config.group {
+        Some(g) => {
+            Group::from_name(g)
+                .map_err(|e| format!("[server] group {g:?}: {e}"))?
+                .ok_or_else(|| format!("[server] group {g:?} does not exist"))?
+                .gid
+        }
+        None => user.gid,
+    };
+    switch(user.uid, gid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
+    tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(), "dropped root privileges");
+    Ok(())
+}
+
+fn switch(uid: Uid, gid: Gid) -> nix::Result<()> {
+    // Supplementary groups first, then the group, then the user: once the
+    // user is switched, the others can no longer be changed.
+    setgroups(&[gid])?;
+    setgid(gid)?;
+    setuid(uid)?;
+    // setuid from root to another user drops every capability, so regaining
+    // root must now fail; make sure it does.
+    if setuid(Uid::from_raw(0)).is_ok() {
+        return Err(nix::Error::EPERM);
+    }
+    Ok(())
+}
