@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::reload::{ReloadHandle, Reloader, publish};
 use crate::resolver::{Query, Resolve, chain};
 use crate::server::{Handler, Listeners};
+use crate::tcp::TcpLimits;
 
 /// Anything that stops telesink from starting or running.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -113,15 +114,28 @@ pub async fn serve(
         clients,
         config.server.edns_udp_size,
     );
+    let tcp_handler = Arc::new(handler.clone());
     let mut server = Server::new(handler);
     for udp in listeners.udp {
         tracing::info!(addr = %udp.local_addr()?, "listening for DNS over UDP");
         server.register_socket(udp);
     }
+    let limits = TcpLimits {
+        max_connections: config.server.max_tcp_connections,
+        max_per_client: config.server.max_tcp_connections_per_client,
+        first_byte_timeout: config.server.tcp_first_byte_timeout,
+        idle_timeout: config.server.tcp_timeout,
+        max_pipelined: config.server.tcp_max_pipelined,
+    };
+    let mut tcp_servers = Vec::new();
     for tcp in listeners.tcp {
         tracing::info!(addr = %tcp.local_addr()?, "listening for DNS over TCP");
-        // 64 KiB: one maximal DNS message per connection write buffer.
-        server.register_listener(tcp, config.server.tcp_timeout, 65_535);
+        tcp_servers.push(tokio::spawn(crate::tcp::serve(
+            tcp,
+            tcp_handler.clone(),
+            limits,
+            shutdown.clone(),
+        )));
     }
     let http = match listeners.http {
         Some(listener) => {
@@ -153,6 +167,9 @@ pub async fn serve(
 
     shutdown.cancelled().await;
     server.shutdown_gracefully().await?;
+    for tcp in tcp_servers {
+        let _ = tcp.await;
+    }
     if let Some(http) = http {
         http.await??;
     }

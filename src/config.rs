@@ -95,9 +95,21 @@ pub struct ServerConfig {
     /// telesink is never an open resolver. Defaults to loopback, RFC 1918,
     /// CGNAT (100.64.0.0/10), link-local and ULA (fc00::/7).
     pub allow_clients: Vec<IpNet>,
-    /// How long a TCP client may stay idle before the connection is closed.
+    /// How long a TCP client may stay idle between queries before the
+    /// connection is closed.
     #[serde(with = "humantime_serde")]
     pub tcp_timeout: Duration,
+    /// How long a new TCP connection may take to send its first query, so
+    /// a client that connects and sends nothing cannot hold a socket.
+    #[serde(with = "humantime_serde")]
+    pub tcp_first_byte_timeout: Duration,
+    /// Open TCP connections in all; more are closed at once.
+    pub max_tcp_connections: usize,
+    /// Open TCP connections per client address.
+    pub max_tcp_connections_per_client: usize,
+    /// Queries of one TCP connection answered at once (RFC 7766
+    /// pipelining; answers go out as they are ready, in any order).
+    pub tcp_max_pipelined: usize,
     /// The EDNS UDP payload size telesink advertises and honours (1232 avoids
     /// IP fragmentation, per DNS Flag Day 2020).
     pub edns_udp_size: u16,
@@ -118,6 +130,10 @@ impl Default for ServerConfig {
             ],
             allow_clients: default_allow_clients(),
             tcp_timeout: Duration::from_secs(10),
+            tcp_first_byte_timeout: Duration::from_secs(2),
+            max_tcp_connections: 256,
+            max_tcp_connections_per_client: 32,
+            tcp_max_pipelined: 16,
             edns_udp_size: 1232,
             user: None,
             group: None,
@@ -475,7 +491,8 @@ pub struct RateLimitConfig {
     /// start or a page load sends dozens together).
     pub burst: u32,
     /// Networks never limited: put your router here if it forwards DNS for
-    /// the whole LAN, or every device would share one bucket.
+    /// the whole LAN, or every device would share one bucket. The default
+    /// exempts loopback (this machine's own programs, and benchmarks).
     pub exempt: Vec<IpNet>,
     /// What a client over its limit gets: `"refuse"` (REFUSED) or `"drop"`
     /// (no answer; cheaper under a spoofed flood, but clients retry).
@@ -487,7 +504,10 @@ impl Default for RateLimitConfig {
         Self {
             rate: 200,
             burst: 1000,
-            exempt: Vec::new(),
+            exempt: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
             action: RateLimitAction::Refuse,
         }
     }

@@ -23,6 +23,8 @@
 //! - [`reload`]: the single writer of the list snapshot: file watching,
 //!   SIGHUP, `POST /api/reload`, and scheduled downloads of `url` lists.
 //! - [`explain`]: why a name is or is not blocked, to the file and line.
+//! - [`tcp`]: DNS over TCP with connection caps, first-byte and idle
+//!   timeouts, and pipelined queries answered out of order.
 //! - [`metrics`]: every Prometheus metric, with bounded labels only.
 //! - [`http`]: `/metrics`, `/healthz` and the admin API (`/api/reload`,
 //!   `/api/explain`, `/api/blocking`, `/api/cache/flush`), with bearer
@@ -47,4 +49,5 @@ pub mod privileges;
 pub mod reload;
 pub mod resolver;
 pub mod server;
+pub mod tcp;
 pub mod throttle;

@@ -23,7 +23,10 @@ use crate::clients::Clients;
 use crate::metrics::Metrics;
 use crate::resolver::{Query, Resolve};
 
-/// The hickory `RequestHandler` in front of the resolver chain.
+/// The hickory `RequestHandler` in front of the resolver chain. Cloning
+/// shares the chain, so UDP (hickory's loop) and TCP ([`crate::tcp`]) use
+/// the same one.
+#[derive(Clone)]
 pub struct Handler<R> {
     chain: R,
     metrics: Arc<Metrics>,

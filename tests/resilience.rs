@@ -170,7 +170,7 @@ async fn clients_over_their_rate_are_refused_or_dropped_but_exempt_ones_are_not(
     );
     ts.stop().await;
 
-    let extra = "[security]\nrate_limit = { rate = 1, burst = 1, action = \"drop\" }";
+    let extra = "[security]\nrate_limit = { rate = 1, burst = 1, exempt = [], action = \"drop\" }";
     let ts = Telesink::start(&config(extra), &[&stub], dir.path()).await;
     let r = udp_from("127.0.0.8:0", ts.udp, &q).await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);

@@ -1,0 +1,272 @@
+//! DNS over TCP (RFC 7766), with the limits a server exposed to every
+//! device on the LAN needs.
+//!
+//! hickory's `Server` answers the queries of one TCP connection one after
+//! another and caps neither connections nor the time before the first
+//! byte. This loop does both: connections are capped in total and per
+//! client address, a client must send its first query within
+//! `tcp_first_byte_timeout` and then stay active within `tcp_timeout`,
+//! and pipelined queries are answered as they complete, out of order, with
+//! a bound on those in flight per connection. Each query goes through the
+//! same `RequestHandler` as UDP.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Header, MessageType, ResponseCode};
+use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::throttle::Throttle;
+
+/// Limits for TCP clients.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// Open connections in all.
+    pub max_connections: usize,
+    /// Open connections per client address.
+    pub max_per_client: usize,
+    /// Time allowed before a new connection's first query arrives.
+    pub first_byte_timeout: Duration,
+    /// Time a connection may stay idle between queries.
+    pub idle_timeout: Duration,
+    /// Queries of one connection answered at the same time.
+    pub max_pipelined: usize,
+}
+
+/// Sends encoded replies to the connection's writer task.
+#[derive(Clone)]
+struct Reply {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Reply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let mut bytes = Vec::with_capacity(512);
+        let info = {
+            let mut encoder = BinEncoder::new(&mut bytes);
+            encoder.set_max_size(u16::MAX);
+            response.destructive_emit(&mut encoder)?
+        };
+        self.tx
+            .send(bytes)
+            .await
+            .map_err(|_| NetError::from("TCP connection closed"))?;
+        Ok(info)
+    }
+}
+
+/// Counts open connections per client address.
+#[derive(Default)]
+struct PerClient {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Releases a client's connection slot when the connection ends.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// Accepts DNS-over-TCP connections on `listener` until `shutdown`.
+pub async fn serve<H: RequestHandler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: TcpLimits,
+    shutdown: CancellationToken,
+) {
+    let total = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let clients = Arc::new(PerClient::default());
+    let refused_log = Throttle::new(Duration::from_secs(10));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning.
+                    tracing::debug!(%error, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            if let Some(suppressed) = refused_log.ready() {
+                tracing::warn!(
+                    suppressed,
+                    "TCP connection limit reached; closing new connections"
+                );
+            }
+            continue;
+        };
+        let Some(slot) = clients.take(peer.ip(), limits.max_per_client.max(1)) else {
+            if let Some(suppressed) = refused_log.ready() {
+                tracing::warn!(suppressed, client = %peer.ip(), "per-client TCP connection limit reached");
+            }
+            continue;
+        };
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            connection(stream, peer, handler, limits, shutdown).await;
+            drop((permit, slot));
+        });
+    }
+    connections.close();
+    // Queries in flight get their answers; idle connections close now.
+    connections.wait().await;
+}
+
+async fn connection<H: RequestHandler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    limits: TcpLimits,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_pipelined.max(1));
+    let write = async move {
+        while let Some(reply) = rx.recv().await {
+            let Ok(len) = u16::try_from(reply.len()) else {
+                continue;
+            };
+            let mut framed = Vec::with_capacity(reply.len() + 2);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&reply);
+            if writer.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    };
+    let in_flight = Arc::new(Semaphore::new(limits.max_pipelined.max(1)));
+    let queries = tokio_util::task::TaskTracker::new();
+    let read = async {
+        let mut first = true;
+        loop {
+            let wait = if first {
+                limits.first_byte_timeout
+            } else {
+                limits.idle_timeout
+            };
+            let len = tokio::select! {
+                len = tokio::time::timeout(wait, reader.read_u16()) => match len {
+                    Ok(Ok(len)) => len,
+                    // Timed out, closed, or reset.
+                    _ => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            first = false;
+            if len == 0 {
+                break;
+            }
+            let mut body = vec![0u8; usize::from(len)];
+            // The rest of a message must follow promptly too.
+            match tokio::time::timeout(limits.idle_timeout, reader.read_exact(&mut body)).await {
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+            // Waits for a free slot: a client that pipelines more than
+            // `max_pipelined` queries is simply read more slowly.
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let handler = handler.clone();
+            let reply = Reply { tx: tx.clone() };
+            queries.spawn(async move {
+                answer(body, peer, &*handler, reply).await;
+                drop(permit);
+            });
+        }
+        queries.close();
+        queries.wait().await;
+        drop(tx);
+    };
+    tokio::join!(read, write);
+}
+
+/// Answers one message as hickory's server would: drop what has no
+/// header or is itself a response, FORMERR what cannot be parsed.
+async fn answer<H: RequestHandler>(body: Vec<u8>, peer: SocketAddr, handler: &H, reply: Reply) {
+    let mut decoder = BinDecoder::new(&body);
+    let Ok(header) = Header::read(&mut decoder) else {
+        return;
+    };
+    if header.metadata.message_type == MessageType::Response {
+        return;
+    }
+    match Request::from_bytes(body, peer, Protocol::Tcp) {
+        Ok(request) => {
+            handler
+                .handle_request::<_, TokioTime>(&request, reply)
+                .await;
+        }
+        Err(_) => {
+            let mut metadata = header.metadata;
+            metadata.message_type = MessageType::Response;
+            metadata.response_code = ResponseCode::FormErr;
+            let response = Header {
+                metadata,
+                counts: Default::default(),
+            };
+            if let Ok(bytes) = response.to_bytes() {
+                let _ = reply.tx.send(bytes).await;
+            }
+        }
+    }
+}
