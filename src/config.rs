@@ -5,6 +5,7 @@
 //! names the file, line and column. `config/telesink.toml` is the embedded
 //! default and the commented reference for every key.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +70,11 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Named devices (`[[clients]]`), the `client` label of metrics.
     pub clients: Vec<ClientConfig>,
+    /// Names telesink answers itself: local records and special-use names.
+    pub local: LocalConfig,
+    /// Conditional forwarding (`[[forward]]`): names under some domains go
+    /// to their own servers (the router, for `.lan` and reverse lookups).
+    pub forward: Vec<ForwardConfig>,
     /// Directory that relative paths in this file resolve against (the
     /// file's own directory; the current directory for the embedded default).
     #[serde(skip)]
@@ -189,6 +195,81 @@ impl std::fmt::Display for UpstreamAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// `[local]`: names answered by telesink itself, authoritatively and
+/// without asking an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Local records: name → value, or a list of values. An IP address is an
+    /// A or AAAA record (and its PTR is synthesised); a name is a CNAME
+    /// (alone); under `in-addr.arpa`/`ip6.arpa` a name is a PTR record.
+    /// `{ "nas.lan" = "192.168.1.10", "tv.lan" = "nas.lan" }`.
+    #[serde(deserialize_with = "one_or_many_map")]
+    pub records: BTreeMap<String, Vec<String>>,
+    /// TTL of local answers, and of the negative answers for special-use
+    /// names.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Answer special-use names locally and never forward them: `localhost`
+    /// (loopback addresses), `invalid` and `onion` (NXDOMAIN), the Firefox
+    /// canary `use-application-dns.net` (NXDOMAIN, so Firefox keeps using
+    /// this resolver), `resolver.arpa` (no DDR designation), and the
+    /// private, loopback and link-local reverse zones plus `home.arpa`
+    /// (RFC 6303, RFC 8375: NXDOMAIN unless a `[[forward]]` rule or a local
+    /// record covers the name), so private lookups never leak upstream.
+    pub special_names: bool,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            records: BTreeMap::new(),
+            ttl: Duration::from_secs(300),
+            special_names: true,
+        }
+    }
+}
+
+/// A table whose values are a string or a list of strings.
+fn one_or_many_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let map = BTreeMap::<String, OneOrMany>::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "each local record is a name = \"value\" or name = [\"value\", ...] (IP addresses or one name)",
+        )
+    })?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let values = match v {
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            };
+            (k, values)
+        })
+        .collect())
+}
+
+/// One `[[forward]]` rule: conditional forwarding.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Domains (with all their subdomains) sent to `servers` instead of
+    /// `[upstream] servers`: `["lan", "168.192.in-addr.arpa"]`. When
+    /// several rules match a name, the most specific domain wins.
+    pub domains: Vec<String>,
+    /// Resolvers for these domains, in the same forms as `[upstream]
+    /// servers`, tried with the same strategy and timeout.
+    pub servers: Vec<UpstreamAddr>,
 }
 
 /// `[cache]`: answers kept between upstream lookups.
@@ -572,6 +653,32 @@ impl Config {
         if self.upstream.timeout.is_zero() {
             return Err(invalid("[upstream] timeout must be greater than 0".into()));
         }
+        if let Err(message) = crate::resolver::LocalRecords::parse(&self.local) {
+            let name = message.split('"').nth(1).map(str::to_string);
+            return Err(fail(name.as_deref(), format!("[local] records: {message}")));
+        }
+        let mut forwarded = std::collections::HashSet::new();
+        for rule in &self.forward {
+            if rule.servers.is_empty() || rule.domains.is_empty() {
+                return Err(invalid(
+                    "[[forward]]: every rule needs `domains` and `servers`".into(),
+                ));
+            }
+            for domain in &rule.domains {
+                let Some(name) = parse_domain(domain) else {
+                    return Err(fail(
+                        Some(domain),
+                        format!("[[forward]] domains: {domain:?} is not a domain name"),
+                    ));
+                };
+                if !forwarded.insert(name) {
+                    return Err(fail(
+                        Some(domain),
+                        format!("[[forward]] domains: {domain:?} is in two rules"),
+                    ));
+                }
+            }
+        }
         if self.cache.min_ttl > self.cache.max_ttl {
             return Err(invalid("[cache] min_ttl is greater than max_ttl".into()));
         }
@@ -720,6 +827,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A configured domain name as a lowercase fully qualified name; `None`
+/// for text that is not a name. The root (`"."`) is refused: that is what
+/// `[upstream] servers` is for.
+pub fn parse_domain(s: &str) -> Option<hickory_proto::rr::LowerName> {
+    let s = s.trim().trim_end_matches('.');
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        return None;
+    }
+    let mut name = hickory_proto::rr::Name::from_ascii(s).ok()?.to_lowercase();
+    name.set_fqdn(true);
+    Some(hickory_proto::rr::LowerName::from(name))
 }
 
 /// 1-based line and column of a byte offset.

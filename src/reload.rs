@@ -368,6 +368,12 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         out.push("[cache]");
     }
+    if old.local != new.local {
+        out.push("[local]");
+    }
+    if old.forward != new.forward {
+        out.push("[[forward]]");
+    }
     if old.http.listen != new.http.listen {
         out.push("[http] listen");
     }

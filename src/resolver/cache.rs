@@ -137,6 +137,7 @@ impl<N: Resolve> Resolve for Cache<N> {
                     outcome: Outcome::Cached,
                     rcode: entry.rcode,
                     authentic_data: entry.authentic_data,
+                    authoritative: false,
                     answers: count_down(&entry.answers),
                     authorities: count_down(&entry.authorities),
                     additionals: count_down(&entry.additionals),

@@ -7,17 +7,18 @@
 //! next one. The upstream's answer is passed on as it came: response code,
 //! every section, the AD flag and the CNAME chain.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{LowerName, Name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::{Answer, Outcome, Query, Resolve};
-use crate::config::UpstreamConfig;
+use crate::config::{ForwardConfig, UpstreamAddr, UpstreamConfig, parse_domain};
 use crate::metrics::Metrics;
 
 /// One upstream resolver.
@@ -40,8 +41,16 @@ enum AttemptError {
     Malformed(String),
 }
 
-/// Asks the configured upstreams, in order, until one answers.
+/// Asks upstream resolvers: the `[[forward]]` rule whose domain is the most
+/// specific match for the name, or else `[upstream] servers`.
 pub struct Forward {
+    default: Group,
+    /// Conditional forwarding rules, most specific domain first.
+    rules: Vec<(LowerName, Arc<Group>)>,
+}
+
+/// A set of upstreams asked for the same names.
+struct Group {
     upstreams: Vec<Upstream>,
     timeout: Duration,
     edns_udp_size: u16,
@@ -51,17 +60,23 @@ pub struct Forward {
 impl std::fmt::Debug for Forward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forward")
-            .field("upstreams", &self.upstreams)
+            .field("upstreams", &self.default.upstreams)
+            .field("rules", &self.rules.len())
             .finish()
     }
 }
 
 impl Forward {
-    /// Forwards to `[upstream] servers`.
-    pub fn new(config: &UpstreamConfig, edns_udp_size: u16, metrics: Arc<Metrics>) -> Self {
-        Self {
-            upstreams: config
-                .servers
+    /// Forwards to `[upstream] servers`, and names under the domains of
+    /// `forward` rules to their servers.
+    pub fn new(
+        config: &UpstreamConfig,
+        forward: &[ForwardConfig],
+        edns_udp_size: u16,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let group = |servers: &[UpstreamAddr]| Group {
+            upstreams: servers
                 .iter()
                 .map(|s| Upstream {
                     addr: s.0,
@@ -70,10 +85,41 @@ impl Forward {
                 .collect(),
             timeout: config.timeout,
             edns_udp_size,
-            metrics,
+            metrics: metrics.clone(),
+        };
+        let mut rules = Vec::new();
+        for rule in forward {
+            let servers = Arc::new(group(&rule.servers));
+            for domain in &rule.domains {
+                if let Some(domain) = parse_domain(domain) {
+                    rules.push((domain, servers.clone()));
+                }
+            }
+        }
+        // Longest first: the first rule that matches is the most specific.
+        rules.sort_by_key(|(domain, _)| std::cmp::Reverse(domain.num_labels()));
+        Self {
+            default: group(&config.servers),
+            rules,
         }
     }
 
+    /// The upstreams that answer `name`.
+    fn group(&self, name: &LowerName) -> &Group {
+        self.rules
+            .iter()
+            .find(|(domain, _)| domain.zone_of(name))
+            .map_or(&self.default, |(_, group)| group)
+    }
+}
+
+impl Resolve for Forward {
+    fn resolve(&self, query: &Query<'_>) -> impl Future<Output = Answer> + Send {
+        self.group(query.name).resolve(query)
+    }
+}
+
+impl Group {
     fn request(&self, query: &Query<'_>, id: u16) -> Message {
         let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = true;
@@ -180,7 +226,8 @@ fn matches(request: &Message, reply: &Message) -> bool {
         })
 }
 
-impl Resolve for Forward {
+impl Group {
+    /// Asks the upstreams in order until one answers.
     async fn resolve(&self, query: &Query<'_>) -> Answer {
         let mut last_rcode = ResponseCode::ServFail;
         for upstream in &self.upstreams {
@@ -231,6 +278,7 @@ fn into_answer(mut reply: Message) -> Answer {
         outcome: Outcome::Forwarded,
         rcode: reply.metadata.response_code,
         authentic_data: reply.metadata.authentic_data,
+        authoritative: false,
         answers: std::mem::take(&mut reply.answers),
         authorities: std::mem::take(&mut reply.authorities),
         additionals: std::mem::take(&mut reply.additionals),
