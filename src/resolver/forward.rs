@@ -1,45 +1,23 @@
-//! Forwarding to upstream resolvers over plain DNS.
+//! Forwarding to upstream resolvers (see [`crate::upstream`] for the
+//! transports: plain UDP/TCP, DNS-over-TLS, DNS-over-HTTPS).
 //!
-//! Each request goes out on a fresh UDP socket with a random ID and source
-//! port, and only a reply from the server it was sent to, with the same ID
-//! and question, is accepted (RFC 5452). A truncated reply is asked again
-//! over TCP. A server that times out, fails or refuses is skipped for the
-//! next one. The upstream's answer is passed on as it came: response code,
-//! every section, the AD flag and the CNAME chain.
+//! The upstreams of the most specific `[[forward]]` rule for the name, or
+//! else `[upstream] servers`, are asked in order: a server that times out,
+//! fails or refuses is skipped for the next one. The upstream's answer is
+//! passed on as it came: response code, every section, the AD flag and the
+//! CNAME chain.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{LowerName, Name};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
 
 use super::{Answer, Outcome, Query, Resolve};
-use crate::config::{ForwardConfig, UpstreamAddr, UpstreamConfig, parse_domain};
+use crate::config::{Config, UpstreamAddr, parse_domain};
 use crate::metrics::Metrics;
-
-/// One upstream resolver.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// The `upstream` metrics label (its address as configured).
-    label: String,
-}
-
-/// Why one upstream attempt produced no usable answer.
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error("timed out")]
-    Timeout,
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed reply: {0}")]
-    Malformed(String),
-}
+use crate::upstream::{AttemptError, Context, Upstream};
 
 /// Asks upstream resolvers: the `[[forward]]` rule whose domain is the most
 /// specific match for the name, or else `[upstream] servers`.
@@ -68,27 +46,21 @@ impl std::fmt::Debug for Forward {
 
 impl Forward {
     /// Forwards to `[upstream] servers`, and names under the domains of
-    /// `forward` rules to their servers.
-    pub fn new(
-        config: &UpstreamConfig,
-        forward: &[ForwardConfig],
-        edns_udp_size: u16,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// `[[forward]]` rules to their servers.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let ctx = Context::new(
+            &config.upstream,
+            &config.base_dir,
+            config.server.edns_udp_size,
+        );
         let group = |servers: &[UpstreamAddr]| Group {
-            upstreams: servers
-                .iter()
-                .map(|s| Upstream {
-                    addr: s.0,
-                    label: s.to_string(),
-                })
-                .collect(),
-            timeout: config.timeout,
-            edns_udp_size,
+            upstreams: servers.iter().map(|s| Upstream::new(s, &ctx)).collect(),
+            timeout: config.upstream.timeout,
+            edns_udp_size: config.server.edns_udp_size,
             metrics: metrics.clone(),
         };
         let mut rules = Vec::new();
-        for rule in forward {
+        for rule in &config.forward {
             let servers = Arc::new(group(&rule.servers));
             for domain in &rule.domains {
                 if let Some(domain) = parse_domain(domain) {
@@ -99,7 +71,7 @@ impl Forward {
         // Longest first: the first rule that matches is the most specific.
         rules.sort_by_key(|(domain, _)| std::cmp::Reverse(domain.num_labels()));
         Self {
-            default: group(&config.servers),
+            default: group(&config.upstream.servers),
             rules,
         }
     }
@@ -136,94 +108,20 @@ impl Group {
         msg
     }
 
-    /// One exchange with one upstream: UDP, then TCP if the reply was truncated.
+    /// One exchange with one upstream, within `timeout`.
     async fn exchange(
         &self,
         upstream: &Upstream,
         query: &Query<'_>,
     ) -> Result<Message, AttemptError> {
-        let id: u16 = rand::random();
-        let request = self.request(query, id);
+        let request = self.request(query, rand::random());
         let bytes = request
             .to_vec()
             .map_err(|e| AttemptError::Malformed(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let reply = tokio::time::timeout_at(deadline, self.udp(upstream.addr, &bytes, &request))
-            .await
-            .map_err(|_| AttemptError::Timeout)??;
-        if !reply.metadata.truncation {
-            return Ok(reply);
-        }
-        tokio::time::timeout_at(deadline, self.tcp(upstream.addr, &bytes, &request))
+        tokio::time::timeout(self.timeout, upstream.exchange(&request, &bytes))
             .await
             .map_err(|_| AttemptError::Timeout)?
     }
-
-    async fn udp(
-        &self,
-        addr: SocketAddr,
-        bytes: &[u8],
-        request: &Message,
-    ) -> Result<Message, AttemptError> {
-        let local: SocketAddr = if addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local).await?;
-        socket.connect(addr).await?;
-        socket.send(bytes).await?;
-        let mut buf = vec![0u8; usize::from(self.edns_udp_size.max(512))];
-        loop {
-            // A connected socket only receives from `addr`; anything that
-            // does not match the request is a stray or spoofed packet.
-            let n = socket.recv(&mut buf).await?;
-            if let Ok(reply) = Message::from_vec(&buf[..n]) {
-                if matches(request, &reply) {
-                    return Ok(reply);
-                }
-            }
-        }
-    }
-
-    async fn tcp(
-        &self,
-        addr: SocketAddr,
-        bytes: &[u8],
-        request: &Message,
-    ) -> Result<Message, AttemptError> {
-        let mut stream = TcpStream::connect(addr).await?;
-        let len = u16::try_from(bytes.len())
-            .map_err(|_| AttemptError::Malformed("query too long".into()))?;
-        let mut framed = Vec::with_capacity(bytes.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(bytes);
-        stream.write_all(&framed).await?;
-        let len = stream.read_u16().await?;
-        let mut buf = vec![0u8; usize::from(len)];
-        stream.read_exact(&mut buf).await?;
-        let reply = Message::from_vec(&buf).map_err(|e| AttemptError::Malformed(e.to_string()))?;
-        if !matches(request, &reply) {
-            return Err(AttemptError::Malformed(
-                "reply does not match the question".into(),
-            ));
-        }
-        Ok(reply)
-    }
-}
-
-/// Whether `reply` answers `request`: same ID, a response, same question.
-fn matches(request: &Message, reply: &Message) -> bool {
-    reply.metadata.id == request.metadata.id
-        && reply.metadata.message_type == MessageType::Response
-        && reply.queries.len() == 1
-        && request.queries.first().is_some_and(|q| {
-            let r = &reply.queries[0];
-            // `Name` equality ignores ASCII case, as DNS does (0x20 mixing).
-            r.query_type() == q.query_type()
-                && r.query_class() == q.query_class()
-                && r.name() == q.name()
-        })
 }
 
 impl Group {
@@ -256,14 +154,14 @@ impl Group {
                         .observe(started.elapsed().as_secs_f64());
                     let rcode = reply.metadata.response_code;
                     if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused) {
-                        tracing::debug!(upstream = %upstream.addr, %rcode, "upstream failed, trying the next");
+                        tracing::debug!(upstream = %upstream.label, %rcode, "upstream failed, trying the next");
                         last_rcode = ResponseCode::ServFail;
                         continue;
                     }
                     return into_answer(reply);
                 }
                 Err(error) => {
-                    tracing::debug!(upstream = %upstream.addr, %error, "upstream attempt failed");
+                    tracing::debug!(upstream = %upstream.label, %error, "upstream attempt failed");
                 }
             }
         }

@@ -22,7 +22,7 @@ mod local;
 pub use access::{Access, is_allowed};
 pub use block::{Block, BlockPolicy};
 pub use cache::Cache;
-pub use forward::{Forward, Upstream};
+pub use forward::Forward;
 pub use local::{Local, LocalRecords};
 
 use crate::config::Config;
@@ -135,12 +135,7 @@ pub fn chain(config: &Config, lists: Arc<ListStore>, metrics: Arc<Metrics>) -> i
     // `[[forward]]` rules are part of it: conditional forwarding only
     // chooses which upstreams to ask, so blocking and caching apply to
     // those names exactly as to any other.
-    let forward = Forward::new(
-        &config.upstream,
-        &config.forward,
-        config.server.edns_udp_size,
-        metrics.clone(),
-    );
+    let forward = Forward::new(config, metrics.clone());
     // Cache sits right above Forward so it holds only upstream answers: a
     // blocked answer is never cached, and unblocking a name needs no flush.
     let cache = Cache::new(&config.cache, metrics.clone(), forward);
