@@ -165,6 +165,24 @@ pub struct UpstreamConfig {
     /// queries, and closed after this long without one.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How upstreams are chosen: `failover` (in order), `fastest` (the two
+    /// with the lowest recent latency at once, first good answer wins) or
+    /// `round_robin`. Every strategy skips an upstream that keeps failing
+    /// for a backoff (5 s, doubling to 60 s), then probes it with one query.
+    pub strategy: Strategy,
+}
+
+/// See [`UpstreamConfig::strategy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// In the configured order; the next one on failure.
+    #[default]
+    Failover,
+    /// The two fastest at once (by recent latency), then the rest in order.
+    Fastest,
+    /// Each query starts at the next upstream, spreading the load.
+    RoundRobin,
 }
 
 impl Default for UpstreamConfig {
@@ -178,6 +196,7 @@ impl Default for UpstreamConfig {
             bootstrap: Vec::new(),
             ca_file: None,
             idle_timeout: Duration::from_secs(30),
+            strategy: Strategy::Failover,
         }
     }
 }

@@ -362,6 +362,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         || u.0.bootstrap != u.1.bootstrap
         || u.0.ca_file != u.1.ca_file
         || u.0.idle_timeout != u.1.idle_timeout
+        || u.0.strategy != u.1.strategy
     {
         out.push("[upstream]");
     }

@@ -158,9 +158,24 @@ impl Stub {
     }
 
     async fn start_with(silent: bool) -> Self {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Self::start_delayed(silent, Duration::ZERO).await
+    }
+
+    /// A stub that answers UDP queries after `delay` (a distant upstream).
+    pub async fn delayed(delay: Duration) -> Self {
+        Self::start_delayed(false, delay).await
+    }
+
+    async fn start_delayed(silent: bool, delay: Duration) -> Self {
+        // UDP and TCP on the same port: the port the OS picks for UDP may
+        // be taken for TCP (another test's connection), so pick again.
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+                break (Arc::new(udp), tcp);
+            }
+        };
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
         let me = Self::new(addr);
         {
             let log = me.log.clone();
@@ -173,7 +188,16 @@ impl Stub {
                         _ = token.cancelled() => return,
                     };
                     if let Some(reply) = answer(&buf[..n], false, &log, silent) {
-                        let _ = udp.send_to(&reply, from).await;
+                        if delay.is_zero() {
+                            let _ = udp.send_to(&reply, from).await;
+                        } else {
+                            // Simulated network latency, not a wait.
+                            let udp = udp.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let _ = udp.send_to(&reply, from).await;
+                            });
+                        }
                     }
                 }
             });
