@@ -42,6 +42,25 @@ pub fn check(config: &Config) -> Result<String, String> {
         upstreams.join(", "),
         humantime::format_duration(config.upstream.timeout)
     );
+    for rule in &config.forward {
+        let servers: Vec<String> = rule.servers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "forward: {} -> {}",
+            rule.domains.join(", "),
+            servers.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "local: {} records, special-use names {}",
+        config.local.records.len(),
+        if config.local.special_names {
+            "answered locally"
+        } else {
+            "forwarded"
+        }
+    );
     let _ = writeln!(
         out,
         "cache: {} entries, ttl {}..{}",

@@ -5,6 +5,7 @@
 //! names the file, line and column. `config/telesink.toml` is the embedded
 //! default and the commented reference for every key.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,6 +72,11 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Abuse protection.
     pub security: SecurityConfig,
+    /// Names telesink answers itself: local records and special-use names.
+    pub local: LocalConfig,
+    /// Conditional forwarding (`[[forward]]`): names under some domains go
+    /// to their own servers (the router, for `.lan` and reverse lookups).
+    pub forward: Vec<ForwardConfig>,
     /// Directory that relative paths in this file resolve against (the
     /// file's own directory; the current directory for the embedded default).
     #[serde(skip)]
@@ -164,8 +170,12 @@ pub fn default_allow_clients() -> Vec<IpNet> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// Plain DNS resolvers, `"IP"` or `"IP:port"`, tried in order: the next
-    /// one is asked when one times out or answers SERVFAIL.
+    /// Resolvers, tried in order (the next one is asked when one times out
+    /// or answers SERVFAIL/REFUSED): `"IP"`, `"IP:port"` or `udp://` (plain
+    /// DNS, TCP when truncated), `tcp://IP[:port]`, `tls://HOST[:port]`
+    /// (DNS-over-TLS, port 853), `https://HOST[:port]/path` (DNS-over-HTTPS).
+    /// A `#name` fragment gives the TLS server name when HOST is an address:
+    /// `"tls://9.9.9.9#dns.quad9.net"`.
     pub servers: Vec<UpstreamAddr>,
     /// How long to wait for one upstream before trying the next.
     #[serde(with = "humantime_serde")]
@@ -173,38 +183,211 @@ pub struct UpstreamConfig {
     /// Upstream requests allowed at once (after identical queries are
     /// merged); beyond it queries get SERVFAIL instead of piling up.
     pub max_in_flight: usize,
+    /// Plain DNS resolvers (`"IP"` or `"IP:port"`) that resolve the host
+    /// names of `tls://` and `https://` upstreams; never telesink itself.
+    /// Needed only when an upstream is given by name.
+    pub bootstrap: Vec<UpstreamAddr>,
+    /// A PEM file of extra CA certificates trusted for `tls://` and
+    /// `https://` upstreams, besides the system's CA store.
+    pub ca_file: Option<PathBuf>,
+    /// TCP, TLS and HTTPS connections to upstreams are reused for many
+    /// queries, and closed after this long without one.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How upstreams are chosen: `failover` (in order), `fastest` (the two
+    /// with the lowest recent latency at once, first good answer wins) or
+    /// `round_robin`. Every strategy skips an upstream that keeps failing
+    /// for a backoff (5 s, doubling to 60 s), then probes it with one query.
+    pub strategy: Strategy,
+}
+
+/// See [`UpstreamConfig::strategy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// In the configured order; the next one on failure.
+    #[default]
+    Failover,
+    /// The two fastest at once (by recent latency), then the rest in order.
+    Fastest,
+    /// Each query starts at the next upstream, spreading the load.
+    RoundRobin,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             servers: vec![
-                UpstreamAddr(SocketAddr::from(([9, 9, 9, 9], 53))),
-                UpstreamAddr(SocketAddr::from(([1, 1, 1, 1], 53))),
+                UpstreamAddr::plain(SocketAddr::from(([9, 9, 9, 9], 53))),
+                UpstreamAddr::plain(SocketAddr::from(([1, 1, 1, 1], 53))),
             ],
             timeout: Duration::from_secs(2),
             max_in_flight: 1024,
+            bootstrap: Vec::new(),
+            ca_file: None,
+            idle_timeout: Duration::from_secs(30),
+            strategy: Strategy::Failover,
         }
     }
 }
 
-/// An upstream resolver address; the port defaults to 53.
+/// How telesink talks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamAddr(pub SocketAddr);
+pub enum UpstreamProtocol {
+    /// Plain DNS over UDP, retried over TCP when truncated.
+    Udp,
+    /// Plain DNS over TCP only.
+    Tcp,
+    /// DNS-over-TLS (RFC 7858).
+    Tls,
+    /// DNS-over-HTTPS (RFC 8484).
+    Https,
+}
+
+/// Where an upstream is: an address, or a name resolved through
+/// `[upstream] bootstrap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamHost {
+    /// An IP address.
+    Ip(IpAddr),
+    /// A host name (lowercase, no trailing dot).
+    Name(String),
+}
+
+impl std::fmt::Display for UpstreamHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
+            Self::Ip(ip) => ip.fmt(f),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// One upstream resolver, as written in `servers`. Plain ones default to
+/// port 53, `tls://` to 853, `https://` to 443.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    /// The transport.
+    pub protocol: UpstreamProtocol,
+    /// The address or host name.
+    pub host: UpstreamHost,
+    /// The port.
+    pub port: u16,
+    /// The HTTP path of a DoH upstream (`/dns-query`); empty otherwise.
+    pub path: String,
+    /// The TLS server name (`#name`), when it is not the host.
+    pub tls_name: Option<String>,
+}
+
+impl UpstreamAddr {
+    /// Plain DNS to `addr`.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            protocol: UpstreamProtocol::Udp,
+            host: UpstreamHost::Ip(addr.ip()),
+            port: addr.port(),
+            path: String::new(),
+            tls_name: None,
+        }
+    }
+
+    /// The socket address, when the host is an IP address.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self.host {
+            UpstreamHost::Ip(ip) => Some(SocketAddr::new(ip, self.port)),
+            UpstreamHost::Name(_) => None,
+        }
+    }
+
+    /// The name the server's certificate must be valid for.
+    pub fn server_name(&self) -> String {
+        match (&self.tls_name, &self.host) {
+            (Some(name), _) => name.clone(),
+            (None, UpstreamHost::Ip(ip)) => ip.to_string(),
+            (None, UpstreamHost::Name(name)) => name.clone(),
+        }
+    }
+}
+
+/// A host name as accepted for upstreams: letters, digits, '-' and '.'.
+fn host_name(s: &str) -> Option<String> {
+    let s = s.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    ok.then_some(s)
+}
 
 impl std::str::FromStr for UpstreamAddr {
     type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.strip_prefix("udp://").unwrap_or(s);
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(Self(addr));
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid upstream {text:?}: {why}; expected \"IP[:port]\", \"tcp://IP[:port]\", \"tls://HOST[:port][#name]\" or \"https://HOST[:port]/path[#name]\""
+            )
+        };
+        let (protocol, rest) = match text.split_once("://") {
+            None => (UpstreamProtocol::Udp, text),
+            Some(("udp", rest)) => (UpstreamProtocol::Udp, rest),
+            Some(("tcp", rest)) => (UpstreamProtocol::Tcp, rest),
+            Some(("tls", rest)) => (UpstreamProtocol::Tls, rest),
+            Some(("https", rest)) => (UpstreamProtocol::Https, rest),
+            Some((scheme, _)) => return Err(bad(&format!("unknown scheme {scheme:?}"))),
+        };
+        let (rest, tls_name) = match rest.split_once('#') {
+            Some((rest, name)) => {
+                let name = host_name(name).ok_or_else(|| bad("bad #name"))?;
+                (rest, Some(name))
+            }
+            None => (rest, None),
+        };
+        let encrypted = matches!(protocol, UpstreamProtocol::Tls | UpstreamProtocol::Https);
+        if tls_name.is_some() && !encrypted {
+            return Err(bad("#name applies to tls:// and https:// only"));
         }
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(Self(SocketAddr::new(ip, 53)));
-        }
-        Err(format!(
-            "invalid upstream {s:?}: expected \"IP\" or \"IP:port\" (\"[::1]:53\" for IPv6)"
-        ))
+        let (authority, path) = match rest.find('/') {
+            Some(i) if protocol == UpstreamProtocol::Https => (&rest[..i], &rest[i..]),
+            Some(_) => return Err(bad("only https:// takes a path")),
+            None if protocol == UpstreamProtocol::Https => (rest, "/dns-query"),
+            None => (rest, ""),
+        };
+        let default_port = match protocol {
+            UpstreamProtocol::Udp | UpstreamProtocol::Tcp => 53,
+            UpstreamProtocol::Tls => 853,
+            UpstreamProtocol::Https => 443,
+        };
+        let (host, port) = if let Ok(addr) = authority.parse::<SocketAddr>() {
+            (UpstreamHost::Ip(addr.ip()), addr.port())
+        } else if let Ok(ip) = authority
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            (UpstreamHost::Ip(ip), default_port)
+        } else {
+            let (name, port) = match authority.rsplit_once(':') {
+                Some((name, port)) => (name, port.parse().map_err(|_| bad("bad port"))?),
+                None => (authority, default_port),
+            };
+            let name = host_name(name).ok_or_else(|| bad("bad host"))?;
+            if !encrypted {
+                return Err(bad("plain DNS upstreams are IP addresses"));
+            }
+            (UpstreamHost::Name(name), port)
+        };
+        Ok(Self {
+            protocol,
+            host,
+            port,
+            path: path.to_string(),
+            tls_name,
+        })
     }
 }
 
@@ -216,9 +399,96 @@ impl<'de> Deserialize<'de> for UpstreamAddr {
 }
 
 impl std::fmt::Display for UpstreamAddr {
+    /// The `upstream` metrics label: plain upstreams as `IP:port`, the
+    /// others as a URL with their port and server name spelled out.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        let scheme = match self.protocol {
+            UpstreamProtocol::Udp => "",
+            UpstreamProtocol::Tcp => "tcp://",
+            UpstreamProtocol::Tls => "tls://",
+            UpstreamProtocol::Https => "https://",
+        };
+        write!(f, "{scheme}{}:{}{}", self.host, self.port, self.path)?;
+        if let Some(name) = &self.tls_name {
+            write!(f, "#{name}")?;
+        }
+        Ok(())
     }
+}
+
+/// `[local]`: names answered by telesink itself, authoritatively and
+/// without asking an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Local records: name → value, or a list of values. An IP address is an
+    /// A or AAAA record (and its PTR is synthesised); a name is a CNAME
+    /// (alone); under `in-addr.arpa`/`ip6.arpa` a name is a PTR record.
+    /// `{ "nas.lan" = "192.168.1.10", "tv.lan" = "nas.lan" }`.
+    #[serde(deserialize_with = "one_or_many_map")]
+    pub records: BTreeMap<String, Vec<String>>,
+    /// TTL of local answers, and of the negative answers for special-use
+    /// names.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Answer special-use names locally and never forward them: `localhost`
+    /// (loopback addresses), `invalid` and `onion` (NXDOMAIN), the Firefox
+    /// canary `use-application-dns.net` (NXDOMAIN, so Firefox keeps using
+    /// this resolver), `resolver.arpa` (no DDR designation), and the
+    /// private, loopback and link-local reverse zones plus `home.arpa`
+    /// (RFC 6303, RFC 8375: NXDOMAIN unless a `[[forward]]` rule or a local
+    /// record covers the name), so private lookups never leak upstream.
+    pub special_names: bool,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            records: BTreeMap::new(),
+            ttl: Duration::from_secs(300),
+            special_names: true,
+        }
+    }
+}
+
+/// A table whose values are a string or a list of strings.
+fn one_or_many_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let map = BTreeMap::<String, OneOrMany>::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "each local record is a name = \"value\" or name = [\"value\", ...] (IP addresses or one name)",
+        )
+    })?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let values = match v {
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            };
+            (k, values)
+        })
+        .collect())
+}
+
+/// One `[[forward]]` rule: conditional forwarding.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Domains (with all their subdomains) sent to `servers` instead of
+    /// `[upstream] servers`: `["lan", "168.192.in-addr.arpa"]`. When
+    /// several rules match a name, the most specific domain wins.
+    pub domains: Vec<String>,
+    /// Resolvers for these domains, in the same forms as `[upstream]
+    /// servers`, tried with the same strategy and timeout.
+    pub servers: Vec<UpstreamAddr>,
 }
 
 /// `[cache]`: answers kept between upstream lookups.
@@ -676,8 +946,68 @@ impl Config {
                 "[upstream] servers: at least one upstream resolver is needed".into(),
             ));
         }
+        let named = self
+            .upstream
+            .servers
+            .iter()
+            .chain(self.forward.iter().flat_map(|rule| rule.servers.iter()))
+            .find(|u| matches!(u.host, UpstreamHost::Name(_)));
+        if let Some(upstream) = named {
+            if self.upstream.bootstrap.is_empty() {
+                return Err(invalid(format!(
+                    "upstream {upstream} is given by name: set [upstream] bootstrap to plain DNS resolvers (IP addresses) that resolve it"
+                )));
+            }
+        }
+        if let Some(b) = self
+            .upstream
+            .bootstrap
+            .iter()
+            .find(|b| b.protocol != UpstreamProtocol::Udp)
+        {
+            return Err(invalid(format!(
+                "[upstream] bootstrap: {b} must be a plain DNS resolver, \"IP\" or \"IP:port\""
+            )));
+        }
+        if let Some(ca_file) = &self.upstream.ca_file {
+            let path = self.base_dir.join(ca_file);
+            let certs = std::fs::read(&path)
+                .map_err(|e| invalid(format!("[upstream] ca_file {}: {e}", path.display())))?;
+            if !String::from_utf8_lossy(&certs).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(invalid(format!(
+                    "[upstream] ca_file {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+        }
         if self.upstream.timeout.is_zero() {
             return Err(invalid("[upstream] timeout must be greater than 0".into()));
+        }
+        if let Err(message) = crate::resolver::LocalRecords::parse(&self.local) {
+            let name = message.split('"').nth(1).map(str::to_string);
+            return Err(fail(name.as_deref(), format!("[local] records: {message}")));
+        }
+        let mut forwarded = std::collections::HashSet::new();
+        for rule in &self.forward {
+            if rule.servers.is_empty() || rule.domains.is_empty() {
+                return Err(invalid(
+                    "[[forward]]: every rule needs `domains` and `servers`".into(),
+                ));
+            }
+            for domain in &rule.domains {
+                let Some(name) = parse_domain(domain) else {
+                    return Err(fail(
+                        Some(domain),
+                        format!("[[forward]] domains: {domain:?} is not a domain name"),
+                    ));
+                };
+                if !forwarded.insert(name) {
+                    return Err(fail(
+                        Some(domain),
+                        format!("[[forward]] domains: {domain:?} is in two rules"),
+                    ));
+                }
+            }
         }
         if self.cache.min_ttl > self.cache.max_ttl {
             return Err(invalid("[cache] min_ttl is greater than max_ttl".into()));
@@ -839,6 +1169,19 @@ impl Config {
     }
 }
 
+/// A configured domain name as a lowercase fully qualified name; `None`
+/// for text that is not a name. The root (`"."`) is refused: that is what
+/// `[upstream] servers` is for.
+pub fn parse_domain(s: &str) -> Option<hickory_proto::rr::LowerName> {
+    let s = s.trim().trim_end_matches('.');
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        return None;
+    }
+    let mut name = hickory_proto::rr::Name::from_ascii(s).ok()?.to_lowercase();
+    name.set_fqdn(true);
+    Some(hickory_proto::rr::LowerName::from(name))
+}
+
 /// 1-based line and column of a byte offset.
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -879,9 +1222,51 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.upstream.timeout, Duration::from_millis(500));
-        assert_eq!(c.upstream.servers[0].0, "127.0.0.1:53".parse().unwrap());
-        assert_eq!(c.upstream.servers[1].0, "[::1]:5300".parse().unwrap());
+        assert_eq!(
+            c.upstream.servers[0].socket_addr(),
+            Some("127.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            c.upstream.servers[1].socket_addr(),
+            Some("[::1]:5300".parse().unwrap())
+        );
+        assert_eq!(c.upstream.servers[1].to_string(), "[::1]:5300");
         assert_eq!(c.cache.max_ttl, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let u = |s: &str| s.parse::<UpstreamAddr>().map(|u| u.to_string());
+        assert_eq!(u("9.9.9.9").unwrap(), "9.9.9.9:53");
+        assert_eq!(u("tcp://[2620:fe::fe]").unwrap(), "tcp://[2620:fe::fe]:53");
+        assert_eq!(
+            u("tls://9.9.9.9#dns.quad9.net").unwrap(),
+            "tls://9.9.9.9:853#dns.quad9.net"
+        );
+        assert_eq!(
+            u("tls://dns.quad9.net:8853").unwrap(),
+            "tls://dns.quad9.net:8853"
+        );
+        assert_eq!(
+            u("https://1.1.1.1/dns-query#cloudflare-dns.com").unwrap(),
+            "https://1.1.1.1:443/dns-query#cloudflare-dns.com"
+        );
+        assert_eq!(
+            u("https://dns.google").unwrap(),
+            "https://dns.google:443/dns-query"
+        );
+        let tls: UpstreamAddr = "tls://[::1]:853".parse().unwrap();
+        assert_eq!(tls.server_name(), "::1");
+        for bad in [
+            "dns.quad9.net",
+            "udp://9.9.9.9#name",
+            "tls://9.9.9.9/path",
+            "quic://9.9.9.9",
+            "tls://bad name",
+            "https://host:port/x",
+        ] {
+            assert!(u(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,9 +13,13 @@
 //! - [`lists`]: list parsing, the immutable [`lists::Snapshot`] of all
 //!   lists behind one `ArcSwap` ([`lists::ListStore`]), and name matching.
 //! - [`resolver`]: the chain each query flows through, assembled in
-//!   [`resolver::chain`]: access control → blocking → cache → upstream,
+//!   [`resolver::chain`]: access control → local names → blocking → cache →
+//!   upstream (with `[[forward]]` rules choosing the upstreams),
 //!   with CNAME targets checked on the way back. Every answer carries a
 //!   typed [`resolver::Outcome`].
+//! - [`upstream`]: transports to upstream resolvers: plain UDP/TCP,
+//!   DNS-over-TLS and DNS-over-HTTPS, pooled and pipelined connections,
+//!   bootstrap resolution of their host names.
 //! - [`server`]: socket binding and the hickory `RequestHandler` that turns
 //!   requests into chain queries and answers into responses.
 //! - [`clients`]: named devices (`[[clients]]` by address, network or MAC),
@@ -51,3 +55,4 @@ pub mod resolver;
 pub mod server;
 pub mod tcp;
 pub mod throttle;
+pub mod upstream;

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     /// `telesink_upstream_duration_seconds{upstream}`
     pub upstream_duration: HistogramVec,
+    /// `telesink_upstream_healthy{upstream}`
+    pub upstream_healthy: IntGaugeVec,
     /// `telesink_blocklist_domains{list}`
     pub blocklist_domains: IntGaugeVec,
     /// `telesink_blocklist_invalid_lines{list}`
@@ -79,7 +81,7 @@ impl Metrics {
             queries: counter_vec(
                 r,
                 "telesink_queries_total",
-                "DNS queries answered, by query type and outcome (blocked, cached, forwarded, refused, error).",
+                "DNS queries answered, by query type and outcome (blocked, cached, forwarded, local, refused, error).",
                 &["qtype", "outcome"],
             ),
             responses: counter_vec(
@@ -121,6 +123,12 @@ impl Metrics {
                 r,
                 "telesink_upstream_duration_seconds",
                 "Round-trip time of upstream requests that got an answer, by upstream.",
+                &["upstream"],
+            ),
+            upstream_healthy: gauge_vec(
+                r,
+                "telesink_upstream_healthy",
+                "1 while an upstream answers, 0 while it is skipped after repeated timeouts or errors.",
                 &["upstream"],
             ),
             blocklist_domains: gauge_vec(

@@ -356,7 +356,13 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         out.push("[server]");
     }
-    if old.upstream.servers != new.upstream.servers || old.upstream.timeout != new.upstream.timeout
+    let u = (&old.upstream, &new.upstream);
+    if u.0.servers != u.1.servers
+        || u.0.timeout != u.1.timeout
+        || u.0.bootstrap != u.1.bootstrap
+        || u.0.ca_file != u.1.ca_file
+        || u.0.idle_timeout != u.1.idle_timeout
+        || u.0.strategy != u.1.strategy
     {
         out.push("[upstream]");
     }
@@ -367,6 +373,12 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         || c.0.negative_max_ttl != c.1.negative_max_ttl
     {
         out.push("[cache]");
+    }
+    if old.local != new.local {
+        out.push("[local]");
+    }
+    if old.forward != new.forward {
+        out.push("[[forward]]");
     }
     if old.http.listen != new.http.listen {
         out.push("[http] listen");

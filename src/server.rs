@@ -134,6 +134,7 @@ impl<R: Resolve> RequestHandler for Handler<R> {
         metadata.response_code = answer.rcode;
         metadata.recursion_available = true;
         metadata.authentic_data = answer.authentic_data;
+        metadata.authoritative = answer.authoritative;
         let mut builder = MessageResponseBuilder::from_message_request(request);
         if let Some(edns) = &edns_out {
             builder.edns(edns);

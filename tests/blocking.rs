@@ -182,7 +182,7 @@ async fn blocking_can_be_turned_off() {
 async fn default_config_blocks_vendor_telemetry_and_keeps_essentials() {
     let stub = Stub::start().await;
     let mut config = telesink::config::Config::embedded_default();
-    config.upstream.servers = vec![telesink::config::UpstreamAddr(stub.addr)];
+    config.upstream.servers = vec![telesink::config::UpstreamAddr::plain(stub.addr)];
     config.http.listen = Some("127.0.0.1:0".parse().unwrap());
     let ts = Telesink::start_config(config).await;
     for qname in ["tracking.miui.com.", "sa.api.intl.miui.com."] {

@@ -73,6 +73,7 @@ impl Entry {
             outcome,
             rcode: self.rcode,
             authentic_data: self.authentic_data,
+            authoritative: false,
             answers: count_down(&self.answers),
             authorities: count_down(&self.authorities),
             additionals: count_down(&self.additionals),

@@ -1,48 +1,41 @@
-//! Forwarding to upstream resolvers over plain DNS.
+//! Forwarding to upstream resolvers (see [`crate::upstream`] for the
+//! transports: plain UDP/TCP, DNS-over-TLS, DNS-over-HTTPS).
 //!
-//! Each request goes out on a fresh UDP socket with a random ID and source
-//! port, and only a reply from the server it was sent to, with the same ID
-//! and question, is accepted (RFC 5452). A truncated reply is asked again
-//! over TCP. A server that times out, fails or refuses is skipped for the
-//! next one. The upstream's answer is passed on as it came: response code,
-//! every section, the AD flag and the CNAME chain.
+//! The upstreams of the most specific `[[forward]]` rule for the name, or
+//! else `[upstream] servers`, are asked in order: a server that times out,
+//! fails or refuses is skipped for the next one. The upstream's answer is
+//! passed on as it came: response code, every section, the AD flag and the
+//! CNAME chain.
 
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
-use hickory_proto::rr::Name;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use hickory_proto::rr::{LowerName, Name};
 
 use super::{Answer, Outcome, Query, Resolve};
-use crate::config::UpstreamConfig;
+use crate::config::{Config, Strategy, UpstreamAddr, parse_domain};
 use crate::metrics::Metrics;
+use crate::upstream::{AttemptError, Context, Upstream};
 
-/// One upstream resolver.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// The `upstream` metrics label (its address as configured).
-    label: String,
-}
-
-/// Why one upstream attempt produced no usable answer.
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error("timed out")]
-    Timeout,
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed reply: {0}")]
-    Malformed(String),
-}
-
-/// Asks the configured upstreams, in order, until one answers.
+/// Asks upstream resolvers: the `[[forward]]` rule whose domain is the most
+/// specific match for the name, or else `[upstream] servers`.
 pub struct Forward {
-    upstreams: Vec<Upstream>,
+    default: Group,
+    /// Conditional forwarding rules, most specific domain first.
+    rules: Vec<(LowerName, Arc<Group>)>,
+}
+
+/// A set of upstreams asked for the same names.
+struct Group {
+    upstreams: Vec<Member>,
+    strategy: Strategy,
+    /// The next first choice of `round_robin`.
+    turn: AtomicUsize,
+    /// The zero of the health clocks.
+    epoch: Instant,
     timeout: Duration,
     edns_udp_size: u16,
     metrics: Arc<Metrics>,
@@ -51,29 +44,76 @@ pub struct Forward {
 impl std::fmt::Debug for Forward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forward")
-            .field("upstreams", &self.upstreams)
+            .field("upstreams", &self.default.upstreams.len())
+            .field("rules", &self.rules.len())
             .finish()
     }
 }
 
 impl Forward {
-    /// Forwards to `[upstream] servers`.
-    pub fn new(config: &UpstreamConfig, edns_udp_size: u16, metrics: Arc<Metrics>) -> Self {
-        Self {
-            upstreams: config
-                .servers
+    /// Forwards to `[upstream] servers`, and names under the domains of
+    /// `[[forward]]` rules to their servers.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let ctx = Context::new(
+            &config.upstream,
+            &config.base_dir,
+            config.server.edns_udp_size,
+        );
+        let group = |servers: &[UpstreamAddr]| Group {
+            upstreams: servers
                 .iter()
-                .map(|s| Upstream {
-                    addr: s.0,
-                    label: s.to_string(),
+                .map(|s| {
+                    let upstream = Upstream::new(s, &ctx);
+                    metrics
+                        .upstream_healthy
+                        .with_label_values(&[upstream.label.as_str()])
+                        .set(1);
+                    Member {
+                        upstream,
+                        health: Health::default(),
+                    }
                 })
                 .collect(),
-            timeout: config.timeout,
-            edns_udp_size,
-            metrics,
+            strategy: config.upstream.strategy,
+            turn: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            timeout: config.upstream.timeout,
+            edns_udp_size: config.server.edns_udp_size,
+            metrics: metrics.clone(),
+        };
+        let mut rules = Vec::new();
+        for rule in &config.forward {
+            let servers = Arc::new(group(&rule.servers));
+            for domain in &rule.domains {
+                if let Some(domain) = parse_domain(domain) {
+                    rules.push((domain, servers.clone()));
+                }
+            }
+        }
+        // Longest first: the first rule that matches is the most specific.
+        rules.sort_by_key(|(domain, _)| std::cmp::Reverse(domain.num_labels()));
+        Self {
+            default: group(&config.upstream.servers),
+            rules,
         }
     }
 
+    /// The upstreams that answer `name`.
+    fn group(&self, name: &LowerName) -> &Group {
+        self.rules
+            .iter()
+            .find(|(domain, _)| domain.zone_of(name))
+            .map_or(&self.default, |(_, group)| group)
+    }
+}
+
+impl Resolve for Forward {
+    fn resolve(&self, query: &Query<'_>) -> impl Future<Output = Answer> + Send {
+        self.group(query.name).resolve(query)
+    }
+}
+
+impl Group {
     fn request(&self, query: &Query<'_>, id: u16) -> Message {
         let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = true;
@@ -90,137 +130,246 @@ impl Forward {
         msg
     }
 
-    /// One exchange with one upstream: UDP, then TCP if the reply was truncated.
+    /// One exchange with one upstream, within `timeout`.
     async fn exchange(
         &self,
         upstream: &Upstream,
         query: &Query<'_>,
     ) -> Result<Message, AttemptError> {
-        let id: u16 = rand::random();
-        let request = self.request(query, id);
+        let request = self.request(query, rand::random());
         let bytes = request
             .to_vec()
             .map_err(|e| AttemptError::Malformed(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let reply = tokio::time::timeout_at(deadline, self.udp(upstream.addr, &bytes, &request))
-            .await
-            .map_err(|_| AttemptError::Timeout)??;
-        if !reply.metadata.truncation {
-            return Ok(reply);
-        }
-        tokio::time::timeout_at(deadline, self.tcp(upstream.addr, &bytes, &request))
+        tokio::time::timeout(self.timeout, upstream.exchange(&request, &bytes))
             .await
             .map_err(|_| AttemptError::Timeout)?
     }
+}
 
-    async fn udp(
-        &self,
-        addr: SocketAddr,
-        bytes: &[u8],
-        request: &Message,
-    ) -> Result<Message, AttemptError> {
-        let local: SocketAddr = if addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+/// Consecutive failures (timeouts, errors) after which an upstream is
+/// skipped for a while.
+const FAILS_BEFORE_BACKOFF: u32 = 2;
+/// The first backoff; it doubles with every further failure, up to
+/// [`MAX_BACKOFF`].
+const BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One upstream of a group and what telesink knows of its health.
+struct Member {
+    upstream: Upstream,
+    health: Health,
+}
+
+/// Lock-free health of one upstream.
+#[derive(Default)]
+struct Health {
+    /// Consecutive attempts that timed out or failed.
+    failures: AtomicU32,
+    /// Milliseconds after the group's epoch until which it is skipped; 0
+    /// when healthy.
+    down_until: AtomicU64,
+    /// Set while one query probes an upstream whose backoff has expired;
+    /// the others keep skipping it until the probe answers.
+    probing: AtomicBool,
+    /// Smoothed round-trip time in microseconds; 0 until measured.
+    latency_us: AtomicU64,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// A reply to pass on.
+    Answer(Message),
+    /// SERVFAIL or REFUSED: ask another upstream.
+    Failed,
+    /// A timeout or a network/TLS error.
+    Unreachable,
+}
+
+impl Health {
+    /// Adds a round-trip sample to the smoothed latency (1/4 weight: a few
+    /// replies move it).
+    fn sample(&self, elapsed: Duration) {
+        let sample = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
         } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            (old.saturating_mul(3).saturating_add(sample)) / 4
         };
-        let socket = UdpSocket::bind(local).await?;
-        socket.connect(addr).await?;
-        socket.send(bytes).await?;
-        let mut buf = vec![0u8; usize::from(self.edns_udp_size.max(512))];
-        loop {
-            // A connected socket only receives from `addr`; anything that
-            // does not match the request is a stray or spoofed packet.
-            let n = socket.recv(&mut buf).await?;
-            if let Ok(reply) = Message::from_vec(&buf[..n]) {
-                if matches(request, &reply) {
-                    return Ok(reply);
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+}
+
+/// Records an attempt dropped because another upstream answered first
+/// (`fastest`): it took at least as long, so it counts as twice that.
+/// Without this, an upstream that always loses would never be measured.
+struct Lost<'a> {
+    health: &'a Health,
+    started: Instant,
+    done: bool,
+}
+
+impl Drop for Lost<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.health.sample(self.started.elapsed() * 2);
+        }
+    }
+}
+
+impl Group {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `m` may be asked now: healthy, or its backoff is over and
+    /// this query is the one probe.
+    fn available(&self, m: &Member) -> bool {
+        let until = m.health.down_until.load(Ordering::Relaxed);
+        until == 0
+            || (self.now_ms() >= until
+                && m.health
+                    .probing
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok())
+    }
+
+    /// The upstreams to ask, in order, as the strategy says. When every
+    /// upstream is in backoff they are all tried anyway: an answer late is
+    /// better than none.
+    fn order(&self) -> Vec<usize> {
+        let n = self.upstreams.len();
+        let start = match self.strategy {
+            Strategy::RoundRobin => self.turn.fetch_add(1, Ordering::Relaxed) % n,
+            Strategy::Failover | Strategy::Fastest => 0,
+        };
+        let mut order: Vec<usize> = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|&i| self.available(&self.upstreams[i]))
+            .collect();
+        if order.is_empty() {
+            order.extend((0..n).map(|i| (start + i) % n));
+        }
+        if self.strategy == Strategy::Fastest {
+            // Unmeasured upstreams (0) come first, so each gets measured.
+            order.sort_by_key(|&i| self.upstreams[i].health.latency_us.load(Ordering::Relaxed));
+        }
+        order
+    }
+
+    /// One attempt at `m`, with its metrics and health bookkeeping.
+    async fn attempt(&self, m: &Member, query: &Query<'_>) -> Attempt {
+        let upstream = &m.upstream;
+        let started = Instant::now();
+        let mut lost = Lost {
+            health: &m.health,
+            started,
+            done: false,
+        };
+        let result = self.exchange(upstream, query).await;
+        lost.done = true;
+        let label = match &result {
+            Ok(reply) => match reply.metadata.response_code {
+                ResponseCode::NoError => "ok",
+                ResponseCode::NXDomain => "nxdomain",
+                ResponseCode::ServFail => "servfail",
+                ResponseCode::Refused => "refused",
+                _ => "other",
+            },
+            Err(AttemptError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[upstream.label.as_str(), label])
+            .inc();
+        match result {
+            Ok(reply) => {
+                let elapsed = started.elapsed();
+                self.metrics
+                    .upstream_duration
+                    .with_label_values(&[upstream.label.as_str()])
+                    .observe(elapsed.as_secs_f64());
+                self.healthy(m, elapsed);
+                let rcode = reply.metadata.response_code;
+                if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused) {
+                    tracing::debug!(upstream = %upstream.label, %rcode, "upstream failed, trying the next");
+                    return Attempt::Failed;
                 }
+                Attempt::Answer(reply)
+            }
+            Err(error) => {
+                tracing::debug!(upstream = %upstream.label, %error, "upstream attempt failed");
+                self.unhealthy(m);
+                Attempt::Unreachable
             }
         }
     }
 
-    async fn tcp(
-        &self,
-        addr: SocketAddr,
-        bytes: &[u8],
-        request: &Message,
-    ) -> Result<Message, AttemptError> {
-        let mut stream = TcpStream::connect(addr).await?;
-        let len = u16::try_from(bytes.len())
-            .map_err(|_| AttemptError::Malformed("query too long".into()))?;
-        let mut framed = Vec::with_capacity(bytes.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(bytes);
-        stream.write_all(&framed).await?;
-        let len = stream.read_u16().await?;
-        let mut buf = vec![0u8; usize::from(len)];
-        stream.read_exact(&mut buf).await?;
-        let reply = Message::from_vec(&buf).map_err(|e| AttemptError::Malformed(e.to_string()))?;
-        if !matches(request, &reply) {
-            return Err(AttemptError::Malformed(
-                "reply does not match the question".into(),
-            ));
-        }
-        Ok(reply)
-    }
-}
-
-/// Whether `reply` answers `request`: same ID, a response, same question.
-fn matches(request: &Message, reply: &Message) -> bool {
-    reply.metadata.id == request.metadata.id
-        && reply.metadata.message_type == MessageType::Response
-        && reply.queries.len() == 1
-        && request.queries.first().is_some_and(|q| {
-            let r = &reply.queries[0];
-            // `Name` equality ignores ASCII case, as DNS does (0x20 mixing).
-            r.query_type() == q.query_type()
-                && r.query_class() == q.query_class()
-                && r.name() == q.name()
-        })
-}
-
-impl Resolve for Forward {
-    async fn resolve(&self, query: &Query<'_>) -> Answer {
-        let mut last_rcode = ResponseCode::ServFail;
-        for upstream in &self.upstreams {
-            let started = Instant::now();
-            let result = self.exchange(upstream, query).await;
-            let label = match &result {
-                Ok(reply) => match reply.metadata.response_code {
-                    ResponseCode::NoError => "ok",
-                    ResponseCode::NXDomain => "nxdomain",
-                    ResponseCode::ServFail => "servfail",
-                    ResponseCode::Refused => "refused",
-                    _ => "other",
-                },
-                Err(AttemptError::Timeout) => "timeout",
-                Err(_) => "error",
-            };
+    fn healthy(&self, m: &Member, elapsed: Duration) {
+        let h = &m.health;
+        h.failures.store(0, Ordering::Relaxed);
+        h.probing.store(false, Ordering::Relaxed);
+        if h.down_until.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!(upstream = %m.upstream.label, "upstream answers again");
             self.metrics
-                .upstream_requests
-                .with_label_values(&[upstream.label.as_str(), label])
-                .inc();
-            match result {
-                Ok(reply) => {
-                    self.metrics
-                        .upstream_duration
-                        .with_label_values(&[upstream.label.as_str()])
-                        .observe(started.elapsed().as_secs_f64());
-                    let rcode = reply.metadata.response_code;
-                    if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused) {
-                        tracing::debug!(upstream = %upstream.addr, %rcode, "upstream failed, trying the next");
-                        last_rcode = ResponseCode::ServFail;
-                        continue;
-                    }
+                .upstream_healthy
+                .with_label_values(&[m.upstream.label.as_str()])
+                .set(1);
+        }
+        h.sample(elapsed);
+    }
+
+    fn unhealthy(&self, m: &Member) {
+        let h = &m.health;
+        let failures = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        h.probing.store(false, Ordering::Relaxed);
+        if failures < FAILS_BEFORE_BACKOFF {
+            return;
+        }
+        let backoff = BACKOFF
+            .saturating_mul(1 << (failures - FAILS_BEFORE_BACKOFF).min(8))
+            .min(MAX_BACKOFF);
+        let until = self.now_ms() + u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+        if h.down_until.swap(until, Ordering::Relaxed) == 0 {
+            tracing::warn!(upstream = %m.upstream.label, ?backoff, "upstream keeps failing; skipping it, then probing");
+            self.metrics
+                .upstream_healthy
+                .with_label_values(&[m.upstream.label.as_str()])
+                .set(0);
+        }
+    }
+
+    /// Asks the upstreams as the strategy says until one answers.
+    async fn resolve(&self, query: &Query<'_>) -> Answer {
+        let order = self.order();
+        let mut rest = &order[..];
+        if self.strategy == Strategy::Fastest && order.len() >= 2 {
+            // The two best at once; the first good answer wins and the
+            // other request is dropped.
+            let a = self.attempt(&self.upstreams[order[0]], query);
+            let b = self.attempt(&self.upstreams[order[1]], query);
+            tokio::pin!(a, b);
+            let (mut a_done, mut b_done) = (false, false);
+            while !(a_done && b_done) {
+                let result = tokio::select! {
+                    r = &mut a, if !a_done => { a_done = true; r }
+                    r = &mut b, if !b_done => { b_done = true; r }
+                };
+                if let Attempt::Answer(reply) = result {
                     return into_answer(reply);
                 }
-                Err(error) => {
-                    tracing::debug!(upstream = %upstream.addr, %error, "upstream attempt failed");
-                }
+            }
+            rest = &order[2..];
+        }
+        for &i in rest {
+            if let Attempt::Answer(reply) = self.attempt(&self.upstreams[i], query).await {
+                return into_answer(reply);
             }
         }
-        Answer::empty(Outcome::Error, last_rcode)
+        Answer::empty(Outcome::Error, ResponseCode::ServFail)
     }
 }
 
@@ -231,6 +380,7 @@ fn into_answer(mut reply: Message) -> Answer {
         outcome: Outcome::Forwarded,
         rcode: reply.metadata.response_code,
         authentic_data: reply.metadata.authentic_data,
+        authoritative: false,
         answers: std::mem::take(&mut reply.answers),
         authorities: std::mem::take(&mut reply.authorities),
         additionals: std::mem::take(&mut reply.additionals),

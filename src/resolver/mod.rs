@@ -1,7 +1,8 @@
 //! The resolver chain: every query passes through these links in order, and
 //! each link either answers or passes the query on to the next.
 //!
-//! Links are generic over their successor (`Access<Block<Cache<Forward>>>`),
+//! Links are generic over their successor
+//! (`Access<Local<Block<Cache<Forward>>>>`),
 //! so a query costs no dynamic dispatch and no boxed futures. The order is
 //! fixed in one place, [`chain`], with the reason for each position.
 
@@ -16,12 +17,14 @@ mod access;
 mod block;
 mod cache;
 mod forward;
+mod local;
 mod ratelimit;
 
 pub use access::{Access, is_allowed};
 pub use block::{Block, BlockPolicy};
 pub use cache::Cache;
-pub use forward::{Forward, Upstream};
+pub use forward::Forward;
+pub use local::{Local, LocalRecords};
 pub use ratelimit::RateLimit;
 
 use crate::config::Config;
@@ -68,6 +71,8 @@ pub enum Outcome {
     Stale,
     /// Answered by an upstream resolver.
     Forwarded,
+    /// Answered by telesink itself: a `[local]` record or a special-use name.
+    Local,
     /// No usable answer could be had (SERVFAIL).
     Error,
 }
@@ -82,6 +87,7 @@ impl Outcome {
             Self::Cached => "cached",
             Self::Stale => "stale",
             Self::Forwarded => "forwarded",
+            Self::Local => "local",
             Self::Error => "error",
         }
     }
@@ -96,6 +102,8 @@ pub struct Answer {
     pub rcode: ResponseCode,
     /// The AD bit, as the upstream set it.
     pub authentic_data: bool,
+    /// The AA bit: set for local answers, which telesink is the authority for.
+    pub authoritative: bool,
     /// Answer section.
     pub answers: Vec<Record>,
     /// Authority section (the SOA of a negative answer, NS records).
@@ -111,6 +119,7 @@ impl Answer {
             outcome,
             rcode,
             authentic_data: false,
+            authoritative: false,
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
@@ -140,11 +149,10 @@ pub fn chain(
 ) -> impl Resolve {
     // Forward is last: it is the only link that leaves the machine, and
     // everything above it exists to avoid or police that trip.
-    let forward = Forward::new(
-        &config.upstream,
-        config.server.edns_udp_size,
-        metrics.clone(),
-    );
+    // `[[forward]]` rules are part of it: conditional forwarding only
+    // chooses which upstreams to ask, so blocking and caching apply to
+    // those names exactly as to any other.
+    let forward = Forward::new(config, metrics.clone());
     // Cache sits right above Forward so it holds only upstream answers: a
     // blocked answer is never cached, and unblocking a name needs no flush.
     let cache = Cache::new(
@@ -158,10 +166,25 @@ pub fn chain(
     // whose answers are cached, and it checks the CNAME targets of answers
     // on their way back from Cache/Forward (CNAME cloaking).
     let block = Block::new(lists, controls, cache);
+    // Local records and special-use names sit above Block: a name the
+    // household defined itself (`nas.lan`) is never blocked by a list entry
+    // for a parent, and names that must never leave the network
+    // (`localhost`, private reverse zones, the Firefox DoH canary) are
+    // answered before anything else could forward them. A CNAME from a
+    // local record to an outside name goes down through Block, so the
+    // target is still checked. Private reverse zones covered by a
+    // `[[forward]]` rule are left to Forward.
+    let forwarded = config
+        .forward
+        .iter()
+        .flat_map(|rule| rule.domains.iter())
+        .filter_map(|d| crate::config::parse_domain(d))
+        .collect();
+    let local = Local::new(&config.local, forwarded, block);
     // Rate limiting comes right after access control: a flooding client is
-    // stopped before it costs a list lookup, a cache entry or an upstream
-    // request, and refused outsiders do not use up anyone's bucket.
-    let limited = RateLimit::new(&config.security.rate_limit, block);
+    // stopped before it costs a lookup of any kind, and refused outsiders
+    // do not use up anyone's bucket.
+    let limited = RateLimit::new(&config.security.rate_limit, local);
     // Access control is first: a client outside `allow_clients` learns
     // nothing, not even whether a name is blocked, and costs no lookup.
     Access::new(config.server.allow_clients.clone(), limited)

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +117,10 @@ fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>,
             false,
         ),
         ("nodata.test.", RecordType::A) => ok(vec![a("nodata.test.", [192, 0, 2, 12])]),
+        // Host names of encrypted test upstreams, for bootstrap resolution.
+        (other, RecordType::A) if other.ends_with("upstream.test.") => {
+            ok(vec![a(other, [127, 0, 0, 1])])
+        }
         _ => (
             ResponseCode::NXDomain,
             vec![],
@@ -131,8 +136,10 @@ pub struct Stub {
     pub addr: SocketAddr,
     /// Every question received: (lowercase name, type).
     log: Arc<Mutex<Vec<(String, RecordType)>>>,
+    /// Connections accepted (TCP, TLS or HTTPS).
+    connections: Arc<AtomicUsize>,
     /// While set, questions are logged but never answered.
-    silent: Arc<std::sync::atomic::AtomicBool>,
+    silent: Arc<AtomicBool>,
     token: CancellationToken,
 }
 
@@ -153,23 +160,36 @@ impl Stub {
         Self::start_with(true).await
     }
 
-    /// Stops (or resumes) answering, as a dead upstream would.
-    pub fn set_silent(&self, silent: bool) {
-        self.silent
-            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    async fn start_with(silent: bool) -> Self {
+        Self::start_delayed(silent, Duration::ZERO).await
     }
 
-    async fn start_with(silent: bool) -> Self {
-        let silent = Arc::new(std::sync::atomic::AtomicBool::new(silent));
-        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    /// Stops (or resumes) answering, as a dead upstream would.
+    pub fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::SeqCst);
+    }
+
+    /// A stub that answers UDP queries after `delay` (a distant upstream).
+    pub async fn delayed(delay: Duration) -> Self {
+        Self::start_delayed(false, delay).await
+    }
+
+    async fn start_delayed(silent: bool, delay: Duration) -> Self {
+        // UDP and TCP on the same port: the port the OS picks for UDP may
+        // be taken for TCP (another test's connection), so pick again.
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+                break (Arc::new(udp), tcp);
+            }
+        };
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let token = CancellationToken::new();
+        let me = Self::new(addr);
+        me.silent.store(silent, Ordering::SeqCst);
         {
-            let log = log.clone();
-            let token = token.clone();
-            let silent = silent.clone();
+            let log = me.log.clone();
+            let token = me.token.clone();
+            let silent = me.silent.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 loop {
@@ -177,57 +197,105 @@ impl Stub {
                         r = udp.recv_from(&mut buf) => r.unwrap(),
                         _ = token.cancelled() => return,
                     };
-                    let quiet = silent.load(std::sync::atomic::Ordering::SeqCst);
-                    let packet = buf[..n].to_vec();
-                    let (udp, log) = (udp.clone(), log.clone());
-                    // One task per query, so a slow answer delays no other.
-                    tokio::spawn(async move {
-                        if let Some((reply, delay)) = answer(&packet, false, &log, quiet) {
-                            tokio::time::sleep(delay).await;
+                    let quiet = silent.load(Ordering::SeqCst);
+                    if let Some((reply, slow)) = answer(&buf[..n], false, &log, quiet) {
+                        let delay = delay + slow;
+                        if delay.is_zero() {
                             let _ = udp.send_to(&reply, from).await;
-                        }
-                    });
-                }
-            });
-        }
-        {
-            let log = log.clone();
-            let token = token.clone();
-            let silent = silent.clone();
-            tokio::spawn(async move {
-                loop {
-                    let (mut stream, _) = tokio::select! {
-                        r = tcp.accept() => r.unwrap(),
-                        _ = token.cancelled() => return,
-                    };
-                    let log = log.clone();
-                    let silent = silent.clone();
-                    tokio::spawn(async move {
-                        while let Ok(len) = stream.read_u16().await {
-                            let mut buf = vec![0u8; usize::from(len)];
-                            if stream.read_exact(&mut buf).await.is_err() {
-                                return;
-                            }
-                            let quiet = silent.load(std::sync::atomic::Ordering::SeqCst);
-                            if let Some((reply, delay)) = answer(&buf, true, &log, quiet) {
+                        } else {
+                            // Simulated network latency, not a wait.
+                            let udp = udp.clone();
+                            tokio::spawn(async move {
                                 tokio::time::sleep(delay).await;
-                                let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
-                                framed.extend_from_slice(&reply);
-                                if stream.write_all(&framed).await.is_err() {
-                                    return;
-                                }
-                            }
+                                let _ = udp.send_to(&reply, from).await;
+                            });
                         }
-                    });
+                    }
                 }
             });
         }
+        let silent = me.silent.clone();
+        me.accept(tcp, move |stream, log| {
+            let silent = silent.clone();
+            async move {
+                serve_stream(stream, log, silent).await;
+            }
+        });
+        me
+    }
+
+    fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
-            log,
-            silent,
-            token,
+            log: Arc::new(Mutex::new(Vec::new())),
+            connections: Arc::new(AtomicUsize::new(0)),
+            silent: Arc::new(AtomicBool::new(false)),
+            token: CancellationToken::new(),
         }
+    }
+
+    /// Accepts connections on `listener` and serves each with `serve`.
+    fn accept<F, Fut>(&self, listener: TcpListener, serve: F)
+    where
+        F: Fn(TcpStream, Arc<Mutex<Vec<(String, RecordType)>>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let log = self.log.clone();
+        let token = self.token.clone();
+        let connections = self.connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => r.unwrap(),
+                    _ = token.cancelled() => return,
+                };
+                connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, log.clone()));
+            }
+        });
+    }
+
+    /// A DNS-over-TLS stub on 127.0.0.1 with the certificate of `tls`.
+    pub async fn tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = Self::new(listener.local_addr().unwrap());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        me.accept(listener, move |stream, log| {
+            let acceptor = acceptor.clone();
+            async move {
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    serve_stream(stream, log, Arc::new(AtomicBool::new(false))).await;
+                }
+            }
+        });
+        me
+    }
+
+    /// A DNS-over-HTTPS stub on 127.0.0.1 (HTTP/2 only, POST and GET on
+    /// /dns-query) with the certificate of `tls`.
+    pub async fn https(tls: Arc<rustls::ServerConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = Self::new(listener.local_addr().unwrap());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        me.accept(listener, move |stream, log| {
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| doh_answer(req, log.clone()));
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            }
+        });
+        me
+    }
+
+    /// How many connections the stub accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// How many times the stub was asked for (`name`, `qtype`).
@@ -244,6 +312,110 @@ impl Stub {
     /// How many questions the stub received in all.
     pub fn total(&self) -> usize {
         self.log.lock().unwrap().len()
+    }
+}
+
+/// Serves length-prefixed DNS messages on a stream until it closes.
+async fn serve_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    log: Arc<Mutex<Vec<(String, RecordType)>>>,
+    silent: Arc<AtomicBool>,
+) {
+    while let Ok(len) = stream.read_u16().await {
+        let mut buf = vec![0u8; usize::from(len)];
+        if stream.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        if let Some((reply, slow)) = answer(&buf, true, &log, silent.load(Ordering::SeqCst)) {
+            tokio::time::sleep(slow).await;
+            let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&reply);
+            if stream.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One DoH request (RFC 8484): POST of application/dns-message on
+/// /dns-query.
+async fn doh_answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    log: Arc<Mutex<Vec<(String, RecordType)>>>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let status = |code: u16| {
+        Ok(hyper::Response::builder()
+            .status(code)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap())
+    };
+    if req.uri().path() != "/dns-query" || req.method() != hyper::Method::POST {
+        return status(404);
+    }
+    if req
+        .headers()
+        .get("content-type")
+        .is_none_or(|v| v != "application/dns-message")
+    {
+        return status(415);
+    }
+    let Ok(body) = req.into_body().collect().await else {
+        return status(400);
+    };
+    match answer(&body.to_bytes(), true, &log, false) {
+        Some((reply, _)) => Ok(hyper::Response::builder()
+            .header("content-type", "application/dns-message")
+            .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
+            .unwrap()),
+        None => status(400),
+    }
+}
+
+/// A certificate authority made for one test, and server certificates
+/// signed by it.
+pub struct TestCa {
+    /// The CA certificate, PEM: what `[upstream] ca_file` points at.
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("telesink test CA {}", rand_id()),
+        );
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server configuration whose certificate is valid for `names` (host
+    /// names or IP addresses), offering `alpn`.
+    pub fn server(&self, names: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
     }
 }
 

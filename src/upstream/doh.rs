@@ -1,0 +1,111 @@
+//! DNS-over-HTTPS (RFC 8484): POST of `application/dns-message` over
+//! HTTP/2, one reqwest client (and so one connection pool) per upstream.
+
+use std::net::SocketAddr;
+
+use hickory_proto::op::Message;
+
+use super::bootstrap::Shared;
+use super::{AttemptError, Context, same_question};
+use crate::config::{UpstreamAddr, UpstreamHost};
+
+const DNS_MESSAGE: &str = "application/dns-message";
+
+/// One DoH upstream.
+#[derive(Debug)]
+pub(super) struct Doh {
+    label: String,
+    /// `None` when TLS could not be set up: every attempt fails.
+    client: Option<reqwest::Client>,
+    url: String,
+}
+
+impl Doh {
+    pub(super) fn new(addr: &UpstreamAddr, ctx: &Context) -> Self {
+        let label = addr.to_string();
+        // With `#name`, the URL names the server and the address is
+        // pinned; a name host goes through the bootstrap resolvers.
+        let (host, pinned) = match (&addr.host, &addr.tls_name) {
+            (UpstreamHost::Ip(ip), Some(name)) => (
+                name.clone(),
+                Some((name.clone(), SocketAddr::new(*ip, addr.port))),
+            ),
+            (host, _) => (host.to_string(), None),
+        };
+        let url = format!("https://{host}:{}{}", addr.port, addr.path);
+        let client = ctx.tls.as_ref().and_then(|(_, doh)| {
+            let mut builder = reqwest::Client::builder()
+                .tls_backend_preconfigured((**doh).clone())
+                .pool_idle_timeout(ctx.idle_timeout)
+                .pool_max_idle_per_host(super::stream::POOL_SIZE)
+                .dns_resolver(Shared(ctx.bootstrap.clone()))
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some((name, addr)) = pinned {
+                builder = builder.resolve(&name, addr);
+            }
+            builder
+                .build()
+                .map_err(|error| tracing::error!(upstream = %label, %error, "cannot set up DoH"))
+                .ok()
+        });
+        Self { label, client, url }
+    }
+
+    pub(super) async fn exchange(
+        &self,
+        request: &Message,
+        bytes: &[u8],
+    ) -> Result<Message, AttemptError> {
+        let Some(client) = &self.client else {
+            return Err(AttemptError::Io(std::io::Error::other(
+                "TLS is unavailable (see the startup log)",
+            )));
+        };
+        // RFC 8484 §4.1: ID 0 makes identical queries cacheable by HTTP.
+        let mut body = bytes.to_vec();
+        body[..2].copy_from_slice(&[0, 0]);
+        let response = client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, DNS_MESSAGE)
+            .header(reqwest::header::ACCEPT, DNS_MESSAGE)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                let error = error_chain(&e);
+                tracing::warn!(upstream = %self.label, %error, "DoH request failed");
+                AttemptError::Io(std::io::Error::other(error))
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(AttemptError::Malformed(format!("HTTP status {status}")));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| AttemptError::Io(std::io::Error::other(error_chain(&e))))?;
+        let mut reply =
+            Message::from_vec(&body).map_err(|e| AttemptError::Malformed(e.to_string()))?;
+        if !same_question(request, &reply) {
+            return Err(AttemptError::Malformed(
+                "reply does not match the question".into(),
+            ));
+        }
+        reply.metadata.id = request.metadata.id;
+        Ok(reply)
+    }
+}
+
+/// An error with its causes: reqwest's own message alone says only
+/// "error sending request", the cause says which certificate check failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,200 @@
+//! Transports to upstream resolvers: plain UDP (TCP when truncated), TCP,
+//! DNS-over-TLS (RFC 7858) and DNS-over-HTTPS (RFC 8484).
+//!
+//! [`Upstream::exchange`] sends one query and returns a reply that answers
+//! it: same ID and question, from the server asked. UDP uses a fresh socket
+//! and random source port per query (RFC 5452). TCP and TLS connections
+//! are kept in a small pool per upstream and carry many queries at once
+//! (pipelining, RFC 7766 §6.2.1); DoH shares one HTTP/2 connection. Idle
+//! connections are closed after `[upstream] idle_timeout`, and a broken one
+//! is replaced at the next query. Host names of encrypted upstreams are
+//! resolved through `[upstream] bootstrap`, never through telesink.
+//! Certificates are checked against the system's CA store plus
+//! `[upstream] ca_file`; a wrong name or an untrusted certificate fails the
+//! attempt (fail closed) with a warning naming the upstream.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType};
+use tokio::net::UdpSocket;
+
+use crate::config::{UpstreamAddr, UpstreamConfig, UpstreamHost, UpstreamProtocol};
+
+mod bootstrap;
+mod doh;
+mod stream;
+mod tls;
+
+pub use bootstrap::Bootstrap;
+
+/// Why one upstream attempt produced no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// No reply within `[upstream] timeout`.
+    #[error("timed out")]
+    Timeout,
+    /// A network error, a refused connection, a failed TLS handshake.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A reply that is not a DNS answer to the question.
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+}
+
+/// What every transport needs: TLS settings, the bootstrap resolvers and
+/// the connection limits. One per chain, shared by all upstreams.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// DoT and DoH client configurations; `None` if TLS could not be set up.
+    tls: Option<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)>,
+    bootstrap: Arc<Bootstrap>,
+    idle_timeout: Duration,
+    edns_udp_size: u16,
+}
+
+impl Context {
+    /// The context `[upstream]` describes; `base_dir` resolves `ca_file`.
+    pub fn new(config: &UpstreamConfig, base_dir: &std::path::Path, edns_udp_size: u16) -> Self {
+        let ca_file = config.ca_file.as_ref().map(|f| base_dir.join(f));
+        let tls = match tls::client_configs(ca_file.as_deref()) {
+            Ok(c) => Some(c),
+            Err(error) => {
+                // Encrypted upstreams then fail every attempt: never a
+                // silent fallback to unverified or plain DNS.
+                tracing::error!(%error, "TLS for encrypted upstreams is unavailable");
+                None
+            }
+        };
+        Self {
+            tls,
+            bootstrap: Arc::new(Bootstrap::new(
+                config
+                    .bootstrap
+                    .iter()
+                    .filter_map(UpstreamAddr::socket_addr),
+                config.timeout,
+            )),
+            idle_timeout: config.idle_timeout,
+            edns_udp_size: edns_udp_size.max(512),
+        }
+    }
+}
+
+/// One upstream resolver and its connections.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The `upstream` metrics label (see [`UpstreamAddr`]'s `Display`).
+    pub label: String,
+    transport: Transport,
+    /// Receive buffer for UDP replies: the EDNS size telesink advertises.
+    udp_size: usize,
+}
+
+#[derive(Debug)]
+enum Transport {
+    /// Plain DNS over UDP; the pool is for truncated answers.
+    Udp(SocketAddr, stream::Pool),
+    /// Plain DNS over TCP.
+    Tcp(stream::Pool),
+    /// DNS-over-TLS.
+    Tls(stream::Pool),
+    /// DNS-over-HTTPS.
+    Https(doh::Doh),
+}
+
+impl Upstream {
+    /// The upstream `addr`, connected as its scheme says.
+    pub fn new(addr: &UpstreamAddr, ctx: &Context) -> Self {
+        let label = addr.to_string();
+        let target = |tls: bool| stream::Target {
+            label: label.clone(),
+            host: addr.host.clone(),
+            port: addr.port,
+            tls: tls.then(|| (ctx.tls.as_ref().map(|t| t.0.clone()), addr.server_name())),
+            bootstrap: ctx.bootstrap.clone(),
+        };
+        let pool = |tls: bool| stream::Pool::new(target(tls), ctx.idle_timeout);
+        let transport = match addr.protocol {
+            UpstreamProtocol::Udp => {
+                let ip = match addr.host {
+                    UpstreamHost::Ip(ip) => ip,
+                    // Rejected when the config is parsed.
+                    UpstreamHost::Name(_) => IpAddr::from([0, 0, 0, 0]),
+                };
+                Transport::Udp(SocketAddr::new(ip, addr.port), pool(false))
+            }
+            UpstreamProtocol::Tcp => Transport::Tcp(pool(false)),
+            UpstreamProtocol::Tls => Transport::Tls(pool(true)),
+            UpstreamProtocol::Https => Transport::Https(doh::Doh::new(addr, ctx)),
+        };
+        Self {
+            label,
+            transport,
+            udp_size: usize::from(ctx.edns_udp_size),
+        }
+    }
+
+    /// Sends `request` (already encoded as `bytes`) and returns the reply
+    /// that answers it. The caller bounds the time it may take.
+    pub async fn exchange(&self, request: &Message, bytes: &[u8]) -> Result<Message, AttemptError> {
+        match &self.transport {
+            Transport::Udp(addr, pool) => {
+                let reply = udp(*addr, bytes, request, self.udp_size).await?;
+                if !reply.metadata.truncation {
+                    return Ok(reply);
+                }
+                pool.exchange(request, bytes).await
+            }
+            Transport::Tcp(pool) | Transport::Tls(pool) => pool.exchange(request, bytes).await,
+            Transport::Https(doh) => doh.exchange(request, bytes).await,
+        }
+    }
+}
+
+/// One query over a fresh UDP socket connected to `addr`.
+pub(crate) async fn udp(
+    addr: SocketAddr,
+    bytes: &[u8],
+    request: &Message,
+    size: usize,
+) -> Result<Message, AttemptError> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(addr).await?;
+    socket.send(bytes).await?;
+    let mut buf = vec![0u8; size];
+    loop {
+        // A connected socket only receives from `addr`; anything that
+        // does not match the request is a stray or spoofed packet.
+        let n = socket.recv(&mut buf).await?;
+        if let Ok(reply) = Message::from_vec(&buf[..n]) {
+            if matches(request, &reply) {
+                return Ok(reply);
+            }
+        }
+    }
+}
+
+/// Whether `reply` answers `request`: same ID, a response, same question.
+pub(crate) fn matches(request: &Message, reply: &Message) -> bool {
+    reply.metadata.id == request.metadata.id && same_question(request, reply)
+}
+
+/// Whether `reply` is a response to the question of `request`.
+pub(crate) fn same_question(request: &Message, reply: &Message) -> bool {
+    reply.metadata.message_type == MessageType::Response
+        && reply.queries.len() == 1
+        && request.queries.first().is_some_and(|q| {
+            let r = &reply.queries[0];
+            // `Name` equality ignores ASCII case, as DNS does (0x20 mixing).
+            r.query_type() == q.query_type()
+                && r.query_class() == q.query_class()
+                && r.name() == q.name()
+        })
+}

@@ -1,0 +1,298 @@
+//! Pooled, pipelined DNS over TCP and TLS (RFC 7766 §6.2.1, RFC 7858).
+//!
+//! Each upstream keeps up to [`POOL_SIZE`] connections. Each connection is
+//! one task that owns the stream: it writes queries as they come (giving
+//! each an ID unique on the connection), reads replies in whatever order
+//! the server sends them, and hands each to the query that waits for it.
+//! A connection closes itself after `idle_timeout` without queries, and a
+//! closed one is replaced at the next query. The fast path (a live
+//! connection) takes no lock: the connection handle is an `ArcSwapOption`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hickory_proto::op::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AttemptError, Bootstrap, same_question};
+use crate::config::UpstreamHost;
+
+/// Connections kept per upstream: pipelining makes one enough for a home
+/// network; a second avoids head-of-line waits behind a large answer.
+pub(super) const POOL_SIZE: usize = 2;
+
+/// Queries waiting to be written to one connection.
+const QUEUE: usize = 64;
+
+/// Where and how to connect.
+#[derive(Debug)]
+pub(super) struct Target {
+    /// The upstream's metrics label, for logs.
+    pub(super) label: String,
+    pub(super) host: UpstreamHost,
+    pub(super) port: u16,
+    /// For DoT: the client configuration (`None` if TLS is unavailable)
+    /// and the server name the certificate must match.
+    pub(super) tls: Option<(Option<Arc<rustls::ClientConfig>>, String)>,
+    pub(super) bootstrap: Arc<Bootstrap>,
+}
+
+/// One query handed to a connection task.
+struct Job {
+    request: Message,
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Result<Message, AttemptError>>,
+}
+
+/// The handle of a live connection.
+#[derive(Debug)]
+struct Conn {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+/// The connections of one upstream.
+#[derive(Debug)]
+pub(super) struct Pool {
+    target: Arc<Target>,
+    slots: [ArcSwapOption<Conn>; POOL_SIZE],
+    /// Serialises (re)connecting per slot, so a burst of queries to a
+    /// closed connection opens one new connection, not one each.
+    connecting: [tokio::sync::Mutex<()>; POOL_SIZE],
+    next: AtomicUsize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub(super) fn new(target: Target, idle_timeout: Duration) -> Self {
+        Self {
+            target: Arc::new(target),
+            slots: Default::default(),
+            connecting: Default::default(),
+            next: AtomicUsize::new(0),
+            idle_timeout,
+        }
+    }
+
+    /// Sends `request` on a pooled connection; if a reused connection turns
+    /// out to be closed by the server (they may close idle ones at any
+    /// time), once more on a fresh one.
+    pub(super) async fn exchange(
+        &self,
+        request: &Message,
+        bytes: &[u8],
+    ) -> Result<Message, AttemptError> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % POOL_SIZE;
+        let mut fresh_tried = false;
+        loop {
+            let (conn, fresh) = self.conn(slot).await?;
+            let (tx, rx) = oneshot::channel();
+            let job = Job {
+                request: request.clone(),
+                bytes: bytes.to_vec(),
+                reply: tx,
+            };
+            let sent = conn.jobs.send(job).await.is_ok();
+            let result = if sent {
+                rx.await.unwrap_or_else(|_| Err(closed()))
+            } else {
+                Err(closed())
+            };
+            match result {
+                Err(AttemptError::Io(e))
+                    if e.kind() == std::io::ErrorKind::ConnectionAborted
+                        && !fresh
+                        && !fresh_tried =>
+                {
+                    self.slots[slot].store(None);
+                    fresh_tried = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The live connection of `slot`, opened if needed; `true` if new.
+    async fn conn(&self, slot: usize) -> Result<(Arc<Conn>, bool), AttemptError> {
+        if let Some(conn) = self.slots[slot].load_full() {
+            if !conn.jobs.is_closed() {
+                return Ok((conn, false));
+            }
+        }
+        let _guard = self.connecting[slot].lock().await;
+        if let Some(conn) = self.slots[slot].load_full() {
+            if !conn.jobs.is_closed() {
+                return Ok((conn, false));
+            }
+        }
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let idle = self.idle_timeout;
+        match self.target.connect().await {
+            Ok(Stream::Tcp(s)) => {
+                tokio::spawn(run(s, rx, idle));
+            }
+            Ok(Stream::Tls(s)) => {
+                tokio::spawn(run(*s, rx, idle));
+            }
+            Err(error) => {
+                tracing::warn!(upstream = %self.target.label, %error, "cannot connect to upstream");
+                return Err(AttemptError::Io(error));
+            }
+        }
+        let conn = Arc::new(Conn { jobs });
+        self.slots[slot].store(Some(conn.clone()));
+        Ok((conn, true))
+    }
+}
+
+fn closed() -> AttemptError {
+    AttemptError::Io(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "upstream closed the connection",
+    ))
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Target {
+    async fn connect(&self) -> std::io::Result<Stream> {
+        let addrs: Vec<SocketAddr> = match &self.host {
+            UpstreamHost::Ip(ip) => vec![SocketAddr::new(*ip, self.port)],
+            UpstreamHost::Name(name) => self
+                .bootstrap
+                .lookup(name)
+                .await?
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, self.port))
+                .collect(),
+        };
+        let tcp = TcpStream::connect(&addrs[..]).await?;
+        tcp.set_nodelay(true)?;
+        let Some((config, server_name)) = &self.tls else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        let Some(config) = config else {
+            return Err(std::io::Error::other(
+                "TLS is unavailable (see the startup log)",
+            ));
+        };
+        let name = rustls::pki_types::ServerName::try_from(server_name.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // A wrong name or an untrusted certificate fails here: the error
+        // says which ("invalid peer certificate: NotValidForName", ...).
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("TLS with {server_name:?} failed: {e}"))
+            })?;
+        Ok(Stream::Tls(Box::new(tls)))
+    }
+}
+
+/// A query written and waiting for its reply.
+struct Waiting {
+    request: Message,
+    reply: oneshot::Sender<Result<Message, AttemptError>>,
+}
+
+/// The task of one connection: until the server closes it, it breaks, or
+/// it has been idle for `idle`.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    mut jobs: mpsc::Receiver<Job>,
+    idle: Duration,
+) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut waiting: HashMap<u16, Waiting> = HashMap::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut next_id: u16 = rand::random();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let error = loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(mut job) = job else { break None };
+                // An ID not in use on this connection; the caller's own
+                // ID is put back into the reply.
+                while waiting.contains_key(&next_id) {
+                    next_id = next_id.wrapping_add(1);
+                }
+                let id = next_id;
+                next_id = next_id.wrapping_add(1);
+                let Ok(len) = u16::try_from(job.bytes.len()) else {
+                    let _ = job.reply.send(Err(AttemptError::Malformed("query too long".into())));
+                    continue;
+                };
+                job.bytes[..2].copy_from_slice(&id.to_be_bytes());
+                let mut framed = Vec::with_capacity(job.bytes.len() + 2);
+                framed.extend_from_slice(&len.to_be_bytes());
+                framed.extend_from_slice(&job.bytes);
+                if wr.write_all(&framed).await.is_err() {
+                    let _ = job.reply.send(Err(closed()));
+                    break Some("write failed");
+                }
+                waiting.insert(id, Waiting { request: job.request, reply: job.reply });
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+            read = rd.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) => break Some("closed by the upstream"),
+                    Err(_) => break Some("read failed"),
+                    Ok(_) => {}
+                }
+                // Every complete frame in the buffer.
+                while buf.len() >= 2 {
+                    let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+                    if buf.len() < 2 + len {
+                        break;
+                    }
+                    let frame: Vec<u8> = buf.drain(..2 + len).skip(2).collect();
+                    let Ok(mut reply) = Message::from_vec(&frame) else { continue };
+                    let Some(w) = waiting.remove(&reply.metadata.id) else { continue };
+                    let result = if same_question(&w.request, &reply) {
+                        reply.metadata.id = w.request.metadata.id;
+                        Ok(reply)
+                    } else {
+                        Err(AttemptError::Malformed("reply does not match the question".into()))
+                    };
+                    let _ = w.reply.send(result);
+                }
+            }
+            () = &mut idle_timer => {
+                // Queries whose caller gave up (timed out) are forgotten.
+                waiting.retain(|_, w| !w.reply.is_closed());
+                if waiting.is_empty() {
+                    break None;
+                }
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+        }
+    };
+    jobs.close();
+    if let Some(why) = error {
+        tracing::debug!(why, waiting = waiting.len(), "upstream connection ended");
+    }
+    for (_, w) in waiting {
+        let _ = w.reply.send(Err(closed()));
+    }
+    // Queries queued but never written.
+    while let Ok(job) = jobs.try_recv() {
+        let _ = job.reply.send(Err(closed()));
+    }
+    let _ = wr.shutdown().await;
+}
