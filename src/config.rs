@@ -516,6 +516,11 @@ pub struct CacheConfig {
     /// before the stale answer goes out (RFC 8767 suggests 1.8 s at most).
     #[serde(with = "humantime_serde")]
     pub stale_timeout: Duration,
+    /// Refresh popular answers in the background in the last tenth of
+    /// their TTL, so they never expire while in use.
+    pub prefetch: bool,
+    /// Cache hits an answer needs before it is prefetched.
+    pub prefetch_min_hits: u32,
 }
 
 impl Default for CacheConfig {
@@ -527,6 +532,8 @@ impl Default for CacheConfig {
             negative_max_ttl: Duration::from_secs(3_600),
             serve_stale: Duration::from_secs(86_400),
             stale_timeout: Duration::from_secs(1),
+            prefetch: true,
+            prefetch_min_hits: 3,
         }
     }
 }

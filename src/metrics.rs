@@ -36,6 +36,8 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     /// `telesink_cache_entries`, set when scraped.
     pub cache_entries: IntGauge,
+    /// `telesink_cache_prefetches_total{result}`
+    pub cache_prefetches: IntCounterVec,
     /// `telesink_upstream_requests_total{upstream,result}`
     pub upstream_requests: IntCounterVec,
     /// `telesink_upstream_duration_seconds{upstream}`
@@ -113,6 +115,12 @@ impl Metrics {
                 "Cache lookups that found no fresh answer.",
             ),
             cache_entries: gauge(r, "telesink_cache_entries", "Answers currently cached."),
+            cache_prefetches: counter_vec(
+                r,
+                "telesink_cache_prefetches_total",
+                "Popular answers refreshed before they expired, by result (success, failure).",
+                &["result"],
+            ),
             upstream_requests: counter_vec(
                 r,
                 "telesink_upstream_requests_total",
@@ -219,6 +227,7 @@ impl Metrics {
         // Both results exist from the start, so `increase()` sees the first failure.
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
+            metrics.cache_prefetches.with_label_values(&[result]);
         }
         let build_info = gauge_vec(
             &metrics.registry,

@@ -190,3 +190,44 @@ async fn clients_over_their_rate_are_refused_or_dropped_but_exempt_ones_are_not(
     );
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn popular_answers_are_refreshed_before_they_expire() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(
+        &config("[cache]\nprefetch_min_hits = 3"),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    // short.test has a 2 s TTL: one miss, then hits.
+    for _ in 0..4 {
+        assert_eq!(
+            addresses(&ask(ts.udp, "short.test.", RecordType::A).await),
+            ["192.0.2.11"]
+        );
+    }
+    assert_eq!(stub.count("short.test.", RecordType::A), 1);
+    // In the last second of the TTL a hit starts a background refresh.
+    let (udp, s) = (ts.udp, &stub);
+    eventually("prefetched", || async move {
+        assert_eq!(
+            addresses(&ask(udp, "short.test.", RecordType::A).await),
+            ["192.0.2.11"]
+        );
+        s.count("short.test.", RecordType::A) == 2
+    })
+    .await;
+    let m = ts.metrics().await;
+    assert_eq!(
+        metric(&m, "telesink_cache_misses_total"),
+        1.0,
+        "the entry never expired in use: {m}"
+    );
+    assert_eq!(
+        metric(&m, "telesink_cache_prefetches_total{result=\"success\"}"),
+        1.0
+    );
+    ts.stop().await;
+}

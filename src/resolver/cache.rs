@@ -14,7 +14,7 @@
 //! upstream requests run at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ use crate::metrics::Metrics;
 use crate::throttle::Throttle;
 
 type Key = (LowerName, RecordType, DNSClass);
+
+/// Prefetches running at once.
+const PREFETCH_SLOTS: usize = 8;
 
 /// TTL of an answer served stale (RFC 8767 §4 recommends 30 s).
 const STALE_TTL: u32 = 30;
@@ -49,6 +52,10 @@ struct Entry {
     ttl: u32,
     /// Age in seconds + 1 at the last failed refresh; 0 if none.
     failed_at: AtomicU32,
+    /// Cache hits so far, for prefetch.
+    hits: AtomicU32,
+    /// A prefetch of this entry is running.
+    prefetching: AtomicBool,
 }
 
 impl Entry {
@@ -123,10 +130,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// upstream requests run at once, and serves expired answers when the
 /// upstreams fail (RFC 8767).
 pub struct Cache<N> {
-    entries: Option<Arc<quick_cache::sync::Cache<Key, Arc<Entry>>>>,
-    min_ttl: u32,
-    max_ttl: u32,
-    negative_max_ttl: u32,
+    /// The answers and how they are stored, shared with prefetch tasks.
+    store: Arc<Store>,
     /// Seconds past expiry an answer may still be served stale; 0 = never.
     serve_stale: u32,
     /// How long a query with a stale answer waits for the upstreams.
@@ -137,8 +142,28 @@ pub struct Cache<N> {
     upstream_slots: Semaphore,
     /// Keeps "upstream saturated" warnings to one per interval in a flood.
     saturated_log: Throttle,
+    /// Refreshes popular answers before they expire; `None` when off.
+    prefetch: Option<Prefetch>,
     metrics: Arc<Metrics>,
-    next: N,
+    /// Shared with prefetch tasks, which outlive the query that started them.
+    next: Arc<N>,
+}
+
+/// The cached answers and the TTL rules for storing one.
+struct Store {
+    entries: Option<quick_cache::sync::Cache<Key, Arc<Entry>>>,
+    min_ttl: u32,
+    max_ttl: u32,
+    negative_max_ttl: u32,
+    metrics: Arc<Metrics>,
+}
+
+/// When and how many answers are refreshed ahead of expiry.
+struct Prefetch {
+    /// Hits an entry needs before it is worth refreshing.
+    min_hits: u32,
+    /// Refreshes running at once; more are skipped, not queued.
+    slots: Arc<Semaphore>,
 }
 
 impl<N> std::fmt::Debug for Cache<N> {
@@ -154,7 +179,7 @@ fn secs(d: Duration) -> u32 {
 impl<N> Cache<N> {
     /// Number of cached answers.
     pub fn len(&self) -> usize {
-        self.entries.as_ref().map_or(0, |c| c.len())
+        self.store.entries.as_ref().map_or(0, |c| c.len())
     }
 
     /// Whether the cache is empty.
@@ -165,13 +190,14 @@ impl<N> Cache<N> {
     /// A function that empties this cache and returns how many answers it
     /// dropped, for the admin API.
     pub fn flusher(&self) -> impl Fn() -> usize + Send + Sync + 'static {
-        let entries = self.entries.clone();
-        let metrics = self.metrics.clone();
+        let store = self.store.clone();
         move || {
-            let Some(entries) = &entries else { return 0 };
+            let Some(entries) = &store.entries else {
+                return 0;
+            };
             let n = entries.len();
             entries.clear();
-            metrics.cache_entries.set(0);
+            store.metrics.cache_entries.set(0);
             n
         }
     }
@@ -182,20 +208,30 @@ impl<N: Resolve> Cache<N> {
     /// `max_in_flight` upstream requests at once.
     pub fn new(config: &CacheConfig, max_in_flight: usize, metrics: Arc<Metrics>, next: N) -> Self {
         Self {
-            entries: (config.capacity > 0)
-                .then(|| Arc::new(quick_cache::sync::Cache::new(config.capacity))),
-            min_ttl: secs(config.min_ttl),
-            max_ttl: secs(config.max_ttl),
-            negative_max_ttl: secs(config.negative_max_ttl),
+            store: Arc::new(Store {
+                entries: (config.capacity > 0)
+                    .then(|| quick_cache::sync::Cache::new(config.capacity)),
+                min_ttl: secs(config.min_ttl),
+                max_ttl: secs(config.max_ttl),
+                negative_max_ttl: secs(config.negative_max_ttl),
+                metrics: metrics.clone(),
+            }),
+            prefetch: config.prefetch.then(|| Prefetch {
+                min_hits: config.prefetch_min_hits,
+                slots: Arc::new(Semaphore::new(PREFETCH_SLOTS)),
+            }),
             serve_stale: secs(config.serve_stale),
             stale_timeout: config.stale_timeout,
             in_flight: Mutex::new(HashMap::new()),
             upstream_slots: Semaphore::new(max_in_flight.max(1)),
             saturated_log: Throttle::new(Duration::from_secs(10)),
             metrics,
-            next,
+            next: Arc::new(next),
         }
     }
+}
+
+impl Store {
     /// How long `answer` may be cached, in seconds, with its records'
     /// TTLs clamped in place; `None` if it must not be cached.
     fn cacheable_ttl(&self, answer: &mut Answer) -> Option<u32> {
@@ -228,6 +264,33 @@ impl<N: Resolve> Cache<N> {
                 (ttl > 0).then_some(ttl)
             }
             _ => None,
+        }
+    }
+
+    /// Stores `answer` under `key` if it may be cached.
+    fn store(&self, key: Key, answer: &mut Answer) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        if let Some(ttl) = self.cacheable_ttl(answer) {
+            entries.insert(
+                key,
+                Arc::new(Entry {
+                    rcode: answer.rcode,
+                    authentic_data: answer.authentic_data,
+                    answers: answer.answers.clone(),
+                    authorities: answer.authorities.clone(),
+                    additionals: answer.additionals.clone(),
+                    stored: Instant::now(),
+                    ttl,
+                    failed_at: AtomicU32::new(0),
+                    hits: AtomicU32::new(0),
+                    prefetching: AtomicBool::new(false),
+                }),
+            );
+            // Kept current on the write path (inserts and expiries), so
+            // hits pay nothing for it.
+            self.metrics.cache_entries.set(entries.len() as i64);
         }
     }
 }
@@ -279,30 +342,51 @@ impl<N: Resolve> Cache<N> {
         self.next.resolve(query).await
     }
 
-    fn store(
-        &self,
-        entries: &quick_cache::sync::Cache<Key, Arc<Entry>>,
-        key: Key,
-        answer: &mut Answer,
-    ) {
-        if let Some(ttl) = self.cacheable_ttl(answer) {
-            entries.insert(
-                key,
-                Arc::new(Entry {
-                    rcode: answer.rcode,
-                    authentic_data: answer.authentic_data,
-                    answers: answer.answers.clone(),
-                    authorities: answer.authorities.clone(),
-                    additionals: answer.additionals.clone(),
-                    stored: Instant::now(),
-                    ttl,
-                    failed_at: AtomicU32::new(0),
-                }),
-            );
-            // Kept current on the write path (inserts and expiries), so
-            // hits pay nothing for it.
-            self.metrics.cache_entries.set(entries.len() as i64);
+    /// Refreshes `entry` in the background if it is popular and about to
+    /// expire, so the next query for it is still a hit.
+    fn maybe_prefetch(&self, key: &Key, entry: &Arc<Entry>, age: u32) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        let hits = entry.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        // The last tenth of the TTL (at least the last second).
+        let left = entry.ttl - age;
+        if hits < prefetch.min_hits || left > (entry.ttl / 10).max(1) {
+            return;
         }
+        if entry.prefetching.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(permit) = prefetch.slots.clone().try_acquire_owned() else {
+            entry.prefetching.store(false, Ordering::Relaxed);
+            return;
+        };
+        let store = self.store.clone();
+        let next = self.next.clone();
+        let (key, entry) = (key.clone(), entry.clone());
+        tokio::spawn(async move {
+            let query = Query {
+                name: &key.0,
+                qtype: key.1,
+                qclass: key.2,
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+                checking_disabled: false,
+            };
+            let mut answer = next.resolve(&query).await;
+            let result = if usable(&answer) {
+                store.store(key, &mut answer);
+                "success"
+            } else {
+                entry.prefetching.store(false, Ordering::Relaxed);
+                "failure"
+            };
+            store
+                .metrics
+                .cache_prefetches
+                .with_label_values(&[result])
+                .inc();
+            drop(permit);
+        });
     }
 }
 
@@ -315,7 +399,7 @@ fn usable(answer: &Answer) -> bool {
 impl<N: Resolve> Resolve for Cache<N> {
     async fn resolve(&self, query: &Query<'_>) -> Answer {
         let key: Key = (query.name.clone(), query.qtype, query.qclass);
-        let Some(entries) = &self.entries else {
+        let Some(entries) = &self.store.entries else {
             return self.coalesced(&key, query).await;
         };
         let mut stale = None;
@@ -323,6 +407,7 @@ impl<N: Resolve> Resolve for Cache<N> {
             let age = entry.age();
             if age < entry.ttl {
                 self.metrics.cache_hits.inc();
+                self.maybe_prefetch(&key, &entry, age);
                 return entry.answer(Outcome::Cached, age, None);
             }
             if age < entry.ttl.saturating_add(self.serve_stale) {
@@ -353,7 +438,7 @@ impl<N: Resolve> Resolve for Cache<N> {
             }
         };
         if answer.outcome == Outcome::Forwarded {
-            self.store(entries, key, &mut answer);
+            self.store.store(key, &mut answer);
         }
         answer
     }
