@@ -10,7 +10,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::resolver::Outcome;
+use std::sync::{Arc, OnceLock};
+
+use crate::resolver::{OUTCOME_LABELS, Outcome};
 
 /// Histogram buckets for DNS latencies: 100 µs (a cache hit) to 2 s (an
 /// upstream that is about to time out).
@@ -22,6 +24,7 @@ const DNS_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    hot: Arc<HotHandles>,
     /// `telesink_queries_total{qtype,outcome}`
     pub queries: IntCounterVec,
     /// `telesink_responses_total{rcode}`
@@ -223,6 +226,7 @@ impl Metrics {
                 &["list"],
             ),
             registry,
+            hot: Arc::new(HotHandles::new()),
         };
         // Both results exist from the start, so `increase()` sees the first failure.
         for result in ["success", "failure"] {
@@ -258,15 +262,21 @@ impl Metrics {
         rcode: hickory_proto::op::ResponseCode,
         elapsed: std::time::Duration,
     ) {
-        let label = outcome.label();
-        self.queries
-            .with_label_values(&[qtype_label(qtype), label])
+        let (q, o, r) = (qtype_index(qtype), outcome.index(), rcode_index(rcode));
+        // Handles are resolved on first use and kept: a query costs atomic
+        // increments, not a label hash and a lock per metric.
+        let hot = &self.hot;
+        hot.queries[q * OUTCOME_LABELS.len() + o]
+            .get_or_init(|| {
+                self.queries
+                    .with_label_values(&[QTYPE_LABELS[q], OUTCOME_LABELS[o]])
+            })
             .inc();
-        self.responses
-            .with_label_values(&[rcode_label(rcode)])
+        hot.responses[r]
+            .get_or_init(|| self.responses.with_label_values(&[RCODE_LABELS[r]]))
             .inc();
-        self.query_duration
-            .with_label_values(&[label])
+        hot.duration[o]
+            .get_or_init(|| self.query_duration.with_label_values(&[OUTCOME_LABELS[o]]))
             .observe(elapsed.as_secs_f64());
         if let Outcome::Blocked { list, .. } = outcome {
             self.blocked.with_label_values(&[&**list]).inc();
@@ -330,41 +340,83 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A bounded label for a query type: the common types by name, the rest `other`.
-pub fn qtype_label(qtype: hickory_proto::rr::RecordType) -> &'static str {
+/// Every `qtype` label value, in [`qtype_index`] order.
+pub const QTYPE_LABELS: [&str; 16] = [
+    "A", "AAAA", "CNAME", "MX", "TXT", "PTR", "SRV", "NS", "SOA", "HTTPS", "SVCB", "ANY", "CAA",
+    "DS", "DNSKEY", "other",
+];
+
+/// Position of a query type's label in [`QTYPE_LABELS`]: the common types
+/// by name, the rest `other`.
+pub fn qtype_index(qtype: hickory_proto::rr::RecordType) -> usize {
     use hickory_proto::rr::RecordType as T;
     match qtype {
-        T::A => "A",
-        T::AAAA => "AAAA",
-        T::CNAME => "CNAME",
-        T::MX => "MX",
-        T::TXT => "TXT",
-        T::PTR => "PTR",
-        T::SRV => "SRV",
-        T::NS => "NS",
-        T::SOA => "SOA",
-        T::HTTPS => "HTTPS",
-        T::SVCB => "SVCB",
-        T::ANY => "ANY",
-        T::CAA => "CAA",
-        T::DS => "DS",
-        T::DNSKEY => "DNSKEY",
-        _ => "other",
+        T::A => 0,
+        T::AAAA => 1,
+        T::CNAME => 2,
+        T::MX => 3,
+        T::TXT => 4,
+        T::PTR => 5,
+        T::SRV => 6,
+        T::NS => 7,
+        T::SOA => 8,
+        T::HTTPS => 9,
+        T::SVCB => 10,
+        T::ANY => 11,
+        T::CAA => 12,
+        T::DS => 13,
+        T::DNSKEY => 14,
+        _ => 15,
+    }
+}
+
+/// A bounded label for a query type.
+pub fn qtype_label(qtype: hickory_proto::rr::RecordType) -> &'static str {
+    QTYPE_LABELS[qtype_index(qtype)]
+}
+
+/// Every `rcode` label value, in [`rcode_index`] order.
+pub const RCODE_LABELS: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other",
+];
+
+/// Position of a response code's label in [`RCODE_LABELS`].
+pub fn rcode_index(rcode: hickory_proto::op::ResponseCode) -> usize {
+    use hickory_proto::op::ResponseCode as R;
+    match rcode {
+        R::NoError => 0,
+        R::FormErr => 1,
+        R::ServFail => 2,
+        R::NXDomain => 3,
+        R::NotImp => 4,
+        R::Refused => 5,
+        R::BADVERS => 6,
+        _ => 7,
     }
 }
 
 /// A bounded label for a response code.
 pub fn rcode_label(rcode: hickory_proto::op::ResponseCode) -> &'static str {
-    use hickory_proto::op::ResponseCode as R;
-    match rcode {
-        R::NoError => "NOERROR",
-        R::FormErr => "FORMERR",
-        R::ServFail => "SERVFAIL",
-        R::NXDomain => "NXDOMAIN",
-        R::NotImp => "NOTIMP",
-        R::Refused => "REFUSED",
-        R::BADVERS => "BADVERS",
-        _ => "other",
+    RCODE_LABELS[rcode_index(rcode)]
+}
+
+/// Metric handles for the labels every query touches, resolved on first
+/// use.
+struct HotHandles {
+    queries: Vec<OnceLock<IntCounter>>,
+    responses: Vec<OnceLock<IntCounter>>,
+    duration: Vec<OnceLock<Histogram>>,
+}
+
+impl HotHandles {
+    fn new() -> Self {
+        Self {
+            queries: (0..QTYPE_LABELS.len() * OUTCOME_LABELS.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            responses: (0..RCODE_LABELS.len()).map(|_| OnceLock::new()).collect(),
+            duration: (0..OUTCOME_LABELS.len()).map(|_| OnceLock::new()).collect(),
+        }
     }
 }
 

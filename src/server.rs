@@ -184,9 +184,9 @@ impl Listeners {
     pub fn bind(dns: &[SocketAddr], http: Option<SocketAddr>) -> std::io::Result<Self> {
         let mut out = Self::default();
         for &addr in dns {
-            match bind_udp(addr).and_then(|u| Ok((u, bind_tcp(addr)?))) {
+            match bind_udp_group(addr).and_then(|u| Ok((u, bind_tcp(addr)?))) {
                 Ok((udp, tcp)) => {
-                    out.udp.push(udp);
+                    out.udp.extend(udp);
                     out.tcp.push(tcp);
                 }
                 Err(error)
@@ -231,10 +231,24 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<So
     Ok(socket)
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
-    let socket = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
-    socket.bind(&addr.into())?;
-    tokio::net::UdpSocket::from_std(socket.into())
+/// One UDP socket per CPU (at most 8) on the same address with
+/// SO_REUSEPORT: the kernel spreads clients over them, so each core runs
+/// its own receive loop instead of all queries queueing behind one.
+fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<tokio::net::UdpSocket>> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let mut sockets = Vec::with_capacity(n);
+    let mut bound = addr;
+    for _ in 0..n {
+        let socket = new_socket(bound, Type::DGRAM, Protocol::UDP)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.bind(&bound.into())?;
+        let socket = tokio::net::UdpSocket::from_std(socket.into())?;
+        // With port 0 the first bind picks the port; the rest join it.
+        bound = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

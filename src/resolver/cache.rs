@@ -30,6 +30,17 @@ use crate::throttle::Throttle;
 
 type Key = (LowerName, RecordType, DNSClass);
 
+/// A borrowed [`Key`] for lookups, so a cache hit does not clone the name.
+/// It hashes exactly as the tuple does (its fields in order).
+#[derive(Hash)]
+struct KeyRef<'a>(&'a LowerName, RecordType, DNSClass);
+
+impl quick_cache::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
 /// Prefetches running at once.
 const PREFETCH_SLOTS: usize = 8;
 
@@ -344,7 +355,7 @@ impl<N: Resolve> Cache<N> {
 
     /// Refreshes `entry` in the background if it is popular and about to
     /// expire, so the next query for it is still a hit.
-    fn maybe_prefetch(&self, key: &Key, entry: &Arc<Entry>, age: u32) {
+    fn maybe_prefetch(&self, query: &Query<'_>, entry: &Arc<Entry>, age: u32) {
         let Some(prefetch) = &self.prefetch else {
             return;
         };
@@ -363,7 +374,8 @@ impl<N: Resolve> Cache<N> {
         };
         let store = self.store.clone();
         let next = self.next.clone();
-        let (key, entry) = (key.clone(), entry.clone());
+        let key: Key = (query.name.clone(), query.qtype, query.qclass);
+        let entry = entry.clone();
         tokio::spawn(async move {
             let query = Query {
                 name: &key.0,
@@ -398,16 +410,16 @@ fn usable(answer: &Answer) -> bool {
 
 impl<N: Resolve> Resolve for Cache<N> {
     async fn resolve(&self, query: &Query<'_>) -> Answer {
-        let key: Key = (query.name.clone(), query.qtype, query.qclass);
         let Some(entries) = &self.store.entries else {
+            let key: Key = (query.name.clone(), query.qtype, query.qclass);
             return self.coalesced(&key, query).await;
         };
         let mut stale = None;
-        if let Some(entry) = entries.get(&key) {
+        if let Some(entry) = entries.get(&KeyRef(query.name, query.qtype, query.qclass)) {
             let age = entry.age();
             if age < entry.ttl {
                 self.metrics.cache_hits.inc();
-                self.maybe_prefetch(&key, &entry, age);
+                self.maybe_prefetch(query, &entry, age);
                 return entry.answer(Outcome::Cached, age, None);
             }
             if age < entry.ttl.saturating_add(self.serve_stale) {
@@ -416,10 +428,11 @@ impl<N: Resolve> Resolve for Cache<N> {
                 }
                 stale = Some(entry);
             } else {
-                entries.remove(&key);
+                entries.remove(&KeyRef(query.name, query.qtype, query.qclass));
                 self.metrics.cache_entries.set(entries.len() as i64);
             }
         }
+        let key: Key = (query.name.clone(), query.qtype, query.qclass);
         self.metrics.cache_misses.inc();
         let mut answer = match stale {
             None => self.coalesced(&key, query).await,

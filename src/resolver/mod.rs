@@ -80,18 +80,36 @@ pub enum Outcome {
 impl Outcome {
     /// The bounded metrics label.
     pub fn label(&self) -> &'static str {
+        OUTCOME_LABELS[self.index()]
+    }
+
+    /// Position of [`Outcome::label`] in [`OUTCOME_LABELS`], for metrics
+    /// handles resolved once instead of per query.
+    pub fn index(&self) -> usize {
         match self {
-            Self::Refused => "refused",
-            Self::RateLimited | Self::Dropped => "ratelimited",
-            Self::Blocked { .. } => "blocked",
-            Self::Cached => "cached",
-            Self::Stale => "stale",
-            Self::Forwarded => "forwarded",
-            Self::Local => "local",
-            Self::Error => "error",
+            Self::Refused => 0,
+            Self::RateLimited | Self::Dropped => 1,
+            Self::Blocked { .. } => 2,
+            Self::Cached => 3,
+            Self::Stale => 4,
+            Self::Forwarded => 5,
+            Self::Local => 6,
+            Self::Error => 7,
         }
     }
 }
+
+/// Every `outcome` label value, in [`Outcome::index`] order.
+pub const OUTCOME_LABELS: [&str; 8] = [
+    "refused",
+    "ratelimited",
+    "blocked",
+    "cached",
+    "stale",
+    "forwarded",
+    "local",
+    "error",
+];
 
 /// A complete answer: the records of each section and the response code.
 #[derive(Debug, Clone)]
