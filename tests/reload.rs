@@ -481,3 +481,43 @@ fn cli_explain_block_allow_override_and_not_listed() {
     );
     assert_eq!(run("example.org"), "example.org: not listed\n");
 }
+
+#[tokio::test]
+async fn a_corrupt_list_copy_on_disk_is_survived() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    // Nothing listens on port 9 of loopback: downloads fail at once.
+    let url = "http://127.0.0.1:9/list.txt";
+    let paths = telesink::lists::CachePaths::new(&dir.path().join("cache"), "remote", url);
+    std::fs::create_dir_all(paths.body.parent().unwrap()).unwrap();
+    // A torn write: binary junk, a NUL, invalid UTF-8, a cut-off line, and
+    // one good entry.
+    let mut junk =
+        b"\x00\xff\xfe garbage\n\xc3\x28 \xa0\xa1\nkept.blocked.test\npartial-entry.blo".to_vec();
+    junk.extend((0..4096u32).map(|i| (i * 7919 % 251) as u8));
+    std::fs::write(&paths.body, &junk).unwrap();
+    std::fs::write(&paths.meta, b"\xffnot a header\n").unwrap();
+    let text = config_text(&format!(
+        "[blocking]\ncache_dir = \"cache\"\ndownload_timeout = \"1s\"\n\
+         [[blocking.lists]]\nname = \"remote\"\nurl = \"{url}\""
+    ));
+    let ts = start_from_file(dir.path(), &text, &stub).await;
+    assert!(
+        is_blocked(&ts, "kept.blocked.test.").await,
+        "the good line of the copy is used"
+    );
+    assert_eq!(
+        addresses(&ask(ts.udp, "a.test.", RecordType::A).await),
+        ["192.0.2.1"]
+    );
+    let m = ts.metrics().await;
+    assert!(
+        metric(&m, "telesink_blocklist_invalid_lines{list=\"remote\"}") >= 1.0,
+        "{m}"
+    );
+    // A reload retries the download, fails, and keeps serving.
+    let (status, _) = http_post(ts.http, "/api/reload").await;
+    assert_eq!(status, 200);
+    assert!(is_blocked(&ts, "kept.blocked.test.").await);
+    ts.stop().await;
+}
