@@ -91,7 +91,7 @@ pub struct Config {
 }
 
 /// `[server]`: the DNS listeners.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses to serve DNS on, over both UDP and TCP (`"IP:port"`,
@@ -167,7 +167,7 @@ pub fn default_allow_clients() -> Vec<IpNet> {
 }
 
 /// `[upstream]`: the resolvers telesink forwards to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Resolvers, tried in order (the next one is asked when one times out
@@ -492,7 +492,7 @@ pub struct ForwardConfig {
 }
 
 /// `[cache]`: answers kept between upstream lookups.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Maximum number of cached answers (name, type, class); 0 turns the
@@ -717,7 +717,7 @@ impl ListConfig {
 }
 
 /// `[http]`: metrics and health.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the HTTP listener for `/metrics` and `/healthz`; an empty
@@ -749,7 +749,7 @@ impl Default for HttpConfig {
 }
 
 /// `[security]`: protection against abusive clients.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Per-client query rate limit.
@@ -802,7 +802,7 @@ pub enum RateLimitAction {
 }
 
 /// `[metrics]`: how clients are labelled.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// What unnamed clients are called in the `client` label: `"name"`

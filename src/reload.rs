@@ -343,57 +343,23 @@ impl Reloader {
     }
 }
 
-/// Settings outside `[blocking]` that differ, named for the log.
+/// Sections outside `[blocking]` that differ, named for the log: they
+/// are wired into listeners, the chain and the upstream pools at start.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let s = (&old.server, &new.server);
-    if s.0.listen != s.1.listen {
-        out.push("[server] listen");
-    }
-    if s.0.allow_clients != s.1.allow_clients
-        || s.0.tcp_timeout != s.1.tcp_timeout
-        || s.0.edns_udp_size != s.1.edns_udp_size
-    {
-        out.push("[server]");
-    }
-    let u = (&old.upstream, &new.upstream);
-    if u.0.servers != u.1.servers
-        || u.0.timeout != u.1.timeout
-        || u.0.bootstrap != u.1.bootstrap
-        || u.0.ca_file != u.1.ca_file
-        || u.0.idle_timeout != u.1.idle_timeout
-        || u.0.strategy != u.1.strategy
-    {
-        out.push("[upstream]");
-    }
-    let c = (&old.cache, &new.cache);
-    if c.0.capacity != c.1.capacity
-        || c.0.min_ttl != c.1.min_ttl
-        || c.0.max_ttl != c.1.max_ttl
-        || c.0.negative_max_ttl != c.1.negative_max_ttl
-    {
-        out.push("[cache]");
-    }
-    if old.local != new.local {
-        out.push("[local]");
-    }
-    if old.forward != new.forward {
-        out.push("[[forward]]");
-    }
-    if old.http.listen != new.http.listen {
-        out.push("[http] listen");
-    }
-    if old.clients != new.clients {
-        out.push("[[clients]]");
-    }
-    let m = (&old.metrics, &new.metrics);
-    if m.0.client_label != m.1.client_label
-        || m.0.max_clients != m.1.max_clients
-        || m.0.neighbour_refresh != m.1.neighbour_refresh
-    {
-        out.push("[metrics]");
-    }
-    out
+    [
+        ("[server]", old.server != new.server),
+        ("[upstream]", old.upstream != new.upstream),
+        ("[cache]", old.cache != new.cache),
+        ("[http]", old.http != new.http),
+        ("[metrics]", old.metrics != new.metrics),
+        ("[[clients]]", old.clients != new.clients),
+        ("[security]", old.security != new.security),
+        ("[local]", old.local != new.local),
+        ("[[forward]]", old.forward != new.forward),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 /// Publishes a new snapshot's list metrics.

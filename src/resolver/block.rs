@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use super::{Answer, Outcome, Query, Resolve};
@@ -57,8 +57,6 @@ pub struct Block<N> {
     /// Blocking paused from the admin API.
     controls: Arc<Controls>,
     /// The SOA owner and server name of synthesized negative answers.
-    soa_mname: Name,
-    soa_rname: Name,
     next: N,
 }
 
@@ -74,8 +72,6 @@ impl<N: Resolve> Block<N> {
         Self {
             lists,
             controls,
-            soa_mname: Name::from_ascii("telesink.").expect("valid name"),
-            soa_rname: Name::from_ascii("hostmaster.telesink.").expect("valid name"),
             next,
         }
     }
@@ -110,24 +106,8 @@ impl<N: Resolve> Block<N> {
             ResponseCode::NoError
         };
         let mut answer = Answer::empty(outcome, rcode);
-        answer.authorities.push(self.soa(name, ttl));
+        answer.authorities.push(super::synthetic_soa(name, ttl));
         answer
-    }
-
-    fn soa(&self, owner: Name, ttl: u32) -> Record {
-        Record::from_rdata(
-            owner,
-            ttl,
-            RData::SOA(SOA::new(
-                self.soa_mname.clone(),
-                self.soa_rname.clone(),
-                1,
-                3600,
-                600,
-                86_400,
-                ttl,
-            )),
-        )
     }
 
     /// The list that blocks a CNAME target of `answer`, and the target.

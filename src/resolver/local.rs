@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use super::{Answer, Outcome, Query, Resolve};
@@ -184,8 +184,6 @@ pub struct Local<N> {
     /// Domains of `[[forward]]` rules: they take private zones over.
     forwarded: Vec<LowerName>,
     ttl: u32,
-    soa_mname: Name,
-    soa_rname: Name,
     next: N,
 }
 
@@ -222,8 +220,6 @@ impl<N: Resolve> Local<N> {
             zones: special_zones(),
             forwarded,
             ttl: u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX),
-            soa_mname: Name::from_ascii("telesink.").expect("valid name"),
-            soa_rname: Name::from_ascii("hostmaster.telesink.").expect("valid name"),
             next,
         }
     }
@@ -235,19 +231,7 @@ impl<N: Resolve> Local<N> {
     }
 
     fn soa(&self, owner: &LowerName) -> Record {
-        Record::from_rdata(
-            Name::from(owner.clone()),
-            self.ttl,
-            RData::SOA(SOA::new(
-                self.soa_mname.clone(),
-                self.soa_rname.clone(),
-                1,
-                3600,
-                600,
-                86_400,
-                self.ttl,
-            )),
-        )
+        super::synthetic_soa(Name::from(owner.clone()), self.ttl)
     }
 
     /// NXDOMAIN or NODATA, with the SOA of `apex` so clients cache it.

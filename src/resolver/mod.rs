@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{DNSClass, LowerName, Record, RecordType};
+use hickory_proto::rr::rdata::SOA;
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
 mod access;
 mod block;
@@ -143,6 +144,32 @@ impl Answer {
             additionals: Vec::new(),
         }
     }
+}
+
+/// The SOA telesink puts in the answers it makes up itself (blocked and
+/// local negative answers), so clients cache the denial for `ttl` (RFC
+/// 2308): `telesink. hostmaster.telesink. 1 3600 600 86400 <ttl>`.
+pub(crate) fn synthetic_soa(owner: Name, ttl: u32) -> Record {
+    static NAMES: std::sync::OnceLock<(Name, Name)> = std::sync::OnceLock::new();
+    let (mname, rname) = NAMES.get_or_init(|| {
+        (
+            Name::from_ascii("telesink.").expect("valid name"),
+            Name::from_ascii("hostmaster.telesink.").expect("valid name"),
+        )
+    });
+    Record::from_rdata(
+        owner,
+        ttl,
+        RData::SOA(SOA::new(
+            mname.clone(),
+            rname.clone(),
+            1,
+            3600,
+            600,
+            86_400,
+            ttl,
+        )),
+    )
 }
 
 /// One link of the chain.
