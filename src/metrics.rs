@@ -79,7 +79,7 @@ impl Metrics {
             queries: counter_vec(
                 r,
                 "telesink_queries_total",
-                "DNS queries answered, by query type and outcome (blocked, cached, forwarded, refused, error).",
+                "DNS queries answered, by query type and outcome (blocked, cached, forwarded, local, refused, error).",
                 &["qtype", "outcome"],
             ),
             responses: counter_vec(

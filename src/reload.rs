@@ -374,6 +374,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.clients != new.clients {
         out.push("[[clients]]");
     }
+    if old.security.rebind_protection != new.security.rebind_protection
+        || old.security.rebind_allow != new.security.rebind_allow
+    {
+        out.push("[security]");
+    }
     let m = (&old.metrics, &new.metrics);
     if m.0.client_label != m.1.client_label
         || m.0.max_clients != m.1.max_clients

@@ -8,7 +8,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use super::{Answer, Outcome, Query, Resolve};
+use super::{Answer, Outcome, Query, REBIND_LIST, Rebind, Resolve};
 use crate::config::{BlockMode, BlockingConfig};
 use crate::lists::{ListStore, Snapshot};
 
@@ -56,6 +56,10 @@ pub struct Block<N> {
     /// The SOA owner and server name of synthesized negative answers.
     soa_mname: Name,
     soa_rname: Name,
+    /// `[security] rebind_protection`, checked on answers coming back.
+    rebind: Rebind,
+    /// The `list` of answers blocked as rebinding, shared by all of them.
+    rebind_list: Arc<str>,
     next: N,
 }
 
@@ -72,8 +76,16 @@ impl<N: Resolve> Block<N> {
             lists,
             soa_mname: Name::from_ascii("telesink.").expect("valid name"),
             soa_rname: Name::from_ascii("hostmaster.telesink.").expect("valid name"),
+            rebind: Rebind::default(),
+            rebind_list: Arc::from(REBIND_LIST),
             next,
         }
+    }
+
+    /// Also blocks answers that `rebind` finds to be DNS rebinding.
+    pub fn with_rebind(mut self, rebind: Rebind) -> Self {
+        self.rebind = rebind;
+        self
     }
 
     /// The sinkhole answer for `query`, blocked by `list`.
@@ -155,6 +167,14 @@ impl<N: Resolve> Resolve for Block<N> {
             return self.blocked(&policy, query, list, None);
         }
         let answer = self.next.resolve(query).await;
+        // Rebinding is checked before CNAME cloaking and whether or not
+        // blocking is enabled: it is a security check on what the upstream
+        // says, not a list. Its answer takes the form `[blocking] mode`
+        // gives every blocked answer.
+        if self.rebind.is_rebinding(query.name, &answer) {
+            let policy = self.lists.load().policy.clone();
+            return self.blocked(&policy, query, self.rebind_list.clone(), None);
+        }
         let cloaked = {
             let snapshot = self.lists.load();
             if snapshot.policy.enabled && snapshot.policy.cname_check {

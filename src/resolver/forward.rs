@@ -213,7 +213,7 @@ impl Resolve for Forward {
                         last_rcode = ResponseCode::ServFail;
                         continue;
                     }
-                    return into_answer(reply);
+                    return answer_from_reply(reply);
                 }
                 Err(error) => {
                     tracing::debug!(upstream = %upstream.addr, %error, "upstream attempt failed");
@@ -224,7 +224,8 @@ impl Resolve for Forward {
     }
 }
 
-fn into_answer(mut reply: Message) -> Answer {
+/// The answer an accepted upstream reply gives the client.
+pub fn answer_from_reply(mut reply: Message) -> Answer {
     // hickory parses OPT into `edns`, not `additionals`, so the client gets
     // telesink's own OPT record and the upstream's sections unchanged.
     Answer {

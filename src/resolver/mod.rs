@@ -16,11 +16,15 @@ mod access;
 mod block;
 mod cache;
 mod forward;
+mod local;
+mod rebind;
 
 pub use access::{Access, is_allowed};
 pub use block::{Block, BlockPolicy};
 pub use cache::Cache;
-pub use forward::{Forward, Upstream};
+pub use forward::{Forward, Upstream, answer_from_reply};
+pub use local::{Local, rfc8482_answer};
+pub use rebind::{REBIND_LIST, Rebind, is_private, rebind_domain};
 
 use crate::config::Config;
 use crate::lists::ListStore;
@@ -58,6 +62,9 @@ pub enum Outcome {
     Cached,
     /// Answered by an upstream resolver.
     Forwarded,
+    /// Answered by telesink itself without an upstream (the RFC 8482
+    /// answer to ANY).
+    Local,
     /// No usable answer could be had (SERVFAIL).
     Error,
 }
@@ -70,6 +77,7 @@ impl Outcome {
             Self::Blocked { .. } => "blocked",
             Self::Cached => "cached",
             Self::Forwarded => "forwarded",
+            Self::Local => "local",
             Self::Error => "error",
         }
     }
@@ -118,8 +126,7 @@ impl<R: Resolve> Resolve for Arc<R> {
     }
 }
 
-/// Builds the chain for `config`. This is the only place that fixes the
-/// order of the links.
+/// Builds the chain for `config`, forwarding to `[upstream] servers`.
 pub fn chain(config: &Config, lists: Arc<ListStore>, metrics: Arc<Metrics>) -> impl Resolve {
     // Forward is last: it is the only link that leaves the machine, and
     // everything above it exists to avoid or police that trip.
@@ -128,13 +135,33 @@ pub fn chain(config: &Config, lists: Arc<ListStore>, metrics: Arc<Metrics>) -> i
         config.server.edns_udp_size,
         metrics.clone(),
     );
-    // Cache sits right above Forward so it holds only upstream answers: a
-    // blocked answer is never cached, and unblocking a name needs no flush.
-    let cache = Cache::new(&config.cache, metrics.clone(), forward);
+    chain_with(config, lists, metrics, forward)
+}
+
+/// Builds the chain for `config` in front of `upstream` (the real
+/// [`Forward`], or an in-process fake for the fuzzer). This is the only
+/// place that fixes the order of the links.
+pub fn chain_with<U: Resolve>(
+    config: &Config,
+    lists: Arc<ListStore>,
+    metrics: Arc<Metrics>,
+    upstream: U,
+) -> impl Resolve {
+    // Cache sits right above the upstream so it holds only upstream
+    // answers: a blocked answer is never cached, and unblocking a name
+    // needs no flush.
+    let cache = Cache::new(&config.cache, metrics.clone(), upstream);
+    // Local answers ANY itself (RFC 8482) above Cache: the answer costs
+    // nothing to make, and an ANY flood must not evict real entries.
+    let local = Local::new(cache);
     // Block sits above Cache so a list change applies at once even to names
-    // whose answers are cached, and it checks the CNAME targets of answers
-    // on their way back from Cache/Forward (CNAME cloaking).
-    let block = Block::new(lists, cache);
+    // whose answers are cached, and it checks answers on their way back
+    // from Cache/Forward: CNAME targets (CNAME cloaking) and, with
+    // `[security] rebind_protection`, private addresses (DNS rebinding).
+    // Rebinding is checked there, not in a link of its own, because its
+    // answer is a blocked answer in the configured `[blocking] mode`, and
+    // Block alone builds those from the current policy.
+    let block = Block::new(lists, local).with_rebind(Rebind::from_config(&config.security));
     // Access control is first: a client outside `allow_clients` learns
     // nothing, not even whether a name is blocked, and costs no lookup.
     Access::new(config.server.allow_clients.clone(), block)
