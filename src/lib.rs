@@ -28,12 +28,16 @@
 //! - [`app`]: wiring; [`app::serve`] takes bound sockets and a shutdown
 //!   token, so tests run the whole server on port 0.
 //! - [`check`]: `telesink check-config`.
+//! - [`fuzzing`]: the harness of the `request_path` fuzz target (`fuzz/`):
+//!   [`server::answer_bytes`] runs the production handler on one packet
+//!   without sockets, in front of an in-process fake upstream.
 
 pub mod app;
 pub mod check;
 pub mod clients;
 pub mod config;
 pub mod explain;
+pub mod fuzzing;
 pub mod http;
 pub mod lists;
 pub mod metrics;
