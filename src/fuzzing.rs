@@ -33,7 +33,7 @@ use crate::config::{BlockMode, Config, ListSource};
 use crate::lists::{BuildLimits, ListInput, ListKind, ListStore, Snapshot};
 use crate::metrics::Metrics;
 use crate::resolver::{
-    Answer, BlockPolicy, Outcome, Query, Resolve, answer_from_reply, chain_with,
+    Answer, BlockPolicy, Outcome, Query, Resolve, answer_from_reply, chain_with, is_query_response,
 };
 use crate::server::{Handler, Protocol, answer_bytes};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
@@ -44,13 +44,16 @@ struct FakeUpstream(Option<Message>);
 impl Resolve for FakeUpstream {
     async fn resolve(&self, _query: &Query<'_>) -> Answer {
         match &self.0 {
-            // As Forward: SERVFAIL and REFUSED mean "try the next one", and
-            // there is no next one.
+            // As Forward: only a response to a standard query is accepted
+            // (the ID and question checks need sockets, and are left out),
+            // and SERVFAIL and REFUSED mean "try the next one", of which
+            // there is none.
             Some(reply)
-                if !matches!(
-                    reply.metadata.response_code,
-                    ResponseCode::ServFail | ResponseCode::Refused
-                ) =>
+                if is_query_response(reply)
+                    && !matches!(
+                        reply.metadata.response_code,
+                        ResponseCode::ServFail | ResponseCode::Refused
+                    ) =>
             {
                 answer_from_reply(reply.clone())
             }

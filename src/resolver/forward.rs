@@ -166,10 +166,11 @@ impl Forward {
     }
 }
 
-/// Whether `reply` answers `request`: same ID, a response, same question.
+/// Whether `reply` answers `request`: same ID, a response to a standard
+/// query, same question.
 fn matches(request: &Message, reply: &Message) -> bool {
     reply.metadata.id == request.metadata.id
-        && reply.metadata.message_type == MessageType::Response
+        && is_query_response(reply)
         && reply.queries.len() == 1
         && request.queries.first().is_some_and(|q| {
             let r = &reply.queries[0];
@@ -222,6 +223,16 @@ impl Resolve for Forward {
         }
         Answer::empty(Outcome::Error, last_rcode)
     }
+}
+
+/// Whether `reply` is a response (QR=1) to a standard query (opcode QUERY).
+///
+/// The opcode matters: hickory parses records with empty data only in
+/// UPDATE messages, so passing on the records of an upstream "response"
+/// with opcode UPDATE gave the client a reply that does not parse (found
+/// by the fuzzer).
+pub fn is_query_response(reply: &Message) -> bool {
+    reply.metadata.message_type == MessageType::Response && reply.metadata.op_code == OpCode::Query
 }
 
 /// The answer an accepted upstream reply gives the client.

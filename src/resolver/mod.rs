@@ -22,7 +22,7 @@ mod rebind;
 pub use access::{Access, is_allowed};
 pub use block::{Block, BlockPolicy};
 pub use cache::Cache;
-pub use forward::{Forward, Upstream, answer_from_reply};
+pub use forward::{Forward, Upstream, answer_from_reply, is_query_response};
 pub use local::{Local, rfc8482_answer};
 pub use rebind::{REBIND_LIST, Rebind, is_private, rebind_domain};
 
