@@ -70,7 +70,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Named devices (`[[clients]]`), the `client` label of metrics.
     pub clients: Vec<ClientConfig>,
-    /// Abuse protection.
+    /// Protection against abusive clients and hostile answers.
     pub security: SecurityConfig,
     /// Names telesink answers itself: local records and special-use names.
     pub local: LocalConfig,
@@ -748,12 +748,35 @@ impl Default for HttpConfig {
     }
 }
 
-/// `[security]`: protection against abusive clients.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+/// `[security]`: protection against abusive clients and hostile answers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Per-client query rate limit.
     pub rate_limit: RateLimitConfig,
+    /// DNS-rebinding protection: an upstream answer for a name outside
+    /// `rebind_allow` whose A/AAAA records point into private, loopback,
+    /// link-local, ULA or CGNAT ranges (or 0.0.0.0/8) is answered as blocked
+    /// (list `rebind`), so a web page cannot make the browser talk to the
+    /// router or a NAS through a public name. Off by default, as in dnsmasq
+    /// (`stop-dns-rebind`): it breaks services that deliberately publish
+    /// private addresses under public names (`*.plex.direct`, some
+    /// router and NAS apps, split-horizon VPN names) until they are added
+    /// to `rebind_allow`.
+    pub rebind_protection: bool,
+    /// Domains (and their subdomains) whose answers may point into private
+    /// ranges: the names the LAN itself uses.
+    pub rebind_allow: Vec<String>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit: RateLimitConfig::default(),
+            rebind_protection: false,
+            rebind_allow: default_rebind_allow(),
+        }
+    }
 }
 
 /// `[security] rate_limit`: a token bucket per client address.
@@ -799,6 +822,16 @@ pub enum RateLimitAction {
     Refuse,
     /// Send nothing.
     Drop,
+}
+
+/// Home-network names that legitimately resolve to private addresses:
+/// `lan`, `home.arpa` (RFC 8375), `local`, `internal`, and `localhost`
+/// (RFC 6761).
+pub fn default_rebind_allow() -> Vec<String> {
+    ["lan", "home.arpa", "local", "internal", "localhost"]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect()
 }
 
 /// `[metrics]`: how clients are labelled.
@@ -1067,6 +1100,17 @@ impl Config {
                 ));
             }
         }
+        if let Some(bad) = self
+            .security
+            .rebind_allow
+            .iter()
+            .find(|d| crate::resolver::rebind_domain(d).is_none())
+        {
+            return Err(fail(
+                Some(bad.as_str()),
+                format!("[security] rebind_allow: {bad:?} is not a domain name"),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (table, lists) in [
             ("blocking.lists", &self.blocking.lists),
@@ -1074,6 +1118,15 @@ impl Config {
         ] {
             for list in lists {
                 let here = Some(list.name.as_str());
+                if list.name == crate::resolver::REBIND_LIST {
+                    return Err(fail(
+                        here,
+                        format!(
+                            "[[{table}]] name {:?} is reserved for answers blocked by [security] rebind_protection",
+                            list.name
+                        ),
+                    ));
+                }
                 if !label_ok(&list.name) {
                     return Err(fail(
                         here,

@@ -39,6 +39,9 @@
 //!   token, so tests run the whole server on port 0.
 //! - [`check`]: `telesink check-config`.
 //! - [`privileges`]: switching from root to `[server] user` after binding.
+//! - [`fuzzing`]: the harness of the `request_path` fuzz target (`fuzz/`):
+//!   [`server::answer_bytes`] runs the production handler on one packet
+//!   without sockets, in front of an in-process fake upstream.
 
 pub mod app;
 pub mod check;
@@ -46,6 +49,7 @@ pub mod clients;
 pub mod config;
 pub mod controls;
 pub mod explain;
+pub mod fuzzing;
 pub mod http;
 pub mod lists;
 pub mod metrics;

@@ -13,11 +13,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_server::net::runtime::Time;
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::{Time, TokioTime};
+/// The transport a request came over, as [`answer_bytes`] takes it.
+pub use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
-use socket2::{Domain, Protocol, Socket, Type};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 
 use crate::clients::Clients;
 use crate::metrics::Metrics;
@@ -74,17 +79,10 @@ impl<R: Resolve> RequestHandler for Handler<R> {
             ours.set_max_payload(edns.max_payload().clamp(512, self.edns_udp_size));
             edns_out = Some(ours);
         }
-        let early = if request.metadata.op_code != OpCode::Query {
-            Some(ResponseCode::NotImp)
-        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            Some(ResponseCode::BADVERS)
-        } else {
-            None
-        };
-        let info = match (early, request.request_info()) {
-            (Some(_), _) | (None, Err(_)) => {
-                let rcode = early.unwrap_or(ResponseCode::FormErr);
-                let mut builder = MessageResponseBuilder::from_message_request(request);
+        let info = match reject(request) {
+            Err(rcode) => {
+                let question = echoed_question(request);
+                let mut builder = MessageResponseBuilder::new(&question, None);
                 if let Some(edns) = &mut edns_out {
                     if rcode == ResponseCode::BADVERS {
                         edns.set_rcode_high(rcode.high());
@@ -106,7 +104,7 @@ impl<R: Resolve> RequestHandler for Handler<R> {
                     failed(request, rcode)
                 });
             }
-            (None, Ok(info)) => info,
+            Ok(info) => info,
         };
 
         let query = Query {
@@ -135,7 +133,8 @@ impl<R: Resolve> RequestHandler for Handler<R> {
         metadata.recursion_available = true;
         metadata.authentic_data = answer.authentic_data;
         metadata.authoritative = answer.authoritative;
-        let mut builder = MessageResponseBuilder::from_message_request(request);
+        let question = echoed_question(request);
+        let mut builder = MessageResponseBuilder::new(&question, None);
         if let Some(edns) = &edns_out {
             builder.edns(edns);
         }
@@ -163,6 +162,191 @@ impl<R: Resolve> RequestHandler for Handler<R> {
         self.metrics.observe_client(&client, &answer.outcome);
         info
     }
+}
+
+/// The response code for a request the chain must not see, or its one
+/// question. Checked in RFC order: the opcode first (NOTIMP), then the EDNS
+/// version (BADVERS, RFC 6891 §6.1.3), then the question count (FORMERR),
+/// then what is asked.
+fn reject(request: &Request) -> Result<hickory_server::server::RequestInfo<'_>, ResponseCode> {
+    if request.metadata.op_code != OpCode::Query {
+        return Err(ResponseCode::NotImp);
+    }
+    if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        return Err(ResponseCode::BADVERS);
+    }
+    let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
+    match info.query.query_type() {
+        // OPT is a pseudo-record (RFC 6891 §6.1.1): never a question.
+        RecordType::OPT => return Err(ResponseCode::FormErr),
+        // Zone transfers, TSIG and the obsolete mailbox meta-queries
+        // (MAILB 253, MAILA 254): a forwarding resolver does not implement
+        // them (RFC 1035 §4.1.1, NOTIMP).
+        RecordType::AXFR | RecordType::IXFR | RecordType::TSIG => {
+            return Err(ResponseCode::NotImp);
+        }
+        RecordType::Unknown(253 | 254) => return Err(ResponseCode::NotImp),
+        _ => {}
+    }
+    // Only the Internet class is forwarded: CHAOS (`version.bind`), Hesiod,
+    // NONE, ANY and unassigned classes are NOTIMP rather than passed to an
+    // upstream that would answer them about itself.
+    if info.query.query_class() != DNSClass::IN {
+        return Err(ResponseCode::NotImp);
+    }
+    Ok(info)
+}
+
+/// The question section of the reply, encoded afresh from the parsed
+/// question(s).
+///
+/// hickory echoes the question bytes exactly as the client sent them,
+/// compression pointers included. A pointer into the header (an offset
+/// below 12, which hickory's parser accepts) then points at a byte of the
+/// reply's header instead, and the reply no longer parses; the fuzzer
+/// found this (`tests/corpus/regressions/`). Encoding after a 12-byte
+/// stand-in header keeps the offsets of any pointers between questions
+/// right, and keeps the client's letter case (0x20 randomisation).
+fn echoed_question(request: &Request) -> Queries {
+    const HEADER: usize = 12;
+    let questions = request.queries.queries();
+    let mut bytes = vec![0; HEADER];
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_offset(HEADER);
+    let encoded = questions
+        .iter()
+        .try_for_each(|q| q.original().emit(&mut encoder));
+    let mut decoder = BinDecoder::new(&bytes);
+    let parsed = encoded.ok().and_then(|()| {
+        decoder.read_slice(HEADER).ok()?;
+        Queries::read(&mut decoder, questions.len()).ok()
+    });
+    // Whatever was parsed can be encoded and read back; if that ever
+    // failed, no question is still a valid reply.
+    parsed.unwrap_or_else(|| {
+        Queries::read(&mut BinDecoder::new(&[]), 0).expect("an empty question section")
+    })
+}
+
+/// A [`ResponseHandler`] that keeps the encoded reply instead of sending
+/// it, so [`answer_bytes`] can run the production handler without sockets.
+#[derive(Clone)]
+pub struct CapturedReply {
+    protocol: Protocol,
+    reply: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+impl CapturedReply {
+    /// A capture that encodes as hickory does for `protocol` (UDP replies
+    /// are limited to the EDNS payload size, or 512 bytes without EDNS).
+    pub fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            reply: Arc::default(),
+        }
+    }
+
+    /// The reply sent so far, if any.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.reply
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for CapturedReply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response, self.protocol)?;
+        *self
+            .reply
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bytes);
+        Ok(info)
+    }
+}
+
+/// What hickory's `ResponseHandle` does with a response
+/// (`MessageResponse::encode`, which is crate-private in hickory-server
+/// 0.26): the size limit per protocol, and a bare SERVFAIL when the
+/// response cannot be encoded.
+fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+    >,
+    protocol: Protocol,
+) -> Result<(ResponseInfo, Vec<u8>), NetError> {
+    let id = response.metadata().id;
+    let max_size = match protocol {
+        Protocol::Udp => response.edns().map_or(512, Edns::max_payload),
+        _ => u16::MAX,
+    };
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max_size);
+    if let Ok(info) = response.destructive_emit(&mut encoder) {
+        return Ok((info, bytes));
+    }
+    bytes.clear();
+    let mut encoder = BinEncoder::new(&mut bytes);
+    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::ServFail;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    header.emit(&mut encoder)?;
+    Ok((ResponseInfo::from(header), bytes))
+}
+
+/// Runs one request packet through the whole server path without sockets
+/// and returns the encoded reply, or `None` when the server would send
+/// nothing.
+///
+/// The steps before the handler are those of hickory's `Server` (its
+/// `handle_request` is private): a packet shorter than a header is dropped,
+/// one that does not parse gets FORMERR with no question, and a response
+/// (QR=1) is dropped. Everything after that is `handler` itself, the same
+/// [`Handler`] the server runs.
+pub async fn answer_bytes<H: RequestHandler>(
+    handler: &H,
+    bytes: &[u8],
+    src: SocketAddr,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
+    let mut capture = CapturedReply::new(protocol);
+    match Request::from_bytes(bytes.to_vec(), src, protocol) {
+        Err(_) => {
+            let no_questions = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+            let response = MessageResponseBuilder::new(&no_questions, None)
+                .error_msg(&header.metadata, ResponseCode::FormErr);
+            capture.send_response(response).await.ok()?;
+        }
+        Ok(request) if request.metadata.message_type == MessageType::Response => return None,
+        Ok(request) => {
+            handler
+                .handle_request::<_, TokioTime>(&request, capture.clone())
+                .await;
+        }
+    }
+    capture.take()
 }
 
 /// Sockets bound before the core starts, so callers (and tests) choose the
@@ -221,7 +405,7 @@ impl Listeners {
     }
 }
 
-fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
+fn new_socket(addr: SocketAddr, ty: Type, proto: SocketProtocol) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     if addr.is_ipv6() {
         // One socket per family: "[::]:53" must not also claim IPv4 port 53.
@@ -239,7 +423,7 @@ fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<tokio::net::UdpSocket
     let mut sockets = Vec::with_capacity(n);
     let mut bound = addr;
     for _ in 0..n {
-        let socket = new_socket(bound, Type::DGRAM, Protocol::UDP)?;
+        let socket = new_socket(bound, Type::DGRAM, SocketProtocol::UDP)?;
         #[cfg(unix)]
         socket.set_reuse_port(true)?;
         socket.bind(&bound.into())?;
@@ -252,7 +436,7 @@ fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<tokio::net::UdpSocket
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = new_socket(addr, Type::STREAM, Protocol::TCP)?;
+    let socket = new_socket(addr, Type::STREAM, SocketProtocol::TCP)?;
     // Restart without waiting for TIME_WAIT connections to expire.
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;

@@ -8,7 +8,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use super::{Answer, Outcome, Query, Resolve};
+use super::{Answer, Outcome, Query, REBIND_LIST, Rebind, Resolve};
 use crate::config::{BlockMode, BlockingConfig};
 use crate::controls::Controls;
 use crate::lists::{ListStore, Snapshot};
@@ -56,7 +56,10 @@ pub struct Block<N> {
     lists: Arc<ListStore>,
     /// Blocking paused from the admin API.
     controls: Arc<Controls>,
-    /// The SOA owner and server name of synthesized negative answers.
+    /// `[security] rebind_protection`, checked on answers coming back.
+    rebind: Rebind,
+    /// The `list` of answers blocked as rebinding, shared by all of them.
+    rebind_list: Arc<str>,
     next: N,
 }
 
@@ -72,8 +75,16 @@ impl<N: Resolve> Block<N> {
         Self {
             lists,
             controls,
+            rebind: Rebind::default(),
+            rebind_list: Arc::from(REBIND_LIST),
             next,
         }
+    }
+
+    /// Also blocks answers that `rebind` finds to be DNS rebinding.
+    pub fn with_rebind(mut self, rebind: Rebind) -> Self {
+        self.rebind = rebind;
+        self
     }
 
     /// The sinkhole answer for `query`, blocked by `list`.
@@ -139,6 +150,14 @@ impl<N: Resolve> Resolve for Block<N> {
             return self.blocked(&policy, query, list, None);
         }
         let answer = self.next.resolve(query).await;
+        // Rebinding is checked before CNAME cloaking and whether or not
+        // blocking is enabled: it is a security check on what the upstream
+        // says, not a list. Its answer takes the form `[blocking] mode`
+        // gives every blocked answer.
+        if self.rebind.is_rebinding(query.name, &answer) {
+            let policy = self.lists.load().policy.clone();
+            return self.blocked(&policy, query, self.rebind_list.clone(), None);
+        }
         let cloaked = {
             let snapshot = self.lists.load();
             if snapshot.policy.enabled && snapshot.policy.cname_check && !self.controls.paused() {

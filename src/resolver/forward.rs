@@ -359,21 +359,32 @@ impl Group {
                     r = &mut b, if !b_done => { b_done = true; r }
                 };
                 if let Attempt::Answer(reply) = result {
-                    return into_answer(reply);
+                    return answer_from_reply(reply);
                 }
             }
             rest = &order[2..];
         }
         for &i in rest {
             if let Attempt::Answer(reply) = self.attempt(&self.upstreams[i], query).await {
-                return into_answer(reply);
+                return answer_from_reply(reply);
             }
         }
         Answer::empty(Outcome::Error, ResponseCode::ServFail)
     }
 }
 
-fn into_answer(mut reply: Message) -> Answer {
+/// Whether `reply` is a response (QR=1) to a standard query (opcode QUERY).
+///
+/// The opcode matters: hickory parses records with empty data only in
+/// UPDATE messages, so passing on the records of an upstream "response"
+/// with opcode UPDATE gave the client a reply that does not parse (found
+/// by the fuzzer).
+pub fn is_query_response(reply: &Message) -> bool {
+    reply.metadata.message_type == MessageType::Response && reply.metadata.op_code == OpCode::Query
+}
+
+/// The answer an accepted upstream reply gives the client.
+pub fn answer_from_reply(mut reply: Message) -> Answer {
     // hickory parses OPT into `edns`, not `additionals`, so the client gets
     // telesink's own OPT record and the upstream's sections unchanged.
     Answer {

@@ -15,18 +15,22 @@ use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
 mod access;
+mod any;
 mod block;
 mod cache;
 mod forward;
 mod local;
 mod ratelimit;
+mod rebind;
 
 pub use access::{Access, is_allowed};
+pub use any::{AnyQuery, rfc8482_answer};
 pub use block::{Block, BlockPolicy};
 pub use cache::Cache;
-pub use forward::Forward;
+pub use forward::{Forward, answer_from_reply, is_query_response};
 pub use local::{Local, LocalRecords};
 pub use ratelimit::RateLimit;
+pub use rebind::{REBIND_LIST, Rebind, is_private, rebind_domain};
 
 use crate::config::Config;
 use crate::controls::Controls;
@@ -72,7 +76,8 @@ pub enum Outcome {
     Stale,
     /// Answered by an upstream resolver.
     Forwarded,
-    /// Answered by telesink itself: a `[local]` record or a special-use name.
+    /// Answered by telesink itself without an upstream: a `[local]`
+    /// record, a special-use name, or the RFC 8482 answer to ANY.
     Local,
     /// No usable answer could be had (SERVFAIL).
     Error,
@@ -184,8 +189,8 @@ impl<R: Resolve> Resolve for Arc<R> {
     }
 }
 
-/// Builds the chain for `config`. This is the only place that fixes the
-/// order of the links.
+/// Builds the chain for `config`, forwarding to `[upstream] servers` and
+/// `[[forward]]` rules.
 pub fn chain(
     config: &Config,
     lists: Arc<ListStore>,
@@ -198,19 +203,41 @@ pub fn chain(
     // chooses which upstreams to ask, so blocking and caching apply to
     // those names exactly as to any other.
     let forward = Forward::new(config, metrics.clone());
-    // Cache sits right above Forward so it holds only upstream answers: a
-    // blocked answer is never cached, and unblocking a name needs no flush.
+    chain_with(config, lists, metrics, controls, forward)
+}
+
+/// Builds the chain for `config` in front of `upstream` (the real
+/// [`Forward`], or an in-process fake for the fuzzer). This is the only
+/// place that fixes the order of the links.
+pub fn chain_with<U: Resolve>(
+    config: &Config,
+    lists: Arc<ListStore>,
+    metrics: Arc<Metrics>,
+    controls: Arc<Controls>,
+    upstream: U,
+) -> impl Resolve {
+    // Cache sits right above the upstream so it holds only upstream
+    // answers: a blocked answer is never cached, and unblocking a name
+    // needs no flush.
     let cache = Cache::new(
         &config.cache,
         config.upstream.max_in_flight,
         metrics.clone(),
-        forward,
+        upstream,
     );
     controls.set_flush(cache.flusher());
+    // ANY is answered (RFC 8482) above Cache: the answer costs nothing to
+    // make, and an ANY flood must not evict real entries or reach the
+    // upstreams.
+    let any = AnyQuery::new(cache);
     // Block sits above Cache so a list change applies at once even to names
-    // whose answers are cached, and it checks the CNAME targets of answers
-    // on their way back from Cache/Forward (CNAME cloaking).
-    let block = Block::new(lists, controls, cache);
+    // whose answers are cached, and it checks answers on their way back
+    // from Cache/Forward: CNAME targets (CNAME cloaking) and, with
+    // `[security] rebind_protection`, private addresses (DNS rebinding).
+    // Rebinding is checked there, not in a link of its own, because its
+    // answer is a blocked answer in the configured `[blocking] mode`, and
+    // Block alone builds those from the current policy.
+    let block = Block::new(lists, controls, any).with_rebind(Rebind::from_config(&config.security));
     // Local records and special-use names sit above Block: a name the
     // household defined itself (`nas.lan`) is never blocked by a list entry
     // for a parent, and names that must never leave the network

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType};
+use hickory_proto::op::Message;
 use tokio::net::UdpSocket;
 
 use crate::config::{UpstreamAddr, UpstreamConfig, UpstreamHost, UpstreamProtocol};
@@ -186,9 +186,10 @@ pub(crate) fn matches(request: &Message, reply: &Message) -> bool {
     reply.metadata.id == request.metadata.id && same_question(request, reply)
 }
 
-/// Whether `reply` is a response to the question of `request`.
+/// Whether `reply` is a response to a standard query (see
+/// [`crate::resolver::is_query_response`]) with the question of `request`.
 pub(crate) fn same_question(request: &Message, reply: &Message) -> bool {
-    reply.metadata.message_type == MessageType::Response
+    crate::resolver::is_query_response(reply)
         && reply.queries.len() == 1
         && request.queries.first().is_some_and(|q| {
             let r = &reply.queries[0];

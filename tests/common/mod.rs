@@ -92,6 +92,15 @@ fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>,
             2,
             RData::A(A(Ipv4Addr::new(192, 0, 2, 11))),
         )]),
+        // Public names whose upstream answer points into the LAN (DNS
+        // rebinding), and a LAN name that may.
+        ("private.test.", RecordType::A) => ok(vec![a("private.test.", [192, 168, 1, 10])]),
+        ("private.test.", RecordType::AAAA) => ok(vec![rec(
+            "private.test.",
+            300,
+            RData::AAAA(AAAA(Ipv6Addr::from_str("fd00::10").unwrap())),
+        )]),
+        ("nas.lan.", RecordType::A) => ok(vec![a("nas.lan.", [10, 0, 0, 2])]),
         ("servfail.test.", _) => (ResponseCode::ServFail, vec![], vec![], false, false),
         ("cloaked.test.", RecordType::A) => ok(vec![
             rec(
