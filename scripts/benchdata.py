@@ -3,8 +3,10 @@
 
 Writes into DIR (argv[1]):
   block.txt      N synthetic blocked domains (argv[2], default 1000000)
-  bench.zone     zone `bench.` for nsd: 1000 names with A records, and a
-                 wildcard under miss.bench. for unique misses
+  bench.zone     zone `bench.` for nsd: 1000 names with A records (TTL
+                 60 s), and a wildcard under miss.bench. (TTL 5 s) for
+                 misses, so that a soak longer than one pass over the query
+                 file keeps asking the upstream
   q-hit.txt      the 1000 zone names, repeated (cache hits after warm-up)
   q-blocked.txt  listed names, half exact and half random subdomains
   q-real.txt     70% zone names (Zipf-like), 20% blocked, 10% unique misses
@@ -34,8 +36,8 @@ with open(f"{out}/bench.zone", "w") as f:
     f.write("$ORIGIN bench.\n$TTL 3600\n")
     f.write("@ IN SOA ns.bench. hostmaster.bench. 1 3600 600 86400 300\n@ IN NS ns.bench.\nns IN A 127.0.0.1\n")
     for i, h in enumerate(hits):
-        f.write(f"{h}. IN A 198.18.{i // 250}.{i % 250 + 1}\n")
-    f.write("*.miss IN A 198.18.255.1\n")
+        f.write(f"{h}. 60 IN A 198.18.{i // 250}.{i % 250 + 1}\n")
+    f.write("*.miss 5 IN A 198.18.255.1\n")
 
 with open(f"{out}/q-hit.txt", "w") as f:
     for _ in range(200):

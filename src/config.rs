@@ -180,6 +180,11 @@ pub struct UpstreamConfig {
     /// How long to wait for one upstream before trying the next.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long all upstream attempts for one query may take together;
+    /// then the client gets SERVFAIL (or a stale answer), well inside the
+    /// usual 5 s client timeout however many upstreams are configured.
+    #[serde(with = "humantime_serde")]
+    pub total_timeout: Duration,
     /// Upstream requests allowed at once (after identical queries are
     /// merged); beyond it queries get SERVFAIL instead of piling up.
     pub max_in_flight: usize,
@@ -223,6 +228,7 @@ impl Default for UpstreamConfig {
             ],
             timeout: Duration::from_secs(2),
             max_in_flight: 1024,
+            total_timeout: Duration::from_secs(4),
             bootstrap: Vec::new(),
             ca_file: None,
             idle_timeout: Duration::from_secs(30),

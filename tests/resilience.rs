@@ -231,3 +231,24 @@ async fn popular_answers_are_refreshed_before_they_expire() {
     );
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_upstreams_give_servfail_within_the_total_budget() {
+    let first = Stub::silent().await;
+    let second = Stub::silent().await;
+    let dir = dir_with(&[]);
+    // Each upstream would be waited for 2 s; the query's budget is 500 ms,
+    // so the second upstream is never reached.
+    let config = "[upstream]\nservers = [{upstreams}]\ntimeout = \"2s\"\ntotal_timeout = \"500ms\"\n\
+                  [http]\nlisten = \"127.0.0.1:0\"\n";
+    let ts = Telesink::start(config, &[&first, &second], dir.path()).await;
+    let r = ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(first.total(), 1);
+    assert_eq!(
+        second.total(),
+        0,
+        "the budget ran out before the second upstream"
+    );
+    ts.stop().await;
+}

@@ -24,7 +24,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 
 use super::{Answer, Outcome, Query, Resolve};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
 
@@ -151,6 +151,8 @@ pub struct Cache<N> {
     in_flight: Mutex<HashMap<Key, broadcast::Sender<Answer>>>,
     /// Upstream requests allowed at once.
     upstream_slots: Semaphore,
+    /// Time all upstream attempts of one query may take together.
+    upstream_budget: Duration,
     /// Keeps "upstream saturated" warnings to one per interval in a flood.
     saturated_log: Throttle,
     /// Refreshes popular answers before they expire; `None` when off.
@@ -217,7 +219,13 @@ impl<N> Cache<N> {
 impl<N: Resolve> Cache<N> {
     /// A cache as `[cache]` describes, in front of `next`, allowing
     /// `max_in_flight` upstream requests at once.
-    pub fn new(config: &CacheConfig, max_in_flight: usize, metrics: Arc<Metrics>, next: N) -> Self {
+    pub fn new(
+        config: &CacheConfig,
+        upstream: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+        next: N,
+    ) -> Self {
+        let max_in_flight = upstream.max_in_flight;
         Self {
             store: Arc::new(Store {
                 entries: (config.capacity > 0)
@@ -235,6 +243,7 @@ impl<N: Resolve> Cache<N> {
             stale_timeout: config.stale_timeout,
             in_flight: Mutex::new(HashMap::new()),
             upstream_slots: Semaphore::new(max_in_flight.max(1)),
+            upstream_budget: upstream.total_timeout,
             saturated_log: Throttle::new(Duration::from_secs(10)),
             metrics,
             next: Arc::new(next),
@@ -350,7 +359,12 @@ impl<N: Resolve> Cache<N> {
             }
             return Answer::empty(Outcome::Error, ResponseCode::ServFail);
         };
-        self.next.resolve(query).await
+        // However many upstreams are tried, the client hears back within
+        // the budget, well inside its own timeout.
+        match tokio::time::timeout(self.upstream_budget, self.next.resolve(query)).await {
+            Ok(answer) => answer,
+            Err(_) => Answer::empty(Outcome::Error, ResponseCode::ServFail),
+        }
     }
 
     /// Refreshes `entry` in the background if it is popular and about to

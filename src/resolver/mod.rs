@@ -219,12 +219,7 @@ pub fn chain_with<U: Resolve>(
     // Cache sits right above the upstream so it holds only upstream
     // answers: a blocked answer is never cached, and unblocking a name
     // needs no flush.
-    let cache = Cache::new(
-        &config.cache,
-        config.upstream.max_in_flight,
-        metrics.clone(),
-        upstream,
-    );
+    let cache = Cache::new(&config.cache, &config.upstream, metrics.clone(), upstream);
     controls.set_flush(cache.flusher());
     // ANY is answered (RFC 8482) above Cache: the answer costs nothing to
     // make, and an ANY flood must not evict real entries or reach the
