@@ -280,8 +280,8 @@ impl ResponseHandler for CapturedReply {
 /// What hickory's `ResponseHandle` does with a response
 /// (`MessageResponse::encode`, which is crate-private in hickory-server
 /// 0.26): the size limit per protocol, and a bare SERVFAIL when the
-/// response cannot be encoded.
-fn encode<'a>(
+/// response cannot be encoded. Shared with the TCP loop ([`crate::tcp`]).
+pub(crate) fn encode<'a>(
     response: MessageResponse<
         '_,
         'a,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Header, MessageType, ResponseCode};
 use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -64,12 +64,7 @@ impl ResponseHandler for Reply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let mut bytes = Vec::with_capacity(512);
-        let info = {
-            let mut encoder = BinEncoder::new(&mut bytes);
-            encoder.set_max_size(u16::MAX);
-            response.destructive_emit(&mut encoder)?
-        };
+        let (info, bytes) = crate::server::encode(response, Protocol::Tcp)?;
         self.tx
             .send(bytes)
             .await
