@@ -13,10 +13,11 @@
 //! - [`lists`]: list parsing, the immutable [`lists::Snapshot`] of all
 //!   lists behind one `ArcSwap` ([`lists::ListStore`]), and name matching.
 //! - [`resolver`]: the chain each query flows through, assembled in
-//!   [`resolver::chain`]: access control → local names → blocking → cache →
-//!   upstream (with `[[forward]]` rules choosing the upstreams),
-//!   with CNAME targets checked on the way back. Every answer carries a
-//!   typed [`resolver::Outcome`].
+//!   [`resolver::chain_with`]: access control → rate limit → local names →
+//!   blocking (CNAME targets and rebinding checked on the way back) → ANY
+//!   (RFC 8482) → cache (serve-stale, shared requests, prefetch) →
+//!   upstream (with `[[forward]]` rules choosing the upstreams). Every
+//!   answer carries a typed [`resolver::Outcome`].
 //! - [`upstream`]: transports to upstream resolvers: plain UDP/TCP,
 //!   DNS-over-TLS and DNS-over-HTTPS, pooled and pipelined connections,
 //!   bootstrap resolution of their host names.
@@ -39,6 +40,7 @@
 //!   token, so tests run the whole server on port 0.
 //! - [`check`]: `telesink check-config`.
 //! - [`privileges`]: switching from root to `[server] user` after binding.
+//! - [`throttle`]: rate-limited warnings under a flood.
 //! - [`fuzzing`]: the harness of the `request_path` fuzz target (`fuzz/`):
 //!   [`server::answer_bytes`] runs the production handler on one packet
 //!   without sockets, in front of an in-process fake upstream.
