@@ -81,8 +81,9 @@ impl<R: Resolve> RequestHandler for Handler<R> {
         }
         let info = match reject(request) {
             Err(rcode) => {
-                let question = echoed_question(request);
-                let mut builder = MessageResponseBuilder::new(&question, None);
+                let reencoded = reencoded_question(request);
+                let question = reencoded.as_ref().unwrap_or(&request.queries);
+                let mut builder = MessageResponseBuilder::new(question, None);
                 if let Some(edns) = &mut edns_out {
                     if rcode == ResponseCode::BADVERS {
                         edns.set_rcode_high(rcode.high());
@@ -133,8 +134,9 @@ impl<R: Resolve> RequestHandler for Handler<R> {
         metadata.recursion_available = true;
         metadata.authentic_data = answer.authentic_data;
         metadata.authoritative = answer.authoritative;
-        let question = echoed_question(request);
-        let mut builder = MessageResponseBuilder::new(&question, None);
+        let reencoded = reencoded_question(request);
+        let question = reencoded.as_ref().unwrap_or(&request.queries);
+        let mut builder = MessageResponseBuilder::new(question, None);
         if let Some(edns) = &edns_out {
             builder.edns(edns);
         }
@@ -198,7 +200,9 @@ fn reject(request: &Request) -> Result<hickory_server::server::RequestInfo<'_>, 
 }
 
 /// The question section of the reply, encoded afresh from the parsed
-/// question(s).
+/// question(s), when the client's question uses compression pointers;
+/// `None` (echo it as sent) for the usual uncompressed question, so the
+/// common case costs no encoding and no allocation.
 ///
 /// hickory echoes the question bytes exactly as the client sent them,
 /// compression pointers included. A pointer into the header (an offset
@@ -207,8 +211,11 @@ fn reject(request: &Request) -> Result<hickory_server::server::RequestInfo<'_>, 
 /// found this (`tests/corpus/regressions/`). Encoding after a 12-byte
 /// stand-in header keeps the offsets of any pointers between questions
 /// right, and keeps the client's letter case (0x20 randomisation).
-fn echoed_question(request: &Request) -> Queries {
+fn reencoded_question(request: &Request) -> Option<Queries> {
     const HEADER: usize = 12;
+    if !question_has_pointers(request.as_slice(), request.queries.len()) {
+        return None;
+    }
     let questions = request.queries.queries();
     let mut bytes = vec![0; HEADER];
     let mut encoder = BinEncoder::new(&mut bytes);
@@ -223,9 +230,33 @@ fn echoed_question(request: &Request) -> Queries {
     });
     // Whatever was parsed can be encoded and read back; if that ever
     // failed, no question is still a valid reply.
-    parsed.unwrap_or_else(|| {
+    Some(parsed.unwrap_or_else(|| {
         Queries::read(&mut BinDecoder::new(&[]), 0).expect("an empty question section")
-    })
+    }))
+}
+
+/// Whether the `count` questions after the header of `raw` contain a
+/// compression pointer (or cannot be walked, which is treated the same).
+fn question_has_pointers(raw: &[u8], count: usize) -> bool {
+    let mut at = 12;
+    for _ in 0..count {
+        loop {
+            let Some(&len) = raw.get(at) else {
+                return true;
+            };
+            if len == 0 {
+                at += 1;
+                break;
+            }
+            if len & 0xC0 != 0 {
+                return true;
+            }
+            at += 1 + usize::from(len);
+        }
+        // QTYPE and QCLASS.
+        at += 4;
+    }
+    false
 }
 
 /// A [`ResponseHandler`] that keeps the encoded reply instead of sending
