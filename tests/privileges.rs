@@ -2,9 +2,11 @@
 //! user once its sockets are bound and keeps serving. Skipped (with a
 //! message) when the tests do not run as root; CI runs them as root.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::Binary;
 
 #[test]
 fn drops_root_after_binding() {
@@ -35,25 +37,9 @@ fn drops_root_after_binding() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_telesink"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("TELESINK_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut udp = None;
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if let Some(addr) = line.split("listening for DNS over UDP addr=").nth(1) {
-            udp = Some(addr.trim().parse::<std::net::SocketAddr>().unwrap());
-        }
-        if line.contains("ready:") {
-            break;
-        }
-    }
-    let udp = udp.expect("bound UDP address logged");
+    let mut bin = Binary::start(&config);
+    let pid = bin.child.id();
+    let udp = bin.udp.expect("bound UDP address logged");
     // The process now runs as nobody.
     let deadline = Instant::now() + Duration::from_secs(5);
     let uid_line = loop {
@@ -85,6 +71,6 @@ fn drops_root_after_binding() {
     let (n, _) = socket.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..2], b"\x12\x34");
     assert_eq!(&buf[n - 4..n], &[0, 0, 0, 0], "sinkholed to 0.0.0.0");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    bin.child.kill().unwrap();
+    bin.child.wait().unwrap();
 }

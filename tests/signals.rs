@@ -1,9 +1,13 @@
 //! The real binary reloads on SIGHUP (what `systemctl reload` sends) and
 //! stops cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::Binary;
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -19,10 +23,10 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 fn reloads(addr: &str) -> f64 {
-    http_get(addr, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix("telesink_config_reloads_total{result=\"success\"} "))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    common::metric(
+        &http_get(addr, "/metrics"),
+        "telesink_config_reloads_total{result=\"success\"}",
+    )
 }
 
 #[test]
@@ -36,12 +40,12 @@ fn sighup_reloads_and_sigterm_stops() {
          [http]\nlisten = \"127.0.0.1:0\"\n[[blocking.lists]]\nname = \"t\"\npath = \"block.txt\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_telesink"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("TELESINK_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let Binary {
+        mut child,
+        log: lines,
+        http,
+        ..
+    } = Binary::start(&config);
     let pid = child.id().to_string();
     // The `kill` command, as systemd's ExecReload=/bin/kill -HUP $MAINPID.
     let signal = |name: &str| {
@@ -51,18 +55,7 @@ fn sighup_reloads_and_sigterm_stops() {
             .unwrap();
         assert!(ok.success());
     };
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut http = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(addr) = line.split("over HTTP addr=").nth(1) {
-            http = Some(addr.trim().to_string());
-        }
-        if line.contains("ready:") {
-            break;
-        }
-    }
-    let http = http.expect("HTTP address logged");
+    let http = http.expect("HTTP address logged").to_string();
     assert_eq!(reloads(&http), 0.0);
     signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(5);

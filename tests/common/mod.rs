@@ -723,3 +723,47 @@ pub fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 pub type Counts = HashMap<String, usize>;
+
+/// The real `telesink` binary, started on a config file, with the
+/// addresses it logged as bound (its config may use port 0).
+pub struct Binary {
+    pub child: std::process::Child,
+    /// The rest of its log, after the `ready` line.
+    pub log: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    pub udp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+impl Binary {
+    /// Runs `telesink run --config CONFIG` and reads its log until ready.
+    pub fn start(config: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_telesink"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("TELESINK_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut udp, mut http) = (None, None);
+        let after = |line: &str, marker: &str| {
+            line.split(marker)
+                .nth(1)
+                .map(|a| a.trim().parse::<SocketAddr>().unwrap())
+        };
+        for line in log.by_ref() {
+            let line = line.unwrap();
+            udp = udp.or_else(|| after(&line, "listening for DNS over UDP addr="));
+            http = http.or_else(|| after(&line, "over HTTP addr="));
+            if line.contains("ready:") {
+                break;
+            }
+        }
+        Self {
+            child,
+            log,
+            udp,
+            http,
+        }
+    }
+}
