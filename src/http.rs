@@ -94,6 +94,8 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     if !authorized(&headers, state.metrics_token.as_deref()) {
         return unauthorized();
     }
+    // Derived at scrape time, the one place it is set: the config's
+    // `enabled` (reloadable) and a pause from the API both change it.
     state.metrics.blocking_enabled.set(i64::from(
         state.lists.load().policy.enabled && !state.controls.paused(),
     ));
@@ -124,10 +126,6 @@ async fn set_blocking(State(state): State<HttpState>, Query(p): Query<BlockingPa
 async fn blocking_status(State(state): State<HttpState>) -> Response {
     let configured = state.lists.load().policy.enabled;
     let paused = state.controls.paused();
-    state
-        .metrics
-        .blocking_enabled
-        .set(i64::from(configured && !paused));
     Json(serde_json::json!({
         "enabled": configured && !paused,
         "configured": configured,

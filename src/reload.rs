@@ -365,9 +365,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Publishes a new snapshot's list metrics.
 pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     metrics.observe_lists(snapshot);
-    metrics
-        .blocking_enabled
-        .set(i64::from(snapshot.policy.enabled));
     for list in &snapshot.lists {
         let name = &*list.name;
         // Both series exist from the first load, so `increase()` sees the
