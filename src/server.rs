@@ -417,7 +417,10 @@ impl Listeners {
                 Err(error) => {
                     return Err(std::io::Error::new(
                         error.kind(),
-                        format!("cannot listen on {addr}: {error}"),
+                        format!(
+                            "cannot listen on {addr}: {error}{}",
+                            bind_hint(addr, &error)
+                        ),
                     ));
                 }
             }
@@ -444,6 +447,22 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: SocketProtocol) -> std::io::Res
     }
     socket.set_nonblocking(true)?;
     Ok(socket)
+}
+
+/// What to do about the usual reasons a DNS port cannot be bound.
+fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE: run it from the shipped systemd unit, or set [server] user and start it as root)"
+        }
+        std::io::ErrorKind::AddrInUse => {
+            " (another DNS server is using it: stop systemd-resolved's stub listener, dnsmasq or Pi-hole, or choose another address in [server] listen)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (no interface has this address: check [server] listen against `ip addr`)"
+        }
+        _ => "",
+    }
 }
 
 /// One UDP socket per CPU (at most 8) on the same address with
