@@ -18,8 +18,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-cargo build --release --quiet
-bin=$root/target/release/telesink
+# BIN=path runs that binary instead (to compare two builds).
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  cargo build --release --quiet
+  bin=$root/target/release/telesink
+fi
 mkdir -p "$DATA"
 if [ ! -s "$DATA/block.txt" ] || [ "$(wc -l <"$DATA/block.txt")" != "$SIZE" ]; then
   echo "generating data ($SIZE domains) in $DATA"
@@ -35,6 +40,8 @@ trap cleanup EXIT
 
 probe() { dig +short +time=1 +tries=1 @127.0.0.1 -p "$1" "$2" A 2>/dev/null | head -1; }
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$ts/status"; }
+# CPU time telesink has used so far, in clock ticks (user + system).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$ts/stat"; }
 
 start_nsd() {
   cat >"$DATA/nsd.conf" <<NSD

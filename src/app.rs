@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hickory_server::Server;
 use tokio_util::sync::CancellationToken;
 
 use arc_swap::ArcSwap;
@@ -114,11 +113,16 @@ pub async fn serve(
         clients,
         config.server.edns_udp_size,
     );
-    let tcp_handler = Arc::new(handler.clone());
-    let mut server = Server::new(handler);
+    let handler = Arc::new(handler);
+    let mut udp_servers = Vec::new();
     for udp in listeners.udp {
         tracing::info!(addr = %udp.local_addr()?, "listening for DNS over UDP");
-        server.register_socket(udp);
+        udp_servers.push(crate::udp::start(
+            udp,
+            config.server.udp_threads,
+            handler.clone(),
+            shutdown.clone(),
+        )?);
     }
     let limits = TcpLimits {
         max_connections: config.server.max_tcp_connections,
@@ -132,7 +136,7 @@ pub async fn serve(
         tracing::info!(addr = %tcp.local_addr()?, "listening for DNS over TCP");
         tcp_servers.push(tokio::spawn(crate::tcp::serve(
             tcp,
-            tcp_handler.clone(),
+            handler.clone(),
             limits,
             shutdown.clone(),
         )));
@@ -166,7 +170,9 @@ pub async fn serve(
     );
 
     shutdown.cancelled().await;
-    server.shutdown_gracefully().await?;
+    for udp in udp_servers {
+        udp.stopped().await;
+    }
     for tcp in tcp_servers {
         let _ = tcp.await;
     }

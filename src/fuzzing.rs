@@ -22,8 +22,9 @@
 //! rebind checks and the encoder.
 //!
 //! Oracle: no panic; a reply, when there is one, parses, is a response and
-//! echoes the query's ID; over UDP it fits the client's payload size; and
-//! every query that parses as a query gets a reply.
+//! echoes the query's ID; over UDP it fits the client's payload size;
+//! every query that parses as a query gets a reply; and whatever the UDP
+//! fast path ([`crate::udp`]) answers is byte for byte the handler's reply.
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -167,6 +168,18 @@ pub fn request_path(data: &[u8]) {
     let reply = s
         .runtime
         .block_on(answer_bytes(&handler, query, src, protocol));
+    if protocol == Protocol::Udp {
+        // The UDP fast path answers blocked names and, now that the answer
+        // above may be cached, cache hits; when it answers, it must send
+        // exactly what the full path sends.
+        let mut fast = Vec::new();
+        if handler.answer_now(query, src, &mut fast) {
+            let full = s
+                .runtime
+                .block_on(answer_bytes(&handler, query, src, protocol));
+            assert_eq!(Some(fast), full, "the fast path differs from the handler");
+        }
+    }
 
     let parsed_query = Message::from_vec(query).ok();
     if parsed_query

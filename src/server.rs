@@ -2,12 +2,14 @@
 //! a request into a [`Query`], runs it through the chain and sends the
 //! answer.
 //!
-//! hickory's `Server` owns the UDP and TCP loops: it drops packets shorter
-//! than a header and responses (QR=1) sent as queries, and answers FORMERR
-//! to anything it cannot parse. The handler adds the rest of RFC 1035
-//! conformance: NOTIMP for other opcodes, FORMERR unless there is exactly one
-//! question, BADVERS for EDNS versions above 0, RA set, RD and CD copied, and
-//! an OPT record in the reply when the query had one.
+//! The UDP ([`crate::udp`]) and TCP ([`crate::tcp`]) loops do what
+//! hickory's `Server` does before its handler: they drop packets shorter
+//! than a header and responses (QR=1) sent as queries, and answer FORMERR
+//! to anything that does not parse ([`answer_bytes`]). The handler adds the
+//! rest of RFC 1035 conformance: NOTIMP for other opcodes, FORMERR unless
+//! there is exactly one question, BADVERS for EDNS versions above 0, RA
+//! set, RD and CD copied, and an OPT record in the reply when the query had
+//! one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::resolver::{Query, Resolve};
 
 /// The hickory `RequestHandler` in front of the resolver chain. Cloning
-/// shares the chain, so UDP (hickory's loop) and TCP ([`crate::tcp`]) use
+/// shares the chain, so UDP ([`crate::udp`]) and TCP ([`crate::tcp`]) use
 /// the same one.
 #[derive(Clone)]
 pub struct Handler<R> {
@@ -50,6 +52,28 @@ impl<R: Resolve> Handler<R> {
             clients,
             edns_udp_size: edns_udp_size.max(512),
         }
+    }
+}
+
+impl<R> Handler<R> {
+    /// The resolver chain.
+    pub(crate) fn chain(&self) -> &R {
+        &self.chain
+    }
+
+    /// The metrics every answer is counted in.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The device names of client addresses.
+    pub(crate) fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// The largest UDP payload telesink advertises and sends.
+    pub(crate) fn edns_udp_size(&self) -> u16 {
+        self.edns_udp_size
     }
 }
 
@@ -399,9 +423,9 @@ impl Listeners {
     pub fn bind(dns: &[SocketAddr], http: Option<SocketAddr>) -> std::io::Result<Self> {
         let mut out = Self::default();
         for &addr in dns {
-            match bind_udp_group(addr).and_then(|u| Ok((u, bind_tcp(addr)?))) {
+            match bind_udp(addr).and_then(|u| Ok((u, bind_tcp(addr)?))) {
                 Ok((udp, tcp)) => {
-                    out.udp.extend(udp);
+                    out.udp.push(udp);
                     out.tcp.push(tcp);
                 }
                 Err(error)
@@ -465,24 +489,13 @@ fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> &'static str {
     }
 }
 
-/// One UDP socket per CPU (at most 8) on the same address with
-/// SO_REUSEPORT: the kernel spreads clients over them, so each core runs
-/// its own receive loop instead of all queries queueing behind one.
-fn bind_udp_group(addr: SocketAddr) -> std::io::Result<Vec<tokio::net::UdpSocket>> {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let mut sockets = Vec::with_capacity(n);
-    let mut bound = addr;
-    for _ in 0..n {
-        let socket = new_socket(bound, Type::DGRAM, SocketProtocol::UDP)?;
-        #[cfg(unix)]
-        socket.set_reuse_port(true)?;
-        socket.bind(&bound.into())?;
-        let socket = tokio::net::UdpSocket::from_std(socket.into())?;
-        // With port 0 the first bind picks the port; the rest join it.
-        bound = socket.local_addr()?;
-        sockets.push(socket);
-    }
-    Ok(sockets)
+/// The UDP socket for `addr`. One socket, read by `[server] udp_threads`
+/// threads ([`crate::udp`]); no SO_REUSEPORT, so a second server started
+/// on the same port fails to bind instead of silently sharing it.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = new_socket(addr, Type::DGRAM, SocketProtocol::UDP)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use hickory_proto::op::ResponseCode;
 use ipnet::IpNet;
 
-use super::{Answer, Outcome, Query, Resolve};
+use super::{Answer, Outcome, Peek, Query, Resolve};
 
 /// Answers REFUSED to clients outside the allowed networks.
 #[derive(Debug)]
@@ -42,6 +42,14 @@ impl<N: Resolve> Resolve for Access<N> {
             return Answer::empty(Outcome::Refused, ResponseCode::Refused);
         }
         self.next.resolve(query).await
+    }
+
+    fn peek(&self, query: &Query<'_>) -> Peek {
+        if !self.allows(query.client) {
+            // Refusals are rare; the full path answers and counts them.
+            return Peek::Slow;
+        }
+        self.next.peek(query)
     }
 }
 

@@ -4,7 +4,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::HINFO;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use super::{Answer, Outcome, Query, Resolve};
+use super::{Answer, Outcome, Peek, Query, Resolve};
 
 /// TTL of the RFC 8482 answer: an hour, as RFC 8482 §4.2 suggests, so
 /// clients that ask ANY again do not come back soon.
@@ -46,5 +46,12 @@ impl<N: Resolve> Resolve for AnyQuery<N> {
             return rfc8482_answer(Name::from(query.name.clone()));
         }
         self.next.resolve(query).await
+    }
+
+    fn peek(&self, query: &Query<'_>) -> Peek {
+        if query.qtype == RecordType::ANY {
+            return Peek::Slow;
+        }
+        self.next.peek(query)
     }
 }

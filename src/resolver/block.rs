@@ -8,7 +8,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use super::{Answer, Outcome, Query, REBIND_LIST, Rebind, Resolve};
+use super::{Answer, Outcome, Peek, Query, REBIND_LIST, Rebind, Resolve};
 use crate::config::{BlockMode, BlockingConfig};
 use crate::controls::Controls;
 use crate::lists::{ListStore, Snapshot};
@@ -51,6 +51,41 @@ impl Default for BlockPolicy {
     }
 }
 
+/// The sinkhole answer for `query` under `policy`, blocked by `list` (and
+/// by the CNAME target `cname`, when that is what matched). The UDP fast
+/// path builds its blocked answers here too, so both paths answer alike.
+pub fn blocked_answer(
+    policy: &BlockPolicy,
+    query: &Query<'_>,
+    list: Arc<str>,
+    cname: Option<Box<str>>,
+) -> Answer {
+    let outcome = Outcome::Blocked { list, cname };
+    let name = Name::from(query.name.clone());
+    let ttl = policy.ttl;
+    let data = match (policy.mode, query.qtype) {
+        (BlockMode::Refused, _) => return Answer::empty(outcome, ResponseCode::Refused),
+        (BlockMode::Null, RecordType::A) => Some(RData::A(A(policy.ipv4))),
+        (BlockMode::Null, RecordType::AAAA) => Some(RData::AAAA(AAAA(policy.ipv6))),
+        _ => None,
+    };
+    if let Some(data) = data {
+        let mut answer = Answer::empty(outcome, ResponseCode::NoError);
+        answer.answers.push(Record::from_rdata(name, ttl, data));
+        return answer;
+    }
+    // NXDOMAIN, or NODATA for the types `null` has no address for; an
+    // SOA lets clients cache the denial for `ttl` (RFC 2308).
+    let rcode = if policy.mode == BlockMode::Nxdomain {
+        ResponseCode::NXDomain
+    } else {
+        ResponseCode::NoError
+    };
+    let mut answer = Answer::empty(outcome, rcode);
+    answer.authorities.push(super::synthetic_soa(name, ttl));
+    answer
+}
+
 /// Answers blocked names itself and passes the rest on.
 pub struct Block<N> {
     lists: Arc<ListStore>,
@@ -87,40 +122,6 @@ impl<N: Resolve> Block<N> {
         self
     }
 
-    /// The sinkhole answer for `query`, blocked by `list`.
-    fn blocked(
-        &self,
-        policy: &BlockPolicy,
-        query: &Query<'_>,
-        list: Arc<str>,
-        cname: Option<Box<str>>,
-    ) -> Answer {
-        let outcome = Outcome::Blocked { list, cname };
-        let name = Name::from(query.name.clone());
-        let ttl = policy.ttl;
-        let data = match (policy.mode, query.qtype) {
-            (BlockMode::Refused, _) => return Answer::empty(outcome, ResponseCode::Refused),
-            (BlockMode::Null, RecordType::A) => Some(RData::A(A(policy.ipv4))),
-            (BlockMode::Null, RecordType::AAAA) => Some(RData::AAAA(AAAA(policy.ipv6))),
-            _ => None,
-        };
-        if let Some(data) = data {
-            let mut answer = Answer::empty(outcome, ResponseCode::NoError);
-            answer.answers.push(Record::from_rdata(name, ttl, data));
-            return answer;
-        }
-        // NXDOMAIN, or NODATA for the types `null` has no address for; an
-        // SOA lets clients cache the denial for `ttl` (RFC 2308).
-        let rcode = if policy.mode == BlockMode::Nxdomain {
-            ResponseCode::NXDomain
-        } else {
-            ResponseCode::NoError
-        };
-        let mut answer = Answer::empty(outcome, rcode);
-        answer.authorities.push(super::synthetic_soa(name, ttl));
-        answer
-    }
-
     /// The list that blocks a CNAME target of `answer`, and the target.
     fn cname_block(snapshot: &Snapshot, answer: &Answer) -> Option<(usize, Box<str>)> {
         answer.answers.iter().find_map(|r| match &r.data {
@@ -147,7 +148,7 @@ impl<N: Resolve> Resolve for Block<N> {
             }
         };
         if let Some((policy, list)) = hit {
-            return self.blocked(&policy, query, list, None);
+            return blocked_answer(&policy, query, list, None);
         }
         let answer = self.next.resolve(query).await;
         // Rebinding is checked before CNAME cloaking and whether or not
@@ -156,7 +157,7 @@ impl<N: Resolve> Resolve for Block<N> {
         // gives every blocked answer.
         if self.rebind.is_rebinding(query.name, &answer) {
             let policy = self.lists.load().policy.clone();
-            return self.blocked(&policy, query, self.rebind_list.clone(), None);
+            return blocked_answer(&policy, query, self.rebind_list.clone(), None);
         }
         let cloaked = {
             let snapshot = self.lists.load();
@@ -173,8 +174,37 @@ impl<N: Resolve> Resolve for Block<N> {
             }
         };
         match cloaked {
-            Some((policy, list, target)) => self.blocked(&policy, query, list, Some(target)),
+            Some((policy, list, target)) => blocked_answer(&policy, query, list, Some(target)),
             None => answer,
+        }
+    }
+
+    fn peek(&self, query: &Query<'_>) -> Peek {
+        let snapshot = self.lists.load();
+        let active = snapshot.policy.enabled && !self.controls.paused();
+        if let Some(i) = active.then(|| snapshot.blocking_list(query.name)).flatten() {
+            return Peek::Blocked {
+                policy: snapshot.policy.clone(),
+                list: snapshot.lists[i].name.clone(),
+            };
+        }
+        match self.next.peek(query) {
+            // Rebinding needs the records themselves; it is off by default.
+            Peek::Cached(_) if self.rebind.enabled() => Peek::Slow,
+            // A cached answer whose CNAME chain leads to a listed name is
+            // blocked: the full path builds that answer.
+            Peek::Cached(hit)
+                if active
+                    && snapshot.policy.cname_check
+                    && hit
+                        .wire()
+                        .cname_targets()
+                        .iter()
+                        .any(|t| snapshot.blocking_list(t).is_some()) =>
+            {
+                Peek::Slow
+            }
+            peeked => peeked,
         }
     }
 }

@@ -22,8 +22,9 @@ use tokio::sync::{Semaphore, broadcast};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
-use super::{Answer, Outcome, Query, Resolve};
+use super::{Answer, Outcome, Peek, Query, Resolve};
 use crate::config::{CacheConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
@@ -50,9 +51,174 @@ const STALE_TTL: u32 = 30;
 /// upstreams again for this long (RFC 8767's stale-refresh time).
 const STALE_REFRESH: u32 = 30;
 
+/// A cached answer encoded once, when it is stored, so the UDP fast path
+/// ([`crate::udp`]) answers a hit by copying bytes and patching TTLs
+/// instead of cloning and encoding records.
+///
+/// The bytes are the answer, authority and additional sections (without
+/// OPT) exactly as hickory's encoder writes them after a header and the
+/// question, so the fast and the full path send the same reply. Any
+/// compression pointers in them are offsets into the whole message, which
+/// is why they are only valid after a question of `question_len` bytes.
+#[derive(Debug)]
+pub struct WireAnswer {
+    /// The response code (its low four bits: entries with an extended
+    /// code are not encoded).
+    pub rcode: ResponseCode,
+    /// The AD bit, as the upstream set it.
+    pub authentic_data: bool,
+    /// Record counts of the answer, authority and additional sections.
+    pub counts: [u16; 3],
+    /// Length of the question section the bytes were encoded after: the
+    /// queried name in uncompressed wire form plus type and class.
+    pub question_len: usize,
+    bytes: Box<[u8]>,
+    /// Each record's TTL: its offset in `bytes`, and its stored value.
+    ttls: Box<[(u16, u32)]>,
+    /// The CNAME targets in the answer section, for the CNAME check.
+    cname_targets: Box<[LowerName]>,
+}
+
+impl WireAnswer {
+    /// Encodes `answer` (TTLs already clamped) as the reply to a question
+    /// for `name`; `None` if it cannot be, and then hits take the full path.
+    fn encode(name: &LowerName, answer: &Answer) -> Option<Self> {
+        if answer.rcode.high() != 0 {
+            return None;
+        }
+        let question_len = name_wire_len(name)? + 4;
+        let start = 12 + question_len;
+        let records = || {
+            answer
+                .answers
+                .iter()
+                .chain(&answer.authorities)
+                .chain(&answer.additionals)
+        };
+        let mut buf = vec![0; start];
+        let mut starts = Vec::new();
+        {
+            let mut encoder = BinEncoder::new(&mut buf);
+            encoder.set_offset(start);
+            for record in records() {
+                starts.push(encoder.offset());
+                record.emit(&mut encoder).ok()?;
+            }
+        }
+        let ttls = starts
+            .iter()
+            .zip(records())
+            .map(|(&at, record)| {
+                let ttl_at = skip_name(&buf, at)? + 4 - start;
+                Some((u16::try_from(ttl_at).ok()?, record.ttl))
+            })
+            .collect::<Option<Box<[_]>>>()?;
+        let count = |n: usize| u16::try_from(n).ok();
+        Some(Self {
+            rcode: answer.rcode,
+            authentic_data: answer.authentic_data,
+            counts: [
+                count(answer.answers.len())?,
+                count(answer.authorities.len())?,
+                count(answer.additionals.len())?,
+            ],
+            question_len,
+            bytes: buf.split_off(start).into_boxed_slice(),
+            ttls,
+            cname_targets: answer
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::CNAME(target) => Some(LowerName::new(&target.0)),
+                    _ => None,
+                })
+                .collect(),
+        })
+    }
+
+    /// Appends the sections to `out`, every TTL counted down by `age`
+    /// seconds as [`Cache`] counts down the records of a hit.
+    pub fn write(&self, out: &mut Vec<u8>, age: u32) {
+        let base = out.len();
+        out.extend_from_slice(&self.bytes);
+        for &(at, ttl) in &*self.ttls {
+            let at = base + usize::from(at);
+            out[at..at + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        }
+    }
+
+    /// Length of the sections in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether there are no records at all.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The CNAME targets in the answer section.
+    pub fn cname_targets(&self) -> &[LowerName] {
+        &self.cname_targets
+    }
+}
+
+/// A fresh cache entry that has a wire form, found by [`Resolve::peek`].
+#[derive(Debug)]
+pub struct CacheHit {
+    entry: Arc<Entry>,
+    /// Seconds since the entry was stored, to count its TTLs down.
+    age: u32,
+}
+
+impl CacheHit {
+    /// The encoded answer.
+    pub fn wire(&self) -> &WireAnswer {
+        self.entry
+            .wire
+            .as_ref()
+            .expect("peek only returns entries that have a wire form")
+    }
+
+    /// Seconds since the answer was stored.
+    pub fn age(&self) -> u32 {
+        self.age
+    }
+
+    /// Counts the hit once it is answered: the hit counter that prefetch
+    /// uses, and `telesink_cache_hits_total`.
+    pub fn commit(&self, metrics: &Metrics) {
+        self.entry.hits.fetch_add(1, Ordering::Relaxed);
+        metrics.cache_hits.inc();
+    }
+}
+
+/// Length of `name` in uncompressed wire form.
+fn name_wire_len(name: &LowerName) -> Option<usize> {
+    let mut bytes = Vec::with_capacity(64);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    name.emit(&mut encoder).ok()?;
+    Some(bytes.len())
+}
+
+/// The offset just past the (possibly compressed) name at `at` in `msg`.
+fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *msg.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            l if l & 0xC0 == 0xC0 => return Some(at + 2),
+            l if l & 0xC0 == 0 => at += 1 + usize::from(l),
+            _ => return None,
+        }
+    }
+}
+
 /// One cached answer.
 #[derive(Debug)]
 struct Entry {
+    /// The answer encoded for the UDP fast path; `None` if it could not be.
+    wire: Option<WireAnswer>,
     rcode: ResponseCode,
     authentic_data: bool,
     answers: Vec<Record>,
@@ -179,6 +345,16 @@ struct Prefetch {
     slots: Arc<Semaphore>,
 }
 
+impl Prefetch {
+    /// Whether `entry`, hit for the `hits`th time at `age`, is worth
+    /// refreshing now: popular, and in the last tenth of its TTL (at least
+    /// the last second).
+    fn due(&self, entry: &Entry, hits: u32, age: u32) -> bool {
+        let left = entry.ttl - age;
+        hits >= self.min_hits && left <= (entry.ttl / 10).max(1)
+    }
+}
+
 impl<N> std::fmt::Debug for Cache<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache").field("len", &self.len()).finish()
@@ -293,9 +469,12 @@ impl Store {
             return;
         };
         if let Some(ttl) = self.cacheable_ttl(answer) {
+            // Encoded here, on the miss path, so hits only copy bytes.
+            let wire = WireAnswer::encode(&key.0, answer);
             entries.insert(
                 key,
                 Arc::new(Entry {
+                    wire,
                     rcode: answer.rcode,
                     authentic_data: answer.authentic_data,
                     answers: answer.answers.clone(),
@@ -374,9 +553,7 @@ impl<N: Resolve> Cache<N> {
             return;
         };
         let hits = entry.hits.fetch_add(1, Ordering::Relaxed) + 1;
-        // The last tenth of the TTL (at least the last second).
-        let left = entry.ttl - age;
-        if hits < prefetch.min_hits || left > (entry.ttl / 10).max(1) {
+        if !prefetch.due(entry, hits, age) {
             return;
         }
         if entry.prefetching.swap(true, Ordering::Relaxed) {
@@ -423,6 +600,32 @@ fn usable(answer: &Answer) -> bool {
 }
 
 impl<N: Resolve> Resolve for Cache<N> {
+    fn peek(&self, query: &Query<'_>) -> Peek {
+        let Some(entries) = &self.store.entries else {
+            return Peek::Slow;
+        };
+        let Some(entry) = entries.get(&KeyRef(query.name, query.qtype, query.qclass)) else {
+            return Peek::Slow;
+        };
+        let age = entry.age();
+        if entry.wire.is_none() || age >= entry.ttl {
+            return Peek::Slow;
+        }
+        // A hit that should start a prefetch takes the full path, which
+        // starts it. Any other hit is counted by whoever sends it
+        // ([`CacheHit::commit`]), so a hit the links above turn down is
+        // not counted twice.
+        let hits = entry.hits.load(Ordering::Relaxed).saturating_add(1);
+        if self
+            .prefetch
+            .as_ref()
+            .is_some_and(|p| p.due(&entry, hits, age))
+        {
+            return Peek::Slow;
+        }
+        Peek::Cached(CacheHit { entry, age })
+    }
+
     async fn resolve(&self, query: &Query<'_>) -> Answer {
         let Some(entries) = &self.store.entries else {
             let key: Key = (query.name.clone(), query.qtype, query.qclass);

@@ -23,7 +23,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use super::{Answer, Outcome, Query, Resolve};
+use super::{Answer, Outcome, Peek, Query, Resolve};
 use crate::config::{LocalConfig, parse_domain};
 
 /// How many CNAMEs are followed before giving up (a loop, or a silly chain).
@@ -350,6 +350,13 @@ impl<N: Resolve> Resolve for Local<N> {
             return self.special_answer(query, apex, kind);
         }
         self.next.resolve(query).await
+    }
+
+    fn peek(&self, query: &Query<'_>) -> Peek {
+        if self.records.get(query.name).is_some() || self.special_zone(query.name).is_some() {
+            return Peek::Slow;
+        }
+        self.next.peek(query)
     }
 }
 

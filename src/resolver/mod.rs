@@ -25,8 +25,8 @@ mod rebind;
 
 pub use access::{Access, is_allowed};
 pub use any::{AnyQuery, rfc8482_answer};
-pub use block::{Block, BlockPolicy};
-pub use cache::Cache;
+pub use block::{Block, BlockPolicy, blocked_answer};
+pub use cache::{Cache, CacheHit, WireAnswer};
 pub use forward::{Forward, answer_from_reply, is_query_response};
 pub use local::{Local, LocalRecords};
 pub use ratelimit::RateLimit;
@@ -177,15 +177,50 @@ pub(crate) fn synthetic_soa(owner: Name, ttl: u32) -> Record {
     )
 }
 
+/// What the chain can answer at once, without awaiting anything: the
+/// UDP fast path ([`crate::udp`]) asks this first and answers from it
+/// directly, and takes the full [`Resolve::resolve`] path for
+/// [`Peek::Slow`].
+///
+/// Each link decides for itself, in chain order, exactly as its `resolve`
+/// would: a peek never answers differently from the full path, it only
+/// skips the work. It has no side effects beyond the rate limiter's token
+/// for an answer it commits to; the caller counts the hit.
+#[derive(Debug)]
+pub enum Peek {
+    /// Only the full path can answer this query.
+    Slow,
+    /// A block list matched the queried name.
+    Blocked {
+        /// The blocking policy of the snapshot that matched.
+        policy: BlockPolicy,
+        /// Configured name of the list that matched.
+        list: Arc<str>,
+    },
+    /// A fresh cached answer, already encoded.
+    Cached(CacheHit),
+}
+
 /// One link of the chain.
 pub trait Resolve: Send + Sync + Unpin + 'static {
     /// Answers `query`, by itself or by asking the next link.
     fn resolve(&self, query: &Query<'_>) -> impl Future<Output = Answer> + Send;
+
+    /// What this link, and the links after it, can answer for `query`
+    /// without awaiting; see [`Peek`]. Links that cannot tell leave it to
+    /// the full path.
+    fn peek(&self, _query: &Query<'_>) -> Peek {
+        Peek::Slow
+    }
 }
 
 impl<R: Resolve> Resolve for Arc<R> {
     fn resolve(&self, query: &Query<'_>) -> impl Future<Output = Answer> + Send {
         (**self).resolve(query)
+    }
+
+    fn peek(&self, query: &Query<'_>) -> Peek {
+        (**self).peek(query)
     }
 }
 
@@ -196,7 +231,7 @@ pub fn chain(
     lists: Arc<ListStore>,
     metrics: Arc<Metrics>,
     controls: Arc<Controls>,
-) -> impl Resolve {
+) -> impl Resolve + use<> {
     // Forward is last: it is the only link that leaves the machine, and
     // everything above it exists to avoid or police that trip.
     // `[[forward]]` rules are part of it: conditional forwarding only
@@ -215,7 +250,7 @@ pub fn chain_with<U: Resolve>(
     metrics: Arc<Metrics>,
     controls: Arc<Controls>,
     upstream: U,
-) -> impl Resolve {
+) -> impl Resolve + use<U> {
     // Cache sits right above the upstream so it holds only upstream
     // answers: a blocked answer is never cached, and unblocking a name
     // needs no flush.

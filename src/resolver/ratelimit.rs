@@ -16,7 +16,7 @@ use std::time::Instant;
 use hickory_proto::op::ResponseCode;
 use ipnet::IpNet;
 
-use super::{Answer, Outcome, Query, Resolve};
+use super::{Answer, Outcome, Peek, Query, Resolve};
 use crate::config::{RateLimitAction, RateLimitConfig};
 
 const SHARDS: usize = 16;
@@ -113,13 +113,18 @@ impl<N: Resolve> RateLimit<N> {
     }
 }
 
+/// The address a client is limited by: an IPv4-mapped IPv6 address shares
+/// the bucket of its IPv4 address.
+fn bucket_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 impl<N: Resolve> Resolve for RateLimit<N> {
     async fn resolve(&self, query: &Query<'_>) -> Answer {
-        let client = match query.client {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(query.client, IpAddr::V4),
-            v4 => v4,
-        };
-        if !self.allow(client, Instant::now()) {
+        if !self.allow(bucket_key(query.client), Instant::now()) {
             let outcome = match self.action {
                 RateLimitAction::Refuse => Outcome::RateLimited,
                 RateLimitAction::Drop => Outcome::Dropped,
@@ -127,6 +132,19 @@ impl<N: Resolve> Resolve for RateLimit<N> {
             return Answer::empty(outcome, ResponseCode::Refused);
         }
         self.next.resolve(query).await
+    }
+
+    fn peek(&self, query: &Query<'_>) -> Peek {
+        // The links below decide first, and a token is taken only for an
+        // answer the caller commits to. A client out of tokens goes the
+        // full path, which finds the bucket still empty and refuses or
+        // drops as configured: one token per query either way.
+        let peeked = self.next.peek(query);
+        if matches!(peeked, Peek::Slow) || self.allow(bucket_key(query.client), Instant::now()) {
+            peeked
+        } else {
+            Peek::Slow
+        }
     }
 }
 

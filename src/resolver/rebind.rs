@@ -34,6 +34,11 @@ impl Rebind {
         }
     }
 
+    /// Whether the protection is on at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Whether `answer` to a question for `name` is a rebinding attempt:
     /// protection is on, `name` is not under `rebind_allow`, and an A or
     /// AAAA record in the answer section points into a private range.

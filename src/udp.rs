@@ -1,0 +1,661 @@
+//! DNS over UDP: receive threads with a fast path for the answers that
+//! need no waiting.
+//!
+//! Most of a home network's queries are for names that are blocked or
+//! already cached. Each UDP socket is read by plain threads blocked in
+//! `recv_from`: for those queries the thread answers inline. It parses the
+//! header and question itself (the name with hickory-proto), asks the chain
+//! what it can answer at once ([`Resolve::peek`]) and writes the reply into
+//! a buffer it reuses, cached answers as bytes encoded when they were
+//! stored. A query costs two system calls and no wake-up of another thread,
+//! which is where an event loop spends most of its time on a small machine
+//! (docs/performance.md has the profile).
+//!
+//! Everything else (misses, local names, anything unusual in the packet)
+//! is handed to the [`Handler`] as a task on the tokio runtime, exactly as
+//! hickory's `Server` would, so a query waiting on an upstream never holds
+//! up the socket.
+//!
+//! The fast path sends byte for byte what the handler would send (the
+//! `fast_path_matches_the_handler` test and the fuzz target compare the
+//! two). It declines rather than guess: any packet it does not fully
+//! understand goes the full way.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::resolver::{Outcome, Peek, Query, Resolve, blocked_answer};
+use crate::server::{Handler, Protocol, answer_bytes};
+
+/// The largest datagram read: the most a UDP payload can be.
+const MAX_DATAGRAM: usize = 65_535;
+/// Length of the DNS header.
+const HEADER: usize = 12;
+/// How often an idle receive thread looks up to see if it should stop.
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(200);
+/// The receive threads of one socket, and the tasks they handed queries to.
+#[derive(Debug)]
+pub struct UdpServer {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    tasks: TaskTracker,
+}
+
+/// Starts `threads` threads serving DNS on `socket` until `shutdown` is
+/// cancelled. Must be called on the tokio runtime, which runs the queries
+/// for the full path. When several threads block on one socket, the
+/// kernel wakes one of them per datagram.
+pub fn start<R: Resolve>(
+    socket: tokio::net::UdpSocket,
+    threads: usize,
+    handler: Arc<Handler<R>>,
+    shutdown: CancellationToken,
+) -> io::Result<UdpServer> {
+    let socket = socket.into_std()?;
+    // Blocking reads, woken now and then to notice shutdown.
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(SHUTDOWN_CHECK))?;
+    let socket = Arc::new(socket);
+    let tasks = TaskTracker::new();
+    let runtime = Handle::current();
+    let threads = (0..threads.max(1))
+        .map(|i| {
+            let receiver = Receiver {
+                socket: socket.clone(),
+                handler: handler.clone(),
+                tasks: tasks.clone(),
+                runtime: runtime.clone(),
+                shutdown: shutdown.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("telesink-udp-{i}"))
+                .spawn(move || receiver.run())
+        })
+        .collect::<io::Result<_>>()?;
+    Ok(UdpServer { threads, tasks })
+}
+
+impl UdpServer {
+    /// Waits until the threads have stopped (after shutdown) and the
+    /// queries they handed on are answered.
+    pub async fn stopped(self) {
+        for thread in self.threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// One receive thread.
+struct Receiver<R> {
+    socket: Arc<UdpSocket>,
+    handler: Arc<Handler<R>>,
+    tasks: TaskTracker,
+    runtime: Handle,
+    shutdown: CancellationToken,
+}
+
+impl<R: Resolve> Receiver<R> {
+    fn run(self) {
+        let mut packet = vec![0; MAX_DATAGRAM];
+        let mut reply = Vec::with_capacity(512);
+        while !self.shutdown.is_cancelled() {
+            let (len, src) = match self.socket.recv_from(&mut packet) {
+                Ok(received) => received,
+                Err(error) => match error.kind() {
+                    // The read timeout: time to look at `shutdown`.
+                    io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted => {
+                        tracing::error!(%error, "UDP socket closed; no longer serving on it");
+                        return;
+                    }
+                    // ICMP errors from earlier sends surface here on some
+                    // systems (ECONNREFUSED); they concern one client only.
+                    _ => {
+                        tracing::debug!(%error, "UDP receive error");
+                        continue;
+                    }
+                },
+            };
+            let packet = &packet[..len];
+            if !can_answer(src) {
+                continue;
+            }
+            if self.handler.answer_now(packet, src, &mut reply) {
+                // A blocking send: if the socket's buffer is full, this
+                // thread waits instead of reading more it could not answer.
+                if let Err(error) = self.socket.send_to(&reply, src) {
+                    tracing::debug!(%error, client = %src, "could not send a response");
+                }
+                continue;
+            }
+            let (socket, handler, packet) =
+                (self.socket.clone(), self.handler.clone(), packet.to_vec());
+            self.tasks.spawn_on(
+                async move {
+                    if let Some(reply) = answer_bytes(&*handler, &packet, src, Protocol::Udp).await
+                    {
+                        send_without_waiting(&socket, &reply, src);
+                    }
+                },
+                &self.runtime,
+            );
+        }
+    }
+}
+
+/// Sends `reply` from a runtime task, which must not block: when the
+/// socket's buffer is full the reply is dropped, and the client retries.
+fn send_without_waiting(socket: &UdpSocket, reply: &[u8], to: SocketAddr) {
+    #[cfg(unix)]
+    let sent =
+        socket2::SockRef::from(socket).send_to_with_flags(reply, &to.into(), libc::MSG_DONTWAIT);
+    #[cfg(not(unix))]
+    let sent = socket.send_to(reply, to);
+    if let Err(error) = sent {
+        tracing::debug!(%error, client = %to, "could not send a response");
+    }
+}
+
+/// Whether a reply to `src` could arrive anywhere: not port 0, not an
+/// unspecified or broadcast address (the checks hickory's `Server` makes,
+/// so a forged source cannot turn telesink into a reflector to them).
+fn can_answer(src: SocketAddr) -> bool {
+    src.port() != 0
+        && match src.ip() {
+            IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_broadcast(),
+            IpAddr::V6(v6) => !v6.is_unspecified(),
+        }
+}
+
+/// A query in the one shape the fast path answers: a standard query with
+/// exactly one IN question whose name has no compression pointers, and at
+/// most an EDNS(0) OPT record.
+struct Parsed<'a> {
+    /// Bytes 0..4 of the header: the ID and the flags.
+    head: [u8; 4],
+    /// The question as the client sent it (its letter case kept).
+    question: &'a [u8],
+    name: LowerName,
+    qtype: RecordType,
+    /// The client's EDNS UDP payload size, if it sent OPT.
+    edns_payload: Option<u16>,
+}
+
+impl Parsed<'_> {
+    fn recursion_desired(&self) -> bool {
+        self.head[2] & 0x01 != 0
+    }
+
+    fn checking_disabled(&self) -> bool {
+        self.head[3] & 0x10 != 0
+    }
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
+}
+
+/// Parses `packet` if the fast path can answer its shape; `None` sends it
+/// the full way, which also answers the malformed ones.
+fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
+    let head: [u8; 4] = packet.get(..4)?.try_into().ok()?;
+    // QR=0 (a query), opcode 0 (QUERY), TC=0.
+    if head[2] & 0xFA != 0 {
+        return None;
+    }
+    let counts = (
+        u16_at(packet, 4)?,
+        u16_at(packet, 6)?,
+        u16_at(packet, 8)?,
+        u16_at(packet, 10)?,
+    );
+    if !matches!(counts, (1, 0, 0, 0 | 1)) {
+        return None;
+    }
+    // The name, label by label: no pointers, no extended label types.
+    let mut at = HEADER;
+    loop {
+        let len = usize::from(*packet.get(at)?);
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+    }
+    if at - HEADER > 255 {
+        return None;
+    }
+    let qtype = RecordType::from(u16_at(packet, at)?);
+    if u16_at(packet, at + 2)? != u16::from(DNSClass::IN) {
+        return None;
+    }
+    // Types the handler refuses or rejects (see `server::reject`), and ANY,
+    // which only needs the full path's RFC 8482 answer.
+    if matches!(
+        qtype,
+        RecordType::OPT
+            | RecordType::AXFR
+            | RecordType::IXFR
+            | RecordType::TSIG
+            | RecordType::ANY
+            | RecordType::Unknown(253 | 254)
+    ) {
+        return None;
+    }
+    let end = at + 4;
+    let question = packet.get(HEADER..end)?;
+    let edns_payload = if counts.3 == 1 {
+        Some(opt_payload(packet, end)?)
+    } else if end == packet.len() {
+        None
+    } else {
+        return None;
+    };
+    let name = Name::read(&mut BinDecoder::new(question)).ok()?;
+    Some(Parsed {
+        head,
+        question,
+        name: LowerName::from(name),
+        qtype,
+        edns_payload,
+    })
+}
+
+/// The payload size of the EDNS(0) OPT record at `at`, the last thing in
+/// `packet`; `None` for anything else there (other versions get BADVERS
+/// from the full path).
+fn opt_payload(packet: &[u8], at: usize) -> Option<u16> {
+    let opt = packet.get(at..)?;
+    // Root owner name, type OPT, payload size, extended RCODE, version.
+    if opt.len() < 11 || opt[0] != 0 || u16_at(opt, 1)? != u16::from(RecordType::OPT) {
+        return None;
+    }
+    if opt[6] != 0 {
+        return None;
+    }
+    let rdlen = usize::from(u16_at(opt, 9)?);
+    if opt.len() != 11 + rdlen {
+        return None;
+    }
+    if rdlen > 0 {
+        // Options are rare; have hickory read them, so that whatever it
+        // would reject still goes the full way and gets its FORMERR.
+        let mut decoder = BinDecoder::new(opt);
+        Record::read(&mut decoder).ok()?;
+        if !decoder.is_empty() {
+            return None;
+        }
+    }
+    u16_at(opt, 3)
+}
+
+impl<R: Resolve> Handler<R> {
+    /// Writes the reply to `packet` into `reply` if the fast path can give
+    /// it, and records the query's metrics; `false` if the full path must
+    /// answer (then nothing was recorded).
+    pub(crate) fn answer_now(&self, packet: &[u8], src: SocketAddr, reply: &mut Vec<u8>) -> bool {
+        let started = Instant::now();
+        let Some(parsed) = parse(packet) else {
+            return false;
+        };
+        let query = Query {
+            name: &parsed.name,
+            qtype: parsed.qtype,
+            qclass: DNSClass::IN,
+            client: src.ip(),
+            checking_disabled: parsed.checking_disabled(),
+        };
+        let limit = parsed
+            .edns_payload
+            .map_or(512, |p| p.clamp(512, self.edns_udp_size()));
+        let (outcome, rcode) = match self.chain().peek(&query) {
+            Peek::Slow => return false,
+            Peek::Blocked { policy, list } => {
+                let answer = blocked_answer(&policy, &query, list, None);
+                write_head(reply, &parsed, false, answer.rcode);
+                let counts = [
+                    answer.answers.len(),
+                    answer.authorities.len(),
+                    answer.additionals.len(),
+                ];
+                let mut encoder = BinEncoder::new(reply);
+                encoder.set_offset(HEADER + parsed.question.len());
+                let encoded = answer
+                    .answers
+                    .iter()
+                    .chain(&answer.authorities)
+                    .chain(&answer.additionals)
+                    .try_for_each(|r| r.emit(&mut encoder));
+                if encoded.is_err() {
+                    return false;
+                }
+                set_counts(reply, counts.map(|n| u16::try_from(n).unwrap_or(u16::MAX)));
+                (answer.outcome, answer.rcode)
+            }
+            Peek::Cached(hit) => {
+                let wire = hit.wire();
+                if wire.question_len != parsed.question.len()
+                    || HEADER + wire.question_len + wire.len() + 11 > usize::from(limit)
+                {
+                    return false;
+                }
+                write_head(reply, &parsed, wire.authentic_data, wire.rcode);
+                wire.write(reply, hit.age());
+                set_counts(reply, wire.counts);
+                hit.commit(self.metrics());
+                (Outcome::Cached, wire.rcode)
+            }
+        };
+        if let Some(payload) = parsed.edns_payload {
+            let ours = payload.clamp(512, self.edns_udp_size()).to_be_bytes();
+            // Root, OPT, our payload size, no extended RCODE, version 0,
+            // no flags, no options.
+            reply.extend_from_slice(&[0, 0, 41, ours[0], ours[1], 0, 0, 0, 0, 0, 0]);
+            let additionals = u16::from_be_bytes([reply[10], reply[11]]);
+            reply[10..12].copy_from_slice(&additionals.saturating_add(1).to_be_bytes());
+        }
+        if reply.len() > usize::from(limit) {
+            // Too big for the client's buffer: the full path truncates.
+            // Only a blocked answer can get here (cache hits are checked
+            // before anything is counted), so nothing is counted twice.
+            return false;
+        }
+        self.metrics()
+            .observe_query(parsed.qtype, &outcome, rcode, started.elapsed());
+        let client = self.clients().label(query.client);
+        self.metrics().observe_client(&client, &outcome);
+        true
+    }
+}
+
+/// Starts `reply` with the header of a response to `parsed` (section
+/// counts zero) and the question as the client sent it.
+fn write_head(reply: &mut Vec<u8>, parsed: &Parsed<'_>, authentic_data: bool, rcode: ResponseCode) {
+    reply.clear();
+    // QR, opcode QUERY, RD copied; RA, AD, CD copied, the RCODE's low bits.
+    let flags = [
+        0x80 | u8::from(parsed.recursion_desired()),
+        0x80 | u8::from(authentic_data) << 5
+            | u8::from(parsed.checking_disabled()) << 4
+            | rcode.low(),
+    ];
+    reply.extend_from_slice(&[parsed.head[0], parsed.head[1], flags[0], flags[1]]);
+    reply.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    reply.extend_from_slice(parsed.question);
+}
+
+fn set_counts(reply: &mut [u8], counts: [u16; 3]) {
+    for (i, n) in counts.into_iter().enumerate() {
+        reply[6 + 2 * i..8 + 2 * i].copy_from_slice(&n.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::str::FromStr;
+
+    use hickory_proto::op::{Edns, Message, Query as Question};
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::{A, CNAME, SOA};
+
+    use crate::clients::Clients;
+    use crate::config::{BlockMode, Config, ListSource};
+    use crate::controls::Controls;
+    use crate::lists::{BuildLimits, ListInput, ListKind, ListStore, Snapshot};
+    use crate::metrics::Metrics;
+    use crate::resolver::{Answer, BlockPolicy, chain_with};
+
+    /// Answers by name: a CNAME chain, a negative answer with an SOA, a
+    /// CNAME into a blocked name, and an address for anything else.
+    struct Upstream;
+
+    fn name(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    impl Resolve for Upstream {
+        async fn resolve(&self, query: &Query<'_>) -> Answer {
+            let owner = Name::from(query.name.clone());
+            let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
+            let cname =
+                |from: Name, to: &str| Record::from_rdata(from, 600, RData::CNAME(CNAME(name(to))));
+            match owner.to_ascii().as_str() {
+                "www.cdn.test." => {
+                    answer.answers.push(cname(owner, "edge.cdn.example."));
+                    answer
+                        .answers
+                        .push(cname(name("edge.cdn.example."), "a.edge.cdn.example."));
+                    for last in 1..=3 {
+                        answer.answers.push(Record::from_rdata(
+                            name("a.edge.cdn.example."),
+                            120,
+                            RData::A(A::new(192, 0, 2, last)),
+                        ));
+                    }
+                }
+                "nx.test." => {
+                    answer.rcode = ResponseCode::NXDomain;
+                    answer.authorities.push(Record::from_rdata(
+                        name("test."),
+                        900,
+                        RData::SOA(SOA::new(
+                            name("ns.test."),
+                            name("hostmaster.test."),
+                            7,
+                            3600,
+                            600,
+                            86400,
+                            300,
+                        )),
+                    ));
+                }
+                "cloaked.test." => answer.answers.push(cname(owner, "tracker.test.")),
+                _ => answer.answers.push(Record::from_rdata(
+                    owner,
+                    300,
+                    RData::A(A::new(192, 0, 2, 7)),
+                )),
+            }
+            answer.authentic_data = query.name.to_string().starts_with("www");
+            answer
+        }
+    }
+
+    fn handler(mode: BlockMode) -> Handler<impl Resolve> {
+        let config = Config::from_toml(
+            "[upstream]\nservers = [\"127.0.0.1:9\"]\n",
+            "test.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let list = |name: &str, kind, text: &'static str| ListInput {
+            name: name.into(),
+            kind,
+            source: ListSource::Builtin(name.into()),
+            origin: name.into(),
+            text: Ok(text.into()),
+            loaded_at: None,
+            refresh: None,
+        };
+        let snapshot = Snapshot::build(
+            vec![
+                list("vendor", ListKind::Block, "tracker.test\n"),
+                list("essential", ListKind::Allow, "ok.tracker.test\n"),
+            ],
+            BlockPolicy {
+                mode,
+                ..BlockPolicy::default()
+            },
+            BuildLimits {
+                max_regex_per_list: 10,
+            },
+            None,
+        );
+        let metrics = Arc::new(Metrics::new());
+        let chain = chain_with(
+            &config,
+            Arc::new(ListStore::new(snapshot)),
+            metrics.clone(),
+            Arc::new(Controls::default()),
+            Upstream,
+        );
+        let clients = Arc::new(Clients::new(&[], &config.metrics));
+        Handler::new(chain, metrics, clients, 1232)
+    }
+
+    /// A query for `qname` (letter case kept), with an OPT record of
+    /// `payload` when given, and a cookie option when `cookie`.
+    fn packet(
+        qname: &str,
+        qtype: RecordType,
+        payload: Option<u16>,
+        cookie: bool,
+        id: u16,
+    ) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = id;
+        message.metadata.recursion_desired = id % 2 == 0;
+        message.metadata.checking_disabled = id % 3 == 0;
+        message.add_query(Question::query(name(qname), qtype));
+        if let Some(payload) = payload {
+            let mut edns = Edns::new();
+            edns.set_max_payload(payload);
+            edns.set_dnssec_ok(id % 5 == 0);
+            if cookie {
+                edns.options_mut()
+                    .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                        10,
+                        vec![1, 2, 3, 4, 5, 6, 7, 8],
+                    ));
+            }
+            message.edns = Some(edns);
+        }
+        message.to_vec().unwrap()
+    }
+
+    /// Runs `packet` through the full path (which may fill the cache), then
+    /// the fast path, then the full path again; returns whether the fast
+    /// path answered, after checking that it sent what the full path did.
+    async fn compare(handler: &Handler<impl Resolve>, packet: &[u8]) -> bool {
+        let src: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        answer_bytes(handler, packet, src, Protocol::Udp)
+            .await
+            .expect("a reply");
+        let mut fast = Vec::new();
+        if !handler.answer_now(packet, src, &mut fast) {
+            return false;
+        }
+        let full = answer_bytes(handler, packet, src, Protocol::Udp).await;
+        assert_eq!(Some(fast), full, "{packet:?}");
+        true
+    }
+
+    #[tokio::test]
+    async fn fast_path_matches_the_handler() {
+        let modes = [
+            BlockMode::Null,
+            BlockMode::Nxdomain,
+            BlockMode::Nodata,
+            BlockMode::Refused,
+        ];
+        let mut id = 0;
+        for mode in modes {
+            let handler = handler(mode);
+            for qname in [
+                "tracker.test.",
+                "Www.Tracker.TEST.",
+                "www.cdn.test.",
+                "WWW.cdn.Test.",
+                "nx.test.",
+                "plain.example.",
+            ] {
+                for qtype in [
+                    RecordType::A,
+                    RecordType::AAAA,
+                    RecordType::MX,
+                    RecordType::HTTPS,
+                ] {
+                    for (payload, cookie) in [
+                        (None, false),
+                        (Some(1232), false),
+                        (Some(4096), true),
+                        (Some(512), false),
+                        (Some(100), false),
+                    ] {
+                        id += 1;
+                        let packet = packet(qname, qtype, payload, cookie, id);
+                        assert!(
+                            compare(&handler, &packet).await,
+                            "fast path declined {qname} {qtype} {payload:?} {mode:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fast_path_declines_what_only_the_full_path_answers() {
+        let handler = handler(BlockMode::Null);
+        // An allowed name under a blocked parent is forwarded, then a
+        // plain cache hit.
+        let allowed = packet("ok.tracker.test.", RecordType::A, None, false, 1);
+        assert!(compare(&handler, &allowed).await);
+        let declined = [
+            // A cached CNAME into a blocked name: the full path blocks it.
+            packet("cloaked.test.", RecordType::A, None, false, 2),
+            // ANY (RFC 8482), special-use names.
+            packet("plain.example.", RecordType::ANY, None, false, 3),
+            packet("localhost.", RecordType::A, None, false, 4),
+            packet("1.0.0.127.in-addr.arpa.", RecordType::PTR, None, false, 5),
+        ];
+        for packet in &declined {
+            assert!(!compare(&handler, packet).await, "{packet:?}");
+        }
+        let mut chaos = packet("version.bind.", RecordType::TXT, None, false, 6);
+        let class_at = chaos.len() - 2;
+        chaos[class_at..].copy_from_slice(&3u16.to_be_bytes());
+        let mut notify = packet("plain.example.", RecordType::SOA, None, false, 7);
+        notify[2] |= 4 << 3;
+        let mut edns1 = packet("plain.example.", RecordType::A, Some(1232), false, 8);
+        let version_at = edns1.len() - 5;
+        edns1[version_at] = 1;
+        let mut trailing = packet("tracker.test.", RecordType::A, None, false, 9);
+        trailing.push(0);
+        let mut pointer = packet("tracker.test.", RecordType::A, None, false, 10);
+        pointer.truncate(12);
+        pointer.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+        let src: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        for packet in [chaos, notify, edns1, trailing, pointer, vec![0; 11], vec![]] {
+            let mut fast = Vec::new();
+            assert!(!handler.answer_now(&packet, src, &mut fast), "{packet:?}");
+        }
+    }
+
+    #[test]
+    fn replies_go_only_where_they_can_arrive() {
+        assert!(can_answer("192.0.2.1:53000".parse().unwrap()));
+        assert!(can_answer("[2001:db8::1]:53000".parse().unwrap()));
+        assert!(!can_answer("192.0.2.1:0".parse().unwrap()));
+        assert!(!can_answer("0.0.0.0:53000".parse().unwrap()));
+        assert!(!can_answer("255.255.255.255:53000".parse().unwrap()));
+        assert!(!can_answer("[::]:53000".parse().unwrap()));
+    }
+}
