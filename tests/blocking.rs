@@ -32,7 +32,7 @@ path = "allow.txt"
 
 const BLOCK: &str = "# vendor telemetry\ntracker.test\n";
 const HOSTS: &str = "127.0.0.1 localhost\n0.0.0.0 blocked.test other.blocked.test # hosts format\n";
-const ALLOW: &str = "ok.tracker.test\n";
+const ALLOW: &str = "ok.tracker.test\nallowed.test\n";
 
 async fn start(mode_lines: &str) -> (Stub, Telesink, tempfile::TempDir) {
     let stub = Stub::start().await;
@@ -157,6 +157,25 @@ async fn cname_to_a_blocked_name_is_blocked() {
         metric(&m, "telesink_blocked_total{list=\"vendor\"}"),
         2.0,
         "{m}"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn an_allowed_name_is_answered_whatever_its_cname_leads_to() {
+    // An essential host often sits behind a shared CDN name; when that
+    // name is listed, the allowed host must still resolve.
+    let (stub, ts, _dir) = start("").await;
+    for _ in 0..2 {
+        // Forwarded, then from the cache (the UDP fast path).
+        let r = ask(ts.udp, "alias.allowed.test.", RecordType::A).await;
+        assert_eq!(addresses(&r), ["192.0.2.67"], "{r:?}");
+    }
+    assert_eq!(stub.count("alias.allowed.test.", RecordType::A), 1);
+    // The CNAME target itself stays blocked.
+    assert_eq!(
+        addresses(&ask(ts.udp, "edge.tracker.test.", RecordType::A).await),
+        ["0.0.0.0"]
     );
     ts.stop().await;
 }

@@ -484,6 +484,29 @@ impl Snapshot {
         blocked
     }
 
+    /// Whether an allow rule covers `name`: then the answer to it is never
+    /// blocked, not even for a CNAME target on a block list (the user or
+    /// the essential list said this name must work, and it is often a
+    /// vendor's update or push host behind a shared CDN name).
+    pub fn is_allowed(&self, name: &LowerName) -> bool {
+        if self.allow.is_empty() && self.allow_sub.is_empty() && self.regexes.is_empty() {
+            return false;
+        }
+        let mut buf = NameBuf::new();
+        let Some(full) = buf.fill(name) else {
+            return false;
+        };
+        suffixes(full).enumerate().any(|(depth, suffix)| {
+            let bytes = suffix.as_bytes();
+            let hash = self.hasher.hash_one(bytes);
+            self.allow.get_hashed(bytes, hash) != 0
+                || (depth > 0 && self.allow_sub.get_hashed(bytes, hash) != 0)
+        }) || self
+            .regexes
+            .iter()
+            .any(|re| re.action == Action::Allow && re.set.is_match(full))
+    }
+
     /// The full verdict for `name` (lowercase, with or without a trailing
     /// dot): which rule of which list decides it, and what an allow rule
     /// overrode. For `explain`; allocates freely.

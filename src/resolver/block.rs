@@ -122,14 +122,24 @@ impl<N: Resolve> Block<N> {
         self
     }
 
-    /// The list that blocks a CNAME target of `answer`, and the target.
-    fn cname_block(snapshot: &Snapshot, answer: &Answer) -> Option<(usize, Box<str>)> {
-        answer.answers.iter().find_map(|r| match &r.data {
-            RData::CNAME(target) => snapshot
-                .blocking_list(&LowerName::new(&target.0))
-                .map(|list| (list, target.0.to_lowercase().to_ascii().into_boxed_str())),
-            _ => None,
-        })
+    /// The list that blocks a CNAME target of `answer` to a question for
+    /// `name`, and the target. An allowed `name` is answered whatever its
+    /// CNAME chain leads to.
+    fn cname_block(
+        snapshot: &Snapshot,
+        name: &LowerName,
+        answer: &Answer,
+    ) -> Option<(usize, Box<str>)> {
+        answer
+            .answers
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::CNAME(target) => snapshot
+                    .blocking_list(&LowerName::new(&target.0))
+                    .map(|list| (list, target.0.to_lowercase().to_ascii().into_boxed_str())),
+                _ => None,
+            })
+            .filter(|_| !snapshot.is_allowed(name))
     }
 }
 
@@ -162,7 +172,7 @@ impl<N: Resolve> Resolve for Block<N> {
         let cloaked = {
             let snapshot = self.lists.load();
             if snapshot.policy.enabled && snapshot.policy.cname_check && !self.controls.paused() {
-                Self::cname_block(&snapshot, &answer).map(|(i, target)| {
+                Self::cname_block(&snapshot, query.name, &answer).map(|(i, target)| {
                     (
                         snapshot.policy.clone(),
                         snapshot.lists[i].name.clone(),
@@ -200,7 +210,8 @@ impl<N: Resolve> Resolve for Block<N> {
                         .wire()
                         .cname_targets()
                         .iter()
-                        .any(|t| snapshot.blocking_list(t).is_some()) =>
+                        .any(|t| snapshot.blocking_list(t).is_some())
+                    && !snapshot.is_allowed(query.name) =>
             {
                 Peek::Slow
             }

@@ -110,6 +110,14 @@ fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>,
             ),
             a("collect.tracker.test.", [192, 0, 2, 66]),
         ]),
+        ("alias.allowed.test.", RecordType::A) => ok(vec![
+            rec(
+                "alias.allowed.test.",
+                300,
+                RData::CNAME(CNAME(name("edge.tracker.test."))),
+            ),
+            a("edge.tracker.test.", [192, 0, 2, 67]),
+        ]),
         // Names a blocking test expects telesink to sinkhole: the stub
         // would resolve them, so a missed block shows as a real address.
         (other, RecordType::A) if other.ends_with("tracker.test.") => {
