@@ -194,6 +194,36 @@ async fn blocking_can_be_turned_off() {
     ts.stop().await;
 }
 
+/// (allowed host, blocked sibling) pairs of the shipped default config.
+const CARVE_OUTS: [(&str, &str); 11] = [
+    // Xiaomi: allow entries below default-tier service rules
+    (
+        "data.mistat.intl.xiaomi.com",
+        "abtest.mistat.intl.xiaomi.com",
+    ),
+    ("api.browser.miui.com", "hot.browser.miui.com"),
+    ("api.sec.miui.com", "data.sec.miui.com"),
+    ("account.migc.g.mi.com", "migcreport.g.mi.com"),
+    ("upgrade.pandora.xiaomi.com", "stat.pandora.xiaomi.com"),
+    ("ota.ptqy.gitv.tv", "cupid.ptqy.gitv.tv"),
+    // Xiaomi push send API next to the server-side feedback API (blocked)
+    (
+        "api.xmpush.global.xiaomi.com",
+        "fr.feedback.xmpush.global.xiaomi.com",
+    ),
+    // OPPO, Huawei, vivo, Samsung: allowed next to blocked in the same domain
+    ("conn1.coloros.com", "log-eap.coloros.com"),
+    ("grs.hicloud.com", "metrics1.dt.hicloud.com"),
+    (
+        "asia-cota.vivoglobal.com",
+        "asia-abeacdataonrt-stsdk.vivoglobal.com",
+    ),
+    (
+        "push.samsungosp.com.cn",
+        "devicelog.samsungcloudsolution.net",
+    ),
+];
+
 /// The embedded default config blocks vendor telemetry out of the box and
 /// keeps every essential host resolvable. Its upstreams are replaced by the
 /// stub so no query leaves the machine.
@@ -224,6 +254,29 @@ async fn default_config_blocks_vendor_telemetry_and_keeps_essentials() {
         let r = ask(ts.udp, &qname, RecordType::A).await;
         assert_ne!(addresses(&r), ["0.0.0.0"], "{host} must resolve");
         assert_eq!(stub.count(&qname, RecordType::A), 1, "{host} was forwarded");
+    }
+    // Carve-outs: an allowed host below a default-tier rule resolves (it is
+    // an essential entry, asked above; here its subdomains) while a blocked
+    // sibling under the same rule is sinkholed. Vendors without a carve-out
+    // get an allowed host next to a blocked one in the same vendor domain.
+    for (allowed, blocked) in CARVE_OUTS {
+        assert!(essential.iter().any(|e| e == allowed), "{allowed}");
+        let qname = format!("sub.{allowed}.");
+        let r = ask(ts.udp, &qname, RecordType::A).await;
+        assert_ne!(addresses(&r), ["0.0.0.0"], "{qname} must resolve");
+        assert_eq!(
+            stub.count(&qname, RecordType::A),
+            1,
+            "{qname} was forwarded"
+        );
+        let qname = format!("{blocked}.");
+        let r = ask(ts.udp, &qname, RecordType::A).await;
+        assert_eq!(addresses(&r), ["0.0.0.0"], "{blocked} is sinkholed");
+        assert_eq!(
+            stub.count(&qname, RecordType::A),
+            0,
+            "{blocked} never forwarded"
+        );
     }
     let m = ts.metrics().await;
     for vendor in ["xiaomi", "oppo", "huawei", "vivo", "samsung"] {

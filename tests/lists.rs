@@ -239,6 +239,41 @@ fn default_config_blocks_telemetry_but_no_essential_host() {
         snap.blocking_list_str("data.mistat.intl.xiaomi.com")
             .is_none()
     );
+    // Every carve-out below a default-tier service rule, and a blocked sibling.
+    for (allowed, blocked) in [
+        ("api.browser.miui.com", "hot.browser.miui.com"),
+        ("api.sec.miui.com", "data.sec.miui.com"),
+        ("api.sec.intl.miui.com", "data.sec.intl.miui.com"),
+        ("account.migc.g.mi.com", "migcreport.g.mi.com"),
+        ("upgrade.pandora.xiaomi.com", "stat.pandora.xiaomi.com"),
+        ("3rdupgrade.pandora.xiaomi.com", "tvboss.pandora.xiaomi.com"),
+        ("ota.cdn.pandora.xiaomi.com", "ad.cdn.pandora.xiaomi.com"),
+        (
+            "package.cdn.pandora.xiaomi.com",
+            "image.cdn.pandora.xiaomi.com",
+        ),
+        ("appstore.pandora.xiaomi.com", "shop.pandora.xiaomi.com"),
+        (
+            "appstore.cdn.pandora.xiaomi.com",
+            "gallery.cdn.pandora.xiaomi.com",
+        ),
+        (
+            "upgrade.mishop.pandora.xiaomi.com",
+            "mishop.pandora.xiaomi.com",
+        ),
+        ("netcheck.pandora.xiaomi.com", "log.pandora.xiaomi.com"),
+        ("ota.ptqy.gitv.tv", "cupid.ptqy.gitv.tv"),
+        ("appstore.ptmi.gitv.tv", "pb.bi.gitv.tv"),
+    ] {
+        assert!(
+            snap.blocking_list_str(allowed).is_none(),
+            "{allowed} allowed"
+        );
+        assert!(
+            snap.blocking_list_str(blocked).is_some(),
+            "{blocked} blocked"
+        );
+    }
     for (host, list) in [
         ("sa.api.intl.miui.com", "xiaomi"),
         ("tracking.miui.com", "xiaomi"),
