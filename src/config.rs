@@ -119,12 +119,12 @@ pub struct ServerConfig {
     /// The EDNS UDP payload size telesink advertises and honours (1232 avoids
     /// IP fragmentation, per DNS Flag Day 2020).
     pub edns_udp_size: u16,
-    /// Threads receiving on each UDP listen address. Each answers blocked
-    /// and cached names itself and hands the rest to the runtime's worker
-    /// threads. One thread answers well over 100,000 such queries a second
-    /// on one core of a small server, far more than a home network asks,
-    /// and beats several on a machine with few cores (docs/performance.md);
-    /// raise it only on a many-core machine serving a large network.
+    /// Threads serving each UDP listen address. Each answers blocked and
+    /// cached names itself and runs the other queries on a runtime of its
+    /// own. One thread answers well over 100,000 queries a second on one
+    /// core of a small server, far more than a home network asks, and beats
+    /// several on a machine with few cores (docs/performance.md); raise it
+    /// only on a many-core machine serving a large network.
     pub udp_threads: usize,
     /// When started as root: the user to switch to once the sockets are
     /// bound (port 53 needs root or CAP_NET_BIND_SERVICE only to bind).

@@ -28,10 +28,11 @@
 //! - [`reload`]: the single writer of the list snapshot: file watching,
 //!   SIGHUP, `POST /api/reload`, and scheduled downloads of `url` lists.
 //! - [`explain`]: why a name is or is not blocked, to the file and line.
-//! - [`udp`]: DNS over UDP: receive threads per socket that answer blocked
-//!   names and fresh cache hits inline from pre-encoded bytes (the chain's
-//!   [`resolver::Resolve::peek`]) and hand everything else to the handler
-//!   on the runtime.
+//! - [`udp`]: DNS over UDP: receive threads, each with its own
+//!   single-threaded runtime, that answer blocked names and fresh cache
+//!   hits inline from pre-encoded bytes (the chain's
+//!   [`resolver::Resolve::peek`]) and run everything else through the
+//!   handler.
 //! - [`tcp`]: DNS over TCP with connection caps, first-byte and idle
 //!   timeouts, and pipelined queries answered out of order.
 //! - [`metrics`]: every Prometheus metric, with bounded labels only.

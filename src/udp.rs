@@ -1,20 +1,21 @@
-//! DNS over UDP: receive threads with a fast path for the answers that
-//! need no waiting.
+//! DNS over UDP: receive threads that answer what needs no waiting
+//! inline, and the rest on a runtime of their own.
 //!
 //! Most of a home network's queries are for names that are blocked or
-//! already cached. Each UDP socket is read by plain threads blocked in
-//! `recv_from`: for those queries the thread answers inline. It parses the
-//! header and question itself (the name with hickory-proto), asks the chain
-//! what it can answer at once ([`Resolve::peek`]) and writes the reply into
-//! a buffer it reuses, cached answers as bytes encoded when they were
-//! stored. A query costs two system calls and no wake-up of another thread,
-//! which is where an event loop spends most of its time on a small machine
-//! (docs/performance.md has the profile).
+//! already cached. Each UDP listen address has one socket, read by
+//! `[server] udp_threads` threads (default 1), each running a
+//! single-threaded tokio runtime. For those queries the thread answers
+//! inline: it parses the header and question itself (the name with
+//! hickory-proto), asks the chain what it can answer at once
+//! ([`Resolve::peek`]) and writes the reply into a buffer it reuses, cached
+//! answers as bytes encoded when they were stored.
 //!
 //! Everything else (misses, local names, anything unusual in the packet)
-//! is handed to the [`Handler`] as a task on the tokio runtime, exactly as
-//! hickory's `Server` would, so a query waiting on an upstream never holds
-//! up the socket.
+//! goes to the [`Handler`] as a task on the same thread's runtime, so a
+//! query waiting on an upstream never holds up the socket, and a miss is
+//! received, forwarded and answered without waking another thread. Both
+//! choices were measured against the alternatives (docs/performance.md):
+//! on a small machine, thread wake-ups cost more than the queries.
 //!
 //! The fast path sends byte for byte what the handler would send (the
 //! `fast_path_matches_the_handler` test and the fuzz target compare the
@@ -24,12 +25,11 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
-use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,19 +40,16 @@ use crate::server::{Handler, Protocol, answer_bytes};
 const MAX_DATAGRAM: usize = 65_535;
 /// Length of the DNS header.
 const HEADER: usize = 12;
-/// How often an idle receive thread looks up to see if it should stop.
-const SHUTDOWN_CHECK: Duration = Duration::from_millis(200);
-/// The receive threads of one socket, and the tasks they handed queries to.
+/// The receive threads of one socket.
 #[derive(Debug)]
 pub struct UdpServer {
     threads: Vec<std::thread::JoinHandle<()>>,
-    tasks: TaskTracker,
 }
 
 /// Starts `threads` threads serving DNS on `socket` until `shutdown` is
-/// cancelled. Must be called on the tokio runtime, which runs the queries
-/// for the full path. When several threads block on one socket, the
-/// kernel wakes one of them per datagram.
+/// cancelled, each with a single-threaded runtime of its own. With more
+/// than one, every thread reads the same socket and whichever is free takes
+/// the next datagram.
 pub fn start<R: Resolve>(
     socket: tokio::net::UdpSocket,
     threads: usize,
@@ -60,27 +57,19 @@ pub fn start<R: Resolve>(
     shutdown: CancellationToken,
 ) -> io::Result<UdpServer> {
     let socket = socket.into_std()?;
-    // Blocking reads, woken now and then to notice shutdown.
-    socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(SHUTDOWN_CHECK))?;
-    let socket = Arc::new(socket);
-    let tasks = TaskTracker::new();
-    let runtime = Handle::current();
     let threads = (0..threads.max(1))
         .map(|i| {
             let receiver = Receiver {
-                socket: socket.clone(),
                 handler: handler.clone(),
-                tasks: tasks.clone(),
-                runtime: runtime.clone(),
                 shutdown: shutdown.clone(),
             };
+            let socket = socket.try_clone()?;
             std::thread::Builder::new()
                 .name(format!("telesink-udp-{i}"))
-                .spawn(move || receiver.run())
+                .spawn(move || receiver.run(socket))
         })
         .collect::<io::Result<_>>()?;
-    Ok(UdpServer { threads, tasks })
+    Ok(UdpServer { threads })
 }
 
 impl UdpServer {
@@ -90,38 +79,70 @@ impl UdpServer {
         for thread in self.threads {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        self.tasks.close();
-        self.tasks.wait().await;
     }
 }
 
+/// Packets a receive loop answers in a row before it lets the queries it
+/// handed on (and their upstream replies) run: a flood of cache hits must
+/// not starve the misses.
+const BATCH: u32 = 64;
+
 /// One receive thread.
 struct Receiver<R> {
-    socket: Arc<UdpSocket>,
     handler: Arc<Handler<R>>,
-    tasks: TaskTracker,
-    runtime: Handle,
     shutdown: CancellationToken,
 }
 
 impl<R: Resolve> Receiver<R> {
-    fn run(self) {
+    fn run(self, socket: UdpSocket) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start a UDP receive thread's runtime");
+                return;
+            }
+        };
+        runtime.block_on(self.serve(socket));
+    }
+
+    async fn serve(self, socket: UdpSocket) {
+        let socket = match tokio::net::UdpSocket::from_std(socket) {
+            Ok(socket) => Arc::new(socket),
+            Err(error) => {
+                tracing::error!(%error, "cannot serve UDP");
+                return;
+            }
+        };
+        let tasks = TaskTracker::new();
         let mut packet = vec![0; MAX_DATAGRAM];
         let mut reply = Vec::with_capacity(512);
-        while !self.shutdown.is_cancelled() {
-            let (len, src) = match self.socket.recv_from(&mut packet) {
+        let mut batch = 0;
+        loop {
+            batch += 1;
+            if batch >= BATCH {
+                batch = 0;
+                if self.shutdown.is_cancelled() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let (len, src) = match socket.try_recv_from(&mut packet) {
                 Ok(received) => received,
                 Err(error) => match error.kind() {
-                    // The read timeout: time to look at `shutdown`.
-                    io::ErrorKind::WouldBlock
-                    | io::ErrorKind::TimedOut
-                    | io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => {
+                        batch = 0;
+                        tokio::select! {
+                            _ = socket.readable() => continue,
+                            () = self.shutdown.cancelled() => break,
+                        }
+                    }
                     io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted => {
                         tracing::error!(%error, "UDP socket closed; no longer serving on it");
-                        return;
+                        break;
                     }
-                    // ICMP errors from earlier sends surface here on some
-                    // systems (ECONNREFUSED); they concern one client only.
                     _ => {
                         tracing::debug!(%error, "UDP receive error");
                         continue;
@@ -133,38 +154,28 @@ impl<R: Resolve> Receiver<R> {
                 continue;
             }
             if self.handler.answer_now(packet, src, &mut reply) {
-                // A blocking send: if the socket's buffer is full, this
-                // thread waits instead of reading more it could not answer.
-                if let Err(error) = self.socket.send_to(&reply, src) {
+                let sent = match socket.try_send_to(&reply, src) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        socket.send_to(&reply, src).await
+                    }
+                    sent => sent,
+                };
+                if let Err(error) = sent {
                     tracing::debug!(%error, client = %src, "could not send a response");
                 }
                 continue;
             }
-            let (socket, handler, packet) =
-                (self.socket.clone(), self.handler.clone(), packet.to_vec());
-            self.tasks.spawn_on(
-                async move {
-                    if let Some(reply) = answer_bytes(&*handler, &packet, src, Protocol::Udp).await
-                    {
-                        send_without_waiting(&socket, &reply, src);
+            let (socket, handler, packet) = (socket.clone(), self.handler.clone(), packet.to_vec());
+            tasks.spawn(async move {
+                if let Some(reply) = answer_bytes(&*handler, &packet, src, Protocol::Udp).await {
+                    if let Err(error) = socket.send_to(&reply, src).await {
+                        tracing::debug!(%error, client = %src, "could not send a response");
                     }
-                },
-                &self.runtime,
-            );
+                }
+            });
         }
-    }
-}
-
-/// Sends `reply` from a runtime task, which must not block: when the
-/// socket's buffer is full the reply is dropped, and the client retries.
-fn send_without_waiting(socket: &UdpSocket, reply: &[u8], to: SocketAddr) {
-    #[cfg(unix)]
-    let sent =
-        socket2::SockRef::from(socket).send_to_with_flags(reply, &to.into(), libc::MSG_DONTWAIT);
-    #[cfg(not(unix))]
-    let sent = socket.send_to(reply, to);
-    if let Err(error) = sent {
-        tracing::debug!(%error, client = %to, "could not send a response");
+        tasks.close();
+        tasks.wait().await;
     }
 }
 
