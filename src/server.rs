@@ -375,9 +375,9 @@ pub(crate) fn encode<'a>(
 /// nothing.
 ///
 /// The steps before the handler are those of hickory's `Server` (its
-/// `handle_request` is private): a packet shorter than a header is dropped,
-/// one that does not parse gets FORMERR with no question, and a response
-/// (QR=1) is dropped. Everything after that is `handler` itself, the same
+/// `handle_request` is private), with one difference: a packet shorter than
+/// a header is dropped, a response (QR=1) is dropped before parsing, and a
+/// query that does not parse gets FORMERR with no question. Everything after that is `handler` itself, the same
 /// [`Handler`] the server runs.
 pub async fn answer_bytes<H: RequestHandler>(
     handler: &H,
@@ -386,15 +386,26 @@ pub async fn answer_bytes<H: RequestHandler>(
     protocol: Protocol,
 ) -> Option<Vec<u8>> {
     let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
+    if header.metadata.message_type == MessageType::Response {
+        // A response sent as a query is dropped before parsing, malformed
+        // or not: answering it would let a forged source bounce replies
+        // between two servers (hickory's `Server` answers a malformed one
+        // with FORMERR).
+        return None;
+    }
     let mut capture = CapturedReply::new(protocol);
-    match Request::from_bytes(bytes.to_vec(), src, protocol) {
-        Err(_) => {
+    let parsed = if counts_fit(&header, bytes.len()) {
+        Request::from_bytes(bytes.to_vec(), src, protocol).map_err(drop)
+    } else {
+        Err(())
+    };
+    match parsed {
+        Err(()) => {
             let no_questions = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
             let response = MessageResponseBuilder::new(&no_questions, None)
                 .error_msg(&header.metadata, ResponseCode::FormErr);
             capture.send_response(response).await.ok()?;
         }
-        Ok(request) if request.metadata.message_type == MessageType::Response => return None,
         Ok(request) => {
             handler
                 .handle_request::<_, TokioTime>(&request, capture.clone())
@@ -402,6 +413,20 @@ pub async fn answer_bytes<H: RequestHandler>(
         }
     }
     capture.take()
+}
+
+/// Whether a message of `len` bytes can hold the records its `header`
+/// counts (a question takes at least 5 bytes, a record 11). A message that
+/// cannot fails to parse anyway; checking first keeps hickory from
+/// reserving room for them (65,535 questions claimed in a 12-byte packet
+/// made it reserve about 11 MB).
+pub(crate) fn counts_fit(header: &Header, len: usize) -> bool {
+    let counts = &header.counts;
+    let least = 5 * usize::from(counts.queries)
+        + 11 * (usize::from(counts.answers)
+            + usize::from(counts.authorities)
+            + usize::from(counts.additionals));
+    len.saturating_sub(12) >= least
 }
 
 /// Sockets bound before the core starts, so callers (and tests) choose the
@@ -505,4 +530,29 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     tokio::net::TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(bytes: &[u8]) -> Header {
+        Header::read(&mut BinDecoder::new(bytes)).unwrap()
+    }
+
+    #[test]
+    fn counts_a_packet_cannot_hold_are_caught_before_parsing() {
+        // ID, flags, QDCOUNT 65535, no records: a 12-byte packet.
+        let claim = [0, 1, 1, 0, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0];
+        assert!(!counts_fit(&header(&claim), claim.len()));
+        // One question of the shortest form (the root, type, class) fits.
+        let mut query = claim.to_vec();
+        query[4..6].copy_from_slice(&1u16.to_be_bytes());
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert!(counts_fit(&header(&query), query.len()));
+        // One byte short of it does not; nor does a record more.
+        assert!(!counts_fit(&header(&query), query.len() - 1));
+        query[11] = 1;
+        assert!(!counts_fit(&header(&query), query.len()));
+    }
 }

@@ -245,13 +245,18 @@ async fn answer<H: RequestHandler>(body: Vec<u8>, peer: SocketAddr, handler: &H,
     if header.metadata.message_type == MessageType::Response {
         return;
     }
-    match Request::from_bytes(body, peer, Protocol::Tcp) {
+    let parsed = if crate::server::counts_fit(&header, body.len()) {
+        Request::from_bytes(body, peer, Protocol::Tcp).map_err(drop)
+    } else {
+        Err(())
+    };
+    match parsed {
         Ok(request) => {
             handler
                 .handle_request::<_, TokioTime>(&request, reply)
                 .await;
         }
-        Err(_) => {
+        Err(()) => {
             let mut metadata = header.metadata;
             metadata.message_type = MessageType::Response;
             metadata.response_code = ResponseCode::FormErr;
