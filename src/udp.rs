@@ -33,7 +33,8 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, B
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::resolver::{Outcome, Peek, Query, Resolve, blocked_answer};
+use crate::config::BlockMode;
+use crate::resolver::{BlockPolicy, Outcome, Peek, Query, Resolve, blocked_answer};
 use crate::server::{Handler, Protocol, answer_bytes};
 
 /// The largest datagram read: the most a UDP payload can be.
@@ -336,6 +337,19 @@ impl<R: Resolve> Handler<R> {
             .map_or(512, |p| p.clamp(512, self.edns_udp_size()));
         let (outcome, rcode) = match self.chain().peek(&query) {
             Peek::Slow => return false,
+            Peek::Blocked { policy, list } if null_address(&policy, parsed.qtype).is_some() => {
+                // The common case, written directly: the one address record
+                // `blocked_answer` would make, without building a record
+                // and encoding it.
+                let (data, len) = null_address(&policy, parsed.qtype).unwrap_or_default();
+                write_head(reply, &parsed, false, ResponseCode::NoError);
+                write_address(reply, &parsed, policy.ttl, &data[..len]);
+                set_counts(reply, [1, 0, 0]);
+                (
+                    Outcome::Blocked { list, cname: None },
+                    ResponseCode::NoError,
+                )
+            }
             Peek::Blocked { policy, list } => {
                 let answer = blocked_answer(&policy, &query, list, None);
                 write_head(reply, &parsed, false, answer.rcode);
@@ -408,6 +422,37 @@ fn write_head(reply: &mut Vec<u8>, parsed: &Parsed<'_>, authentic_data: bool, rc
     reply.extend_from_slice(&[parsed.head[0], parsed.head[1], flags[0], flags[1]]);
     reply.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
     reply.extend_from_slice(parsed.question);
+}
+
+/// The record data of a `null`-mode blocked answer to `qtype`, if it has
+/// one (A and AAAA; other types get NODATA), as bytes and their length.
+fn null_address(policy: &BlockPolicy, qtype: RecordType) -> Option<([u8; 16], usize)> {
+    if policy.mode != BlockMode::Null {
+        return None;
+    }
+    let mut data = [0; 16];
+    match qtype {
+        RecordType::A => {
+            data[..4].copy_from_slice(&policy.ipv4.octets());
+            Some((data, 4))
+        }
+        RecordType::AAAA => Some((policy.ipv6.octets(), 16)),
+        _ => None,
+    }
+}
+
+/// Appends one answer record for the queried name and type, as hickory
+/// encodes it in this position: the owner name in full (lowercase, as the
+/// chain sees it; nothing before it to point to), class IN, `ttl`, `data`.
+fn write_address(reply: &mut Vec<u8>, parsed: &Parsed<'_>, ttl: u32, data: &[u8]) {
+    let (name, qtype) = parsed.question.split_at(parsed.question.len() - 4);
+    reply.extend(name.iter().map(u8::to_ascii_lowercase));
+    reply.extend_from_slice(&qtype[..2]);
+    reply.extend_from_slice(&[0, 1]);
+    reply.extend_from_slice(&ttl.to_be_bytes());
+    // At most 16 bytes of data.
+    reply.extend_from_slice(&[0, data.len() as u8]);
+    reply.extend_from_slice(data);
 }
 
 fn set_counts(reply: &mut [u8], counts: [u16; 3]) {
@@ -558,7 +603,16 @@ mod tests {
             }
             message.edns = Some(edns);
         }
-        message.to_vec().unwrap()
+        let mut bytes = message.to_vec().unwrap();
+        // hickory writes names lowercase; put the letter case back, as a
+        // resolver using 0x20 randomisation sends it.
+        let mut at = HEADER;
+        for label in qname.trim_end_matches('.').split('.') {
+            at += 1;
+            bytes[at..at + label.len()].copy_from_slice(label.as_bytes());
+            at += label.len();
+        }
+        bytes
     }
 
     /// Runs `packet` through the full path (which may fill the cache), then
