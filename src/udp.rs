@@ -23,13 +23,14 @@
 //! understand goes the full way.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +42,7 @@ use crate::server::{Handler, Protocol, answer_bytes};
 const MAX_DATAGRAM: usize = 65_535;
 /// Length of the DNS header.
 const HEADER: usize = 12;
+
 /// The receive threads of one socket.
 #[derive(Debug)]
 pub struct UdpServer {
@@ -52,7 +54,7 @@ pub struct UdpServer {
 /// than one, every thread reads the same socket and whichever is free takes
 /// the next datagram.
 pub fn start<R: Resolve>(
-    socket: tokio::net::UdpSocket,
+    socket: UdpSocket,
     threads: usize,
     handler: Arc<Handler<R>>,
     shutdown: CancellationToken,
@@ -64,10 +66,18 @@ pub fn start<R: Resolve>(
                 handler: handler.clone(),
                 shutdown: shutdown.clone(),
             };
-            let socket = socket.try_clone()?;
+            // Built here, not in the thread, so a failure stops start-up
+            // instead of leaving an address silently unserved.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let socket = {
+                let _context = runtime.enter();
+                UdpSocket::from_std(socket.try_clone()?)?
+            };
             std::thread::Builder::new()
                 .name(format!("telesink-udp-{i}"))
-                .spawn(move || receiver.run(socket))
+                .spawn(move || runtime.block_on(receiver.serve(socket)))
         })
         .collect::<io::Result<_>>()?;
     Ok(UdpServer { threads })
@@ -95,28 +105,8 @@ struct Receiver<R> {
 }
 
 impl<R: Resolve> Receiver<R> {
-    fn run(self, socket: UdpSocket) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(%error, "cannot start a UDP receive thread's runtime");
-                return;
-            }
-        };
-        runtime.block_on(self.serve(socket));
-    }
-
     async fn serve(self, socket: UdpSocket) {
-        let socket = match tokio::net::UdpSocket::from_std(socket) {
-            Ok(socket) => Arc::new(socket),
-            Err(error) => {
-                tracing::error!(%error, "cannot serve UDP");
-                return;
-            }
-        };
+        let socket = Arc::new(socket);
         let tasks = TaskTracker::new();
         let mut packet = vec![0; MAX_DATAGRAM];
         let mut reply = Vec::with_capacity(512);
