@@ -348,8 +348,12 @@ impl<R: Resolve> Handler<R> {
                     answer.authorities.len(),
                     answer.additionals.len(),
                 ];
+                let end = HEADER + parsed.question.len();
                 let mut encoder = BinEncoder::new(reply);
-                encoder.set_offset(HEADER + parsed.question.len());
+                encoder.set_offset(end);
+                // As hickory's response encoder does: the question is one
+                // compression candidate (see `WireAnswer::encode`).
+                encoder.store_label_pointer(HEADER, end);
                 let encoded = answer
                     .answers
                     .iter()
@@ -633,9 +637,13 @@ mod tests {
         let mut id = 0;
         for mode in modes {
             let handler = handler(mode);
+            let deep = format!("{}tracker.test.", "x.".repeat(61));
             for qname in [
                 "tracker.test.",
                 "Www.Tracker.TEST.",
+                // Names of many labels fill the encoder's 64 compression
+                // candidates, where the question's own candidate counts.
+                deep.as_str(),
                 "www.cdn.test.",
                 "WWW.cdn.Test.",
                 "nx.test.",

@@ -86,7 +86,8 @@ impl WireAnswer {
         if answer.rcode.high() != 0 {
             return None;
         }
-        let question_len = name_wire_len(name)? + 4;
+        let wire_name = name_wire(name)?;
+        let question_len = wire_name.len() + 4;
         let start = 12 + question_len;
         let records = || {
             answer
@@ -95,11 +96,20 @@ impl WireAnswer {
                 .chain(&answer.authorities)
                 .chain(&answer.additionals)
         };
-        let mut buf = vec![0; start];
+        let mut buf = vec![0; HEADER];
         let mut starts = Vec::new();
         {
             let mut encoder = BinEncoder::new(&mut buf);
-            encoder.set_offset(start);
+            encoder.set_offset(HEADER);
+            // The question, as hickory's response encoder registers it: one
+            // compression candidate, which no name can match (it includes
+            // type and class) but which counts towards the encoder's limit
+            // of 64 candidates; with a name of many labels that decides
+            // what is compressed.
+            encoder.emit_vec(&wire_name).ok()?;
+            encoder.emit_u16(0).ok()?;
+            encoder.emit_u16(0).ok()?;
+            encoder.store_label_pointer(HEADER, start);
             for record in records() {
                 starts.push(encoder.offset());
                 record.emit(&mut encoder).ok()?;
@@ -193,12 +203,15 @@ impl CacheHit {
     }
 }
 
-/// Length of `name` in uncompressed wire form.
-fn name_wire_len(name: &LowerName) -> Option<usize> {
+/// Length of the DNS header.
+const HEADER: usize = 12;
+
+/// `name` in uncompressed wire form.
+fn name_wire(name: &LowerName) -> Option<Vec<u8>> {
     let mut bytes = Vec::with_capacity(64);
     let mut encoder = BinEncoder::new(&mut bytes);
     name.emit(&mut encoder).ok()?;
-    Some(bytes.len())
+    Some(bytes)
 }
 
 /// The offset just past the (possibly compressed) name at `at` in `msg`.
