@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, broadcast};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
 use super::{Answer, Outcome, Peek, Query, Resolve};
 use crate::config::{CacheConfig, UpstreamConfig};
@@ -157,6 +157,28 @@ impl WireAnswer {
         }
     }
 
+    /// The records again, decoded from the bytes (after a stand-in for the
+    /// header and question, so compression pointers land where they were
+    /// written); `None` if they do not decode.
+    fn records(&self) -> Option<[Vec<Record>; 3]> {
+        let start = HEADER + self.question_len;
+        let mut message = vec![0; start];
+        message.extend_from_slice(&self.bytes);
+        let mut decoder = BinDecoder::new(&message);
+        decoder.read_slice(start).ok()?;
+        let mut section = |count: u16| {
+            (0..count)
+                .map(|_| Record::read(&mut decoder).ok())
+                .collect::<Option<Vec<_>>>()
+        };
+        let records = [
+            section(self.counts[0])?,
+            section(self.counts[1])?,
+            section(self.counts[2])?,
+        ];
+        decoder.is_empty().then_some(records)
+    }
+
     /// Length of the sections in bytes.
     pub fn len(&self) -> usize {
         self.bytes.len()
@@ -185,8 +207,7 @@ impl CacheHit {
     /// The encoded answer.
     pub fn wire(&self) -> &WireAnswer {
         self.entry
-            .wire
-            .as_ref()
+            .wire()
             .expect("peek only returns entries that have a wire form")
     }
 
@@ -227,17 +248,27 @@ fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+/// How a cached answer's records are kept.
+#[derive(Debug)]
+enum Stored {
+    /// Encoded only, the usual form: the fast path sends it as it is, and
+    /// the rare hit on the full path (stale, prefetch due, CNAME or
+    /// rebinding checks) decodes the records again. hickory's record
+    /// structures take several times the encoded size.
+    Wire(WireAnswer),
+    /// Records that could not be encoded, or did not decode back to the
+    /// same records: kept as they are, and answered by the full path only.
+    Records([Vec<Record>; 3]),
+}
+
 /// One cached answer.
 #[derive(Debug)]
 struct Entry {
-    /// The answer encoded for the UDP fast path; `None` if it could not be.
-    wire: Option<WireAnswer>,
+    stored: Stored,
     rcode: ResponseCode,
     authentic_data: bool,
-    answers: Vec<Record>,
-    authorities: Vec<Record>,
-    additionals: Vec<Record>,
-    stored: Instant,
+    /// When it was stored.
+    at: Instant,
     /// Seconds the entry stays fresh: the smallest (clamped) TTL in it.
     ttl: u32,
     /// Age in seconds + 1 at the last failed refresh; 0 if none.
@@ -250,30 +281,44 @@ struct Entry {
 
 impl Entry {
     fn age(&self) -> u32 {
-        u32::try_from(self.stored.elapsed().as_secs()).unwrap_or(u32::MAX)
+        u32::try_from(self.at.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// The encoded answer, when that is how it is kept.
+    fn wire(&self) -> Option<&WireAnswer> {
+        match &self.stored {
+            Stored::Wire(wire) => Some(wire),
+            Stored::Records(_) => None,
+        }
     }
 
     /// The entry as an answer, with TTLs counted down by `age`, or all set
     /// to `ttl` when given (stale answers).
     fn answer(&self, outcome: Outcome, age: u32, ttl: Option<u32>) -> Answer {
-        let count_down = |records: &[Record]| -> Vec<Record> {
-            records
-                .iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    r.ttl = ttl.unwrap_or_else(|| r.ttl.saturating_sub(age));
-                    r
-                })
-                .collect()
+        let [mut answers, mut authorities, mut additionals] = match &self.stored {
+            // Checked to decode when it was stored; should that ever fail,
+            // the client gets SERVFAIL rather than a wrong answer.
+            Stored::Wire(wire) => match wire.records() {
+                Some(records) => records,
+                None => return Answer::empty(Outcome::Error, ResponseCode::ServFail),
+            },
+            Stored::Records(records) => records.clone(),
         };
+        for r in answers
+            .iter_mut()
+            .chain(authorities.iter_mut())
+            .chain(additionals.iter_mut())
+        {
+            r.ttl = ttl.unwrap_or_else(|| r.ttl.saturating_sub(age));
+        }
         Answer {
             outcome,
             rcode: self.rcode,
             authentic_data: self.authentic_data,
             authoritative: false,
-            answers: count_down(&self.answers),
-            authorities: count_down(&self.authorities),
-            additionals: count_down(&self.additionals),
+            answers,
+            authorities,
+            additionals,
         }
     }
 
@@ -482,18 +527,29 @@ impl Store {
             return;
         };
         if let Some(ttl) = self.cacheable_ttl(answer) {
-            // Encoded here, on the miss path, so hits only copy bytes.
-            let wire = WireAnswer::encode(&key.0, answer);
+            // Encoded here, on the miss path, so hits only copy bytes; kept
+            // encoded only if it decodes back to exactly these records.
+            let stored = match WireAnswer::encode(&key.0, answer) {
+                Some(wire)
+                    if wire.records().is_some_and(|[a, n, d]| {
+                        a == answer.answers && n == answer.authorities && d == answer.additionals
+                    }) =>
+                {
+                    Stored::Wire(wire)
+                }
+                _ => Stored::Records([
+                    answer.answers.clone(),
+                    answer.authorities.clone(),
+                    answer.additionals.clone(),
+                ]),
+            };
             entries.insert(
                 key,
                 Arc::new(Entry {
-                    wire,
+                    stored,
                     rcode: answer.rcode,
                     authentic_data: answer.authentic_data,
-                    answers: answer.answers.clone(),
-                    authorities: answer.authorities.clone(),
-                    additionals: answer.additionals.clone(),
-                    stored: Instant::now(),
+                    at: Instant::now(),
                     ttl,
                     failed_at: AtomicU32::new(0),
                     hits: AtomicU32::new(0),
@@ -621,7 +677,7 @@ impl<N: Resolve> Resolve for Cache<N> {
             return Peek::Slow;
         };
         let age = entry.age();
-        if entry.wire.is_none() || age >= entry.ttl {
+        if entry.wire().is_none() || age >= entry.ttl {
             return Peek::Slow;
         }
         // A hit that should start a prefetch takes the full path, which
