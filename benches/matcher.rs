@@ -7,14 +7,12 @@
 //! tracks live heap bytes, so the figures are exact for this process.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion};
-use telesink::config::ListSource;
 use telesink::lists::{BuildLimits, ListInput, ListKind, Snapshot};
 use telesink::resolver::BlockPolicy;
 
@@ -75,15 +73,7 @@ fn synthetic(n: usize) -> String {
 }
 
 fn build(text: &str) -> Snapshot {
-    let input = ListInput {
-        name: "bench".into(),
-        kind: ListKind::Block,
-        source: ListSource::Builtin("bench".into()),
-        origin: "bench".into(),
-        text: Ok(Cow::Owned(text.to_string())),
-        loaded_at: None,
-        refresh: None,
-    };
+    let input = ListInput::from_text("bench", ListKind::Block, text.to_string());
     Snapshot::build(
         vec![input],
         BlockPolicy::default(),

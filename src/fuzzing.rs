@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
 use crate::clients::Clients;
-use crate::config::{BlockMode, Config, ListSource};
+use crate::config::{BlockMode, Config};
 use crate::lists::{BuildLimits, ListInput, ListKind, ListStore, Snapshot};
 use crate::metrics::Metrics;
 use crate::resolver::{
@@ -93,23 +93,14 @@ static SHARED: LazyLock<Shared> = LazyLock::new(|| {
     ]
     .into_iter()
     .map(|mode| {
-        let input = |name: &str, kind, text: &'static str| ListInput {
-            name: name.into(),
-            kind,
-            source: ListSource::Builtin(name.into()),
-            origin: name.into(),
-            text: Ok(text.into()),
-            loaded_at: None,
-            refresh: None,
-        };
         let policy = BlockPolicy {
             mode,
             ..BlockPolicy::default()
         };
         let snapshot = Snapshot::build(
             vec![
-                input("vendor", ListKind::Block, BLOCK),
-                input("essential", ListKind::Allow, ALLOW),
+                ListInput::from_text("vendor", ListKind::Block, BLOCK),
+                ListInput::from_text("essential", ListKind::Allow, ALLOW),
             ],
             policy,
             BuildLimits {

@@ -466,7 +466,7 @@ mod tests {
     use hickory_proto::rr::rdata::{A, CNAME, SOA};
 
     use crate::clients::Clients;
-    use crate::config::{BlockMode, Config, ListSource};
+    use crate::config::{BlockMode, Config};
     use crate::controls::Controls;
     use crate::lists::{BuildLimits, ListInput, ListKind, ListStore, Snapshot};
     use crate::metrics::Metrics;
@@ -535,19 +535,10 @@ mod tests {
             Path::new("."),
         )
         .unwrap();
-        let list = |name: &str, kind, text: &'static str| ListInput {
-            name: name.into(),
-            kind,
-            source: ListSource::Builtin(name.into()),
-            origin: name.into(),
-            text: Ok(text.into()),
-            loaded_at: None,
-            refresh: None,
-        };
         let snapshot = Snapshot::build(
             vec![
-                list("vendor", ListKind::Block, "tracker.test\n"),
-                list("essential", ListKind::Allow, "ok.tracker.test\n"),
+                ListInput::from_text("vendor", ListKind::Block, "tracker.test\n"),
+                ListInput::from_text("essential", ListKind::Allow, "ok.tracker.test\n"),
             ],
             BlockPolicy {
                 mode,

@@ -1,25 +1,15 @@
 //! List formats and quirks on fixture texts (with LF, CRLF and BOM
 //! variants), and the integrity of the lists shipped in `blocklists/`.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 
-use telesink::config::ListSource;
 use telesink::lists::{
     BuildLimits, ListInput, ListKind, Pattern, Skip, Snapshot, builtin, builtin_names, parse_text,
 };
 use telesink::resolver::BlockPolicy;
 
 fn input(name: &str, kind: ListKind, text: String) -> ListInput {
-    ListInput {
-        name: name.into(),
-        kind,
-        source: ListSource::Builtin(name.into()),
-        origin: name.into(),
-        text: Ok(Cow::Owned(text)),
-        loaded_at: None,
-        refresh: None,
-    }
+    ListInput::from_text(name, kind, text)
 }
 
 fn build(block: String, allow: String) -> Snapshot {

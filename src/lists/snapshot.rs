@@ -86,6 +86,22 @@ pub struct ListInput {
     pub refresh: Option<Duration>,
 }
 
+impl ListInput {
+    /// A list given as text in memory (a `builtin:` source named `name`),
+    /// for tests, benchmarks and the fuzz harness.
+    pub fn from_text(name: &str, kind: ListKind, text: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            source: ListSource::Builtin(name.into()),
+            origin: name.into(),
+            text: Ok(text.into()),
+            loaded_at: None,
+            refresh: None,
+        }
+    }
+}
+
 /// One list's regular expressions, compiled into one automaton.
 #[derive(Debug, Clone)]
 struct ListRegexes {
@@ -610,15 +626,7 @@ mod tests {
     use std::str::FromStr;
 
     fn input(name: &str, kind: ListKind, text: &'static str) -> ListInput {
-        ListInput {
-            name: name.into(),
-            kind,
-            source: ListSource::Builtin(name.into()),
-            origin: name.into(),
-            text: Ok(Cow::Borrowed(text)),
-            loaded_at: None,
-            refresh: None,
-        }
+        ListInput::from_text(name, kind, text)
     }
 
     fn build(inputs: Vec<ListInput>) -> Snapshot {
