@@ -117,13 +117,13 @@ impl<R: Resolve> RequestHandler for Handler<R> {
                 let mut metadata = Metadata::response_from_request(&request.metadata);
                 metadata.response_code = rcode;
                 metadata.recursion_available = true;
-                let sent = response_handle
-                    .send_response(builder.build_no_records(metadata))
-                    .await;
                 self.metrics
                     .responses
                     .with_label_values(&[crate::metrics::rcode_label(rcode)])
                     .inc();
+                let sent = response_handle
+                    .send_response(builder.build_no_records(metadata))
+                    .await;
                 return sent.unwrap_or_else(|error| {
                     tracing::debug!(%error, "could not send an error response");
                     failed(request, rcode)
@@ -171,13 +171,8 @@ impl<R: Resolve> RequestHandler for Handler<R> {
             [],
             answer.additionals.iter(),
         );
-        let info = match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(%error, client = %request.src(), "could not send a response");
-                failed(request, ResponseCode::ServFail)
-            }
-        };
+        // Counted before the reply leaves, as the UDP fast path does, so a
+        // client that has its answer finds it in the metrics.
         self.metrics.observe_query(
             query.qtype,
             &answer.outcome,
@@ -186,7 +181,13 @@ impl<R: Resolve> RequestHandler for Handler<R> {
         );
         let client = self.clients.label(query.client);
         self.metrics.observe_client(&client, &answer.outcome);
-        info
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, client = %request.src(), "could not send a response");
+                failed(request, ResponseCode::ServFail)
+            }
+        }
     }
 }
 
@@ -372,47 +373,62 @@ pub(crate) fn encode<'a>(
 
 /// Runs one request packet through the whole server path without sockets
 /// and returns the encoded reply, or `None` when the server would send
-/// nothing.
-///
-/// The steps before the handler are those of hickory's `Server` (its
-/// `handle_request` is private), with one difference: a packet shorter than
-/// a header is dropped, a response (QR=1) is dropped before parsing, and a
-/// query that does not parse gets FORMERR with no question. Everything after that is `handler` itself, the same
-/// [`Handler`] the server runs.
+/// nothing: [`respond`] with a [`CapturedReply`].
 pub async fn answer_bytes<H: RequestHandler>(
     handler: &H,
     bytes: &[u8],
     src: SocketAddr,
     protocol: Protocol,
 ) -> Option<Vec<u8>> {
-    let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
-    if header.metadata.message_type == MessageType::Response {
-        // A response sent as a query is dropped before parsing, malformed
-        // or not: answering it would let a forged source bounce replies
-        // between two servers (hickory's `Server` answers a malformed one
-        // with FORMERR).
-        return None;
-    }
-    let mut capture = CapturedReply::new(protocol);
-    let parsed = if counts_fit(&header, bytes.len()) {
-        Request::from_bytes(bytes.to_vec(), src, protocol).map_err(drop)
-    } else {
-        Err(())
+    let capture = CapturedReply::new(protocol);
+    respond(handler, bytes.to_vec(), src, protocol, capture.clone()).await;
+    capture.take()
+}
+
+/// Answers one request message through `response`, the one entry of the
+/// UDP, TCP and socket-less paths.
+///
+/// The steps before the handler are those of hickory's `Server` (its
+/// `handle_request` is private), with two differences: a message shorter
+/// than a header is dropped; a response (QR=1) is dropped before parsing,
+/// malformed or not, so a forged source cannot bounce replies between two
+/// servers (hickory answers a malformed one FORMERR); and a message that
+/// does not parse, or whose section counts it cannot hold
+/// ([`counts_fit`]), gets FORMERR with no question. Everything after that
+/// is `handler` itself, the same [`Handler`] the server runs.
+pub(crate) async fn respond<H: RequestHandler, R: ResponseHandler>(
+    handler: &H,
+    bytes: Vec<u8>,
+    src: SocketAddr,
+    protocol: Protocol,
+    mut response: R,
+) {
+    let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
+        return;
     };
-    match parsed {
-        Err(()) => {
-            let no_questions = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
-            let response = MessageResponseBuilder::new(&no_questions, None)
-                .error_msg(&header.metadata, ResponseCode::FormErr);
-            capture.send_response(response).await.ok()?;
-        }
-        Ok(request) => {
+    if header.metadata.message_type == MessageType::Response {
+        return;
+    }
+    let request = counts_fit(&header, bytes.len())
+        .then(|| Request::from_bytes(bytes, src, protocol).ok())
+        .flatten();
+    match request {
+        Some(request) => {
             handler
-                .handle_request::<_, TokioTime>(&request, capture.clone())
+                .handle_request::<_, TokioTime>(&request, response)
                 .await;
         }
+        None => {
+            let Ok(no_questions) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+                return;
+            };
+            let formerr = MessageResponseBuilder::new(&no_questions, None)
+                .error_msg(&header.metadata, ResponseCode::FormErr);
+            if let Err(error) = response.send_response(formerr).await {
+                tracing::debug!(%error, client = %src, "could not send FORMERR");
+            }
+        }
     }
-    capture.take()
 }
 
 /// Whether a message of `len` bytes can hold the records its `header`

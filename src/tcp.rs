@@ -15,13 +15,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Header, MessageType, ResponseCode};
 use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
 use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::{RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -224,7 +221,7 @@ async fn connection<H: RequestHandler>(
             let handler = handler.clone();
             let reply = Reply { tx: tx.clone() };
             queries.spawn(async move {
-                answer(body, peer, &*handler, reply).await;
+                crate::server::respond(&*handler, body, peer, Protocol::Tcp, reply).await;
                 drop(permit);
             });
         }
@@ -233,40 +230,4 @@ async fn connection<H: RequestHandler>(
         drop(tx);
     };
     tokio::join!(read, write);
-}
-
-/// Answers one message as hickory's server would: drop what has no
-/// header or is itself a response, FORMERR what cannot be parsed.
-async fn answer<H: RequestHandler>(body: Vec<u8>, peer: SocketAddr, handler: &H, reply: Reply) {
-    let mut decoder = BinDecoder::new(&body);
-    let Ok(header) = Header::read(&mut decoder) else {
-        return;
-    };
-    if header.metadata.message_type == MessageType::Response {
-        return;
-    }
-    let parsed = if crate::server::counts_fit(&header, body.len()) {
-        Request::from_bytes(body, peer, Protocol::Tcp).map_err(drop)
-    } else {
-        Err(())
-    };
-    match parsed {
-        Ok(request) => {
-            handler
-                .handle_request::<_, TokioTime>(&request, reply)
-                .await;
-        }
-        Err(()) => {
-            let mut metadata = header.metadata;
-            metadata.message_type = MessageType::Response;
-            metadata.response_code = ResponseCode::FormErr;
-            let response = Header {
-                metadata,
-                counts: Default::default(),
-            };
-            if let Ok(bytes) = response.to_bytes() {
-                let _ = reply.tx.send(bytes).await;
-            }
-        }
-    }
 }

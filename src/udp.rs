@@ -30,13 +30,16 @@ use std::time::Instant;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_server::net::NetError;
+use hickory_server::server::{ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BlockMode;
 use crate::resolver::{BlockPolicy, Outcome, Peek, Query, Resolve, blocked_answer};
-use crate::server::{Handler, Protocol, answer_bytes};
+use crate::server::{Handler, Protocol, encode, respond};
 
 /// The largest datagram read: the most a UDP payload can be.
 const MAX_DATAGRAM: usize = 65_535;
@@ -158,15 +161,38 @@ impl<R: Resolve> Receiver<R> {
             }
             let (socket, handler, packet) = (socket.clone(), self.handler.clone(), packet.to_vec());
             tasks.spawn(async move {
-                if let Some(reply) = answer_bytes(&*handler, &packet, src, Protocol::Udp).await {
-                    if let Err(error) = socket.send_to(&reply, src).await {
-                        tracing::debug!(%error, client = %src, "could not send a response");
-                    }
-                }
+                let reply = UdpReply { socket, to: src };
+                respond(&*handler, packet, src, Protocol::Udp, reply).await;
             });
         }
         tasks.close();
         tasks.wait().await;
+    }
+}
+
+/// Sends the full path's reply straight from the socket it came in on.
+#[derive(Clone)]
+struct UdpReply {
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpReply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response, Protocol::Udp)?;
+        self.socket.send_to(&bytes, self.to).await?;
+        Ok(info)
     }
 }
 
@@ -458,6 +484,7 @@ fn set_counts(reply: &mut [u8], counts: [u16; 3]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::answer_bytes;
     use std::path::Path;
     use std::str::FromStr;
 
