@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::NetError;
 use hickory_server::server::{ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
@@ -374,19 +374,7 @@ impl<R: Resolve> Handler<R> {
                     answer.authorities.len(),
                     answer.additionals.len(),
                 ];
-                let end = HEADER + parsed.question.len();
-                let mut encoder = BinEncoder::new(reply);
-                encoder.set_offset(end);
-                // As hickory's response encoder does: the question is one
-                // compression candidate (see `WireAnswer::encode`).
-                encoder.store_label_pointer(HEADER, end);
-                let encoded = answer
-                    .answers
-                    .iter()
-                    .chain(&answer.authorities)
-                    .chain(&answer.additionals)
-                    .try_for_each(|r| r.emit(&mut encoder));
-                if encoded.is_err() {
+                if answer.emit_after_question(reply).is_none() {
                     return false;
                 }
                 set_counts(reply, counts.map(|n| u16::try_from(n).unwrap_or(u16::MAX)));

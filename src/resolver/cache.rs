@@ -88,36 +88,14 @@ impl WireAnswer {
         }
         let wire_name = name_wire(name)?;
         let question_len = wire_name.len() + 4;
-        let start = 12 + question_len;
-        let records = || {
-            answer
-                .answers
-                .iter()
-                .chain(&answer.authorities)
-                .chain(&answer.additionals)
-        };
+        let start = HEADER + question_len;
         let mut buf = vec![0; HEADER];
-        let mut starts = Vec::new();
-        {
-            let mut encoder = BinEncoder::new(&mut buf);
-            encoder.set_offset(HEADER);
-            // The question, as hickory's response encoder registers it: one
-            // compression candidate, which no name can match (it includes
-            // type and class) but which counts towards the encoder's limit
-            // of 64 candidates; with a name of many labels that decides
-            // what is compressed.
-            encoder.emit_vec(&wire_name).ok()?;
-            encoder.emit_u16(0).ok()?;
-            encoder.emit_u16(0).ok()?;
-            encoder.store_label_pointer(HEADER, start);
-            for record in records() {
-                starts.push(encoder.offset());
-                record.emit(&mut encoder).ok()?;
-            }
-        }
+        buf.extend_from_slice(&wire_name);
+        buf.extend_from_slice(&[0; 4]);
+        let starts = answer.emit_after_question(&mut buf)?;
         let ttls = starts
             .iter()
-            .zip(records())
+            .zip(answer.records())
             .map(|(&at, record)| {
                 let ttl_at = skip_name(&buf, at)? + 4 - start;
                 Some((u16::try_from(ttl_at).ok()?, record.ttl))

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
 mod access;
 mod any;
@@ -137,6 +138,37 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Every record: the answer, authority and additional sections in order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.answers
+            .iter()
+            .chain(&self.authorities)
+            .chain(&self.additionals)
+    }
+
+    /// Appends the three sections to `message`, which holds a header and
+    /// the question, exactly as hickory's response encoder writes them
+    /// there, and returns where each record starts; `None` if one cannot be
+    /// encoded. Used for answers the UDP fast path sends (and caches)
+    /// itself, so they are the bytes the handler would send.
+    pub(crate) fn emit_after_question(&self, message: &mut Vec<u8>) -> Option<Vec<usize>> {
+        const HEADER: usize = 12;
+        let end = message.len();
+        let mut encoder = BinEncoder::new(message);
+        encoder.set_offset(end);
+        // hickory registers the echoed question as one compression
+        // candidate. No name can match it (it includes type and class), but
+        // it counts towards the encoder's limit of 64 candidates, and with
+        // names of many labels that decides what is compressed.
+        encoder.store_label_pointer(HEADER, end);
+        self.records()
+            .map(|record| {
+                let start = encoder.offset();
+                record.emit(&mut encoder).ok().map(|()| start)
+            })
+            .collect()
+    }
+
     /// An answer with no records.
     pub fn empty(outcome: Outcome, rcode: ResponseCode) -> Self {
         Self {
