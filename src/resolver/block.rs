@@ -122,6 +122,17 @@ impl<N: Resolve> Block<N> {
         self
     }
 
+    /// Whether blocking applies now under `snapshot`: on in the config and
+    /// not paused from the admin API.
+    fn active(&self, snapshot: &Snapshot) -> bool {
+        snapshot.policy.enabled && !self.controls.paused()
+    }
+
+    /// Whether answers coming back are checked for listed CNAME targets.
+    fn checks_cnames(&self, snapshot: &Snapshot) -> bool {
+        self.active(snapshot) && snapshot.policy.cname_check
+    }
+
     /// The list that blocks a CNAME target of `answer` to a question for
     /// `name`, and the target. An allowed `name` is answered whatever its
     /// CNAME chain leads to.
@@ -149,13 +160,10 @@ impl<N: Resolve> Resolve for Block<N> {
         // slow upstream to free the old snapshot.
         let hit = {
             let snapshot = self.lists.load();
-            if !snapshot.policy.enabled || self.controls.paused() {
-                None
-            } else {
-                snapshot
-                    .blocking_list(query.name)
-                    .map(|i| (snapshot.policy.clone(), snapshot.lists[i].name.clone()))
-            }
+            self.active(&snapshot)
+                .then(|| snapshot.blocking_list(query.name))
+                .flatten()
+                .map(|i| (snapshot.policy.clone(), snapshot.lists[i].name.clone()))
         };
         if let Some((policy, list)) = hit {
             return blocked_answer(&policy, query, list, None);
@@ -171,7 +179,7 @@ impl<N: Resolve> Resolve for Block<N> {
         }
         let cloaked = {
             let snapshot = self.lists.load();
-            if snapshot.policy.enabled && snapshot.policy.cname_check && !self.controls.paused() {
+            if self.checks_cnames(&snapshot) {
                 Self::cname_block(&snapshot, query.name, &answer).map(|(i, target)| {
                     (
                         snapshot.policy.clone(),
@@ -191,8 +199,10 @@ impl<N: Resolve> Resolve for Block<N> {
 
     fn peek(&self, query: &Query<'_>) -> Peek {
         let snapshot = self.lists.load();
-        let active = snapshot.policy.enabled && !self.controls.paused();
-        if let Some(i) = active.then(|| snapshot.blocking_list(query.name)).flatten() {
+        let blocked = self
+            .active(&snapshot)
+            .then(|| snapshot.blocking_list(query.name));
+        if let Some(i) = blocked.flatten() {
             return Peek::Blocked {
                 policy: snapshot.policy.clone(),
                 list: snapshot.lists[i].name.clone(),
@@ -204,8 +214,7 @@ impl<N: Resolve> Resolve for Block<N> {
             // A cached answer whose CNAME chain leads to a listed name is
             // blocked: the full path builds that answer.
             Peek::Cached(hit)
-                if active
-                    && snapshot.policy.cname_check
+                if self.checks_cnames(&snapshot)
                     && hit
                         .wire()
                         .cname_targets()
