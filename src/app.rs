@@ -116,13 +116,17 @@ pub async fn serve(
     let handler = Arc::new(handler);
     let mut udp_servers = Vec::new();
     for udp in listeners.udp {
-        tracing::info!(addr = %udp.local_addr()?, "listening for DNS over UDP");
-        udp_servers.push(crate::udp::start(
-            udp,
-            config.server.udp_threads,
-            handler.clone(),
-            shutdown.clone(),
-        )?);
+        let addr = udp.local_addr()?;
+        tracing::info!(%addr, "listening for DNS over UDP");
+        let threads = config.server.udp_threads;
+        let server =
+            crate::udp::start(udp, threads, handler.clone(), shutdown.clone()).map_err(|e| {
+                format!(
+                    "cannot start {threads} UDP thread(s) for {addr}: {e} \
+                     (lower [server] udp_threads, or raise the process's thread limit)"
+                )
+            })?;
+        udp_servers.push(server);
     }
     let limits = TcpLimits {
         max_connections: config.server.max_tcp_connections,
