@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::lists::{ListKind, MatchedRule, Pattern, Snapshot, Verdict, parse_text, read_list};
+use crate::lists::{ListKind, MatchedRule, Pattern, Snapshot, Verdict, read_list};
 
 /// Where a rule that decided a name was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,8 @@ fn find_line(config: &Config, name: &str, kind: ListKind, rule: &MatchedRule) ->
     let list = lists.iter().find(|l| l.name == name)?;
     let text = read_list(list, kind, config).text.ok()?;
     let mut found = None;
-    parse_text(&text, |line, r| {
+    // A read error only means the line is not shown.
+    let _ = text.parse(|line, r| {
         if found.is_some() {
             return;
         }

@@ -145,6 +145,22 @@ impl DomainSet {
         })
     }
 
+    /// Removes list `list` from every name, and names left in no list.
+    /// Rebuilds the set: only a list that failed halfway through needs it.
+    pub fn remove_list(&mut self, list: usize) {
+        let bit = 1u32 << list;
+        if self.iter().all(|(_, mask)| mask & bit == 0) {
+            return;
+        }
+        let mut kept = Self::with_hasher(self.hasher.clone());
+        for (name, mask) in self.iter() {
+            for other in (0..MAX_LISTS).filter(|&i| mask & !bit & (1 << i) != 0) {
+                kept.insert(name, other);
+            }
+        }
+        *self = kept;
+    }
+
     /// Releases spare capacity after building.
     pub fn shrink_to_fit(&mut self) {
         self.arena.shrink_to_fit();
@@ -193,5 +209,21 @@ mod tests {
             assert_eq!(s.get(format!("host{i}.example").as_bytes()), 1 << (i % 32));
         }
         assert_eq!(s.get(b"host10000.example"), 0);
+    }
+
+    #[test]
+    fn removing_a_list_keeps_the_others() {
+        let mut s = DomainSet::new();
+        s.insert(b"only.example", 2);
+        s.insert(b"both.example", 2);
+        s.insert(b"both.example", 5);
+        s.insert(b"other.example", 0);
+        s.remove_list(2);
+        assert_eq!(s.get(b"only.example"), 0);
+        assert_eq!(s.get(b"both.example"), 1 << 5);
+        assert_eq!(s.get(b"other.example"), 1);
+        assert_eq!(s.len(), 2, "a name in no list is gone");
+        s.remove_list(7);
+        assert_eq!(s.len(), 2);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::hash::BuildHasher;
+use std::io::{BufRead, BufReader, Read, Seek};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -77,9 +78,9 @@ pub struct ListInput {
     pub source: ListSource,
     /// For messages.
     pub origin: String,
-    /// The text, or why reading it failed (then the previous snapshot's
-    /// entries of the list are kept).
-    pub text: Result<Cow<'static, str>, String>,
+    /// The lines, or why opening them failed (then the previous
+    /// snapshot's entries of the list are kept).
+    pub text: Result<ListText, String>,
     /// When the text was obtained.
     pub loaded_at: Option<SystemTime>,
     /// How often a downloaded list is refreshed; `None` for local lists.
@@ -95,9 +96,64 @@ impl ListInput {
             kind,
             source: ListSource::Builtin(name.into()),
             origin: name.into(),
-            text: Ok(text.into()),
+            text: Ok(ListText::Memory(text.into())),
             loaded_at: None,
             refresh: None,
+        }
+    }
+}
+
+/// A list's lines, as a build reads them.
+#[derive(Debug)]
+pub enum ListText {
+    /// Text already in memory: a builtin list, or a test's.
+    Memory(Cow<'static, str>),
+    /// An open file, read line by line while the snapshot is built. A big
+    /// list is never held whole in memory beside the old and the new
+    /// snapshot, which is what bounds memory during a reload.
+    File(std::fs::File),
+}
+
+/// Read buffer for list files: big enough that a 1M-line list costs a few
+/// hundred reads, small beside the sets being built.
+const READ_BUFFER: usize = 64 * 1024;
+
+impl ListText {
+    /// Calls `rule` for every rule with its 1-based line number, and
+    /// returns the lines skipped; an error if a file cannot be read to its
+    /// end (then some rules may already have been passed to `rule`).
+    pub fn parse(self, rule: impl FnMut(usize, Rule<'_>)) -> std::io::Result<Vec<SkippedLine>> {
+        match self {
+            Self::Memory(text) => Ok(parse_text(&text, rule)),
+            Self::File(file) => parse_lines(&mut BufReader::with_capacity(READ_BUFFER, file), rule),
+        }
+    }
+
+    /// Lines and bytes, to size the sets before inserting: a pass over
+    /// the file (from the page cache, as it was just written) costs far
+    /// less than a set doubling, which briefly holds two copies.
+    fn size(&mut self) -> std::io::Result<(usize, usize)> {
+        match self {
+            Self::Memory(text) => {
+                Ok((text.bytes().filter(|&b| b == b'\n').count() + 1, text.len()))
+            }
+            Self::File(file) => {
+                let mut buf = vec![0; READ_BUFFER];
+                let (mut lines, mut bytes) = (1, 0);
+                loop {
+                    match file.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+                            bytes += n;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                file.rewind()?;
+                Ok((lines, bytes))
+            }
         }
     }
 }
@@ -220,15 +276,49 @@ impl Default for BuildLimits {
 pub fn parse_text<'a>(text: &'a str, mut rule: impl FnMut(usize, Rule<'a>)) -> Vec<SkippedLine> {
     let mut skipped = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        if let Err(skip) = parse_line(line, |r| rule(index + 1, r)) {
-            skipped.push(SkippedLine {
-                line: index + 1,
-                text: line.trim().to_string(),
-                skip,
-            });
-        }
+        parse_numbered(index + 1, line, &mut rule, &mut skipped);
     }
     skipped
+}
+
+/// [`parse_text`] over a reader, one line in memory at a time. Lines are
+/// split as [`str::lines`] does, and invalid UTF-8 is replaced per line
+/// as it would be in the whole text.
+pub fn parse_lines(
+    reader: &mut dyn BufRead,
+    mut rule: impl FnMut(usize, Rule<'_>),
+) -> std::io::Result<Vec<SkippedLine>> {
+    let mut skipped = Vec::new();
+    let mut buf = Vec::new();
+    let mut number = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(skipped);
+        }
+        number += 1;
+        let bytes = match buf.strip_suffix(b"\n") {
+            Some(b) => b.strip_suffix(b"\r").unwrap_or(b),
+            None => &buf,
+        };
+        let line = String::from_utf8_lossy(bytes);
+        parse_numbered(number, &line, &mut rule, &mut skipped);
+    }
+}
+
+fn parse_numbered<'a>(
+    number: usize,
+    line: &'a str,
+    rule: &mut impl FnMut(usize, Rule<'a>),
+    skipped: &mut Vec<SkippedLine>,
+) {
+    if let Err(skip) = parse_line(line, |r| rule(number, r)) {
+        skipped.push(SkippedLine {
+            line: number,
+            text: line.trim().to_string(),
+            skip,
+        });
+    }
 }
 
 impl Snapshot {
@@ -264,15 +354,11 @@ impl Snapshot {
                 error: None,
                 refresh: input.refresh,
             };
-            match input.text {
-                Ok(text) => snap.add_text(index, &mut meta, &text, limits),
-                Err(error) => {
-                    tracing::error!(list = %meta.name, "{}: {error}; keeping the previous version", meta.origin);
-                    if let Some(old) = previous {
-                        snap.carry_over(index, &mut meta, old);
-                    }
-                    meta.error = Some(error);
-                }
+            let read = input
+                .text
+                .and_then(|text| snap.add_text(index, &mut meta, text, limits));
+            if let Err(error) = read {
+                snap.keep_previous(index, &mut meta, error, previous);
             }
             snap.lists.push(meta);
         }
@@ -289,18 +375,70 @@ impl Snapshot {
         snap
     }
 
-    fn add_text(&mut self, index: usize, meta: &mut ListMeta, text: &str, limits: BuildLimits) {
+    /// The list could not be read: log why, drop whatever of it was
+    /// already added, and keep its entries from `previous`.
+    fn keep_previous(
+        &mut self,
+        index: usize,
+        meta: &mut ListMeta,
+        error: String,
+        previous: Option<&Self>,
+    ) {
+        tracing::error!(list = %meta.name, "{}: {error}; keeping the previous version", meta.origin);
+        self.forget(index);
+        meta.loaded_at = None;
+        if let Some(old) = previous {
+            self.carry_over(index, meta, old);
+        }
+        meta.error = Some(error);
+    }
+
+    /// Removes list `index` from every set (its names stay in the arenas
+    /// with an empty mask, which matches nothing).
+    fn forget(&mut self, index: usize) {
+        for set in [
+            &mut self.deny,
+            &mut self.deny_sub,
+            &mut self.allow,
+            &mut self.allow_sub,
+        ] {
+            set.remove_list(index);
+        }
+        self.regexes.retain(|r| r.list != index);
+    }
+
+    fn add_text(
+        &mut self,
+        index: usize,
+        meta: &mut ListMeta,
+        mut text: ListText,
+        limits: BuildLimits,
+    ) -> Result<(), String> {
+        let (lines, bytes) = text.size().map_err(|e| e.to_string())?;
+        self.add_lines(index, meta, |rule| text.parse(rule), (lines, bytes), limits)
+    }
+
+    /// Adds list `index` from `parse`, which feeds it rules (the list's
+    /// text, or in tests a reader that fails). `size` is the lines and
+    /// bytes to reserve for.
+    fn add_lines(
+        &mut self,
+        index: usize,
+        meta: &mut ListMeta,
+        parse: impl FnOnce(&mut dyn FnMut(usize, Rule<'_>)) -> std::io::Result<Vec<SkippedLine>>,
+        (lines, bytes): (usize, usize),
+        limits: BuildLimits,
+    ) -> Result<(), String> {
         let mut block_re = Vec::new();
         let mut allow_re = Vec::new();
         let kind = meta.kind;
         // Most lines of a big list are plain names for the block set:
         // reserve for them once instead of growing by doubling.
-        let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
         match kind {
-            ListKind::Block => self.deny.reserve(lines, text.len()),
-            ListKind::Allow => self.allow.reserve(lines, text.len()),
+            ListKind::Block => self.deny.reserve(lines, bytes),
+            ListKind::Allow => self.allow.reserve(lines, bytes),
         }
-        let skipped = parse_text(text, |_, rule| {
+        let skipped = parse(&mut |_, rule: Rule<'_>| {
             // Everything in an allow list allows, whatever its syntax.
             let action = if kind == ListKind::Allow {
                 Action::Allow
@@ -323,7 +461,8 @@ impl Snapshot {
                     Action::Allow => allow_re.push(r.to_string()),
                 },
             }
-        });
+        })
+        .map_err(|e| format!("read failed: {e}"))?;
         meta.invalid_lines = skipped
             .iter()
             .filter(|s| matches!(s.skip, Skip::Invalid(_)))
@@ -383,6 +522,7 @@ impl Snapshot {
                 }
             }
         }
+        Ok(())
     }
 
     /// Copies list `meta.name`'s entries from `old` into this snapshot as list `index`.
@@ -769,5 +909,84 @@ mod tests {
         assert_eq!(s.lists[0].regexes, 2);
         assert_eq!(blocked(&s, "b.example."), Some(0));
         assert_eq!(blocked(&s, "c.example."), None);
+    }
+
+    proptest::proptest! {
+        /// Reading a list file line by line gives exactly what parsing
+        /// the whole text gives: line numbers, rules, skipped lines, over
+        /// CRLF, a BOM, invalid UTF-8 and a missing final newline.
+        #[test]
+        fn lines_from_a_reader_parse_as_the_whole_text(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(&b"ab.x-\n\r \t#|^@0/\xff\xef\xbb\xbf*"[..]),
+                0..200,
+            )
+        ) {
+            let text = String::from_utf8_lossy(&bytes);
+            let mut whole = Vec::new();
+            let skipped_whole = parse_text(&text, |n, r| whole.push((n, r.action, format!("{:?}", r.pattern))));
+            let mut streamed = Vec::new();
+            let skipped_streamed = parse_lines(&mut &bytes[..], |n, r| {
+                streamed.push((n, r.action, format!("{:?}", r.pattern)));
+            })
+            .unwrap();
+            proptest::prop_assert_eq!(whole, streamed);
+            proptest::prop_assert_eq!(skipped_whole, skipped_streamed);
+        }
+    }
+
+    /// A reader that fails, as a disk can halfway through a file.
+    struct FailingRead;
+
+    impl Read for FailingRead {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("input/output error"))
+        }
+    }
+
+    #[test]
+    fn a_list_that_fails_halfway_keeps_its_previous_entries() {
+        let old = build(vec![
+            input("one", ListKind::Block, "a.example\n"),
+            input("two", ListKind::Block, "b.example\n"),
+        ]);
+        let mut new = build(vec![input("one", ListKind::Block, "a.example\n")]);
+        let mut meta = ListMeta {
+            name: "two".into(),
+            ..new.lists[0].clone()
+        };
+        let mut reader = BufReader::new((&b"c.example\n/^c\\./\nd.exam"[..]).chain(FailingRead));
+        let error = new
+            .add_lines(
+                1,
+                &mut meta,
+                |rule| parse_lines(&mut reader, rule),
+                (3, 30),
+                BuildLimits::default(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            blocked(&new, "c.example."),
+            Some(1),
+            "read before the error"
+        );
+        new.keep_previous(1, &mut meta, error, Some(&old));
+        new.lists.push(meta);
+        new.count_domains();
+        assert_eq!(
+            blocked(&new, "c.example."),
+            None,
+            "the half-read list is dropped"
+        );
+        assert_eq!(
+            blocked(&new, "b.example."),
+            Some(1),
+            "and its last version kept"
+        );
+        assert_eq!(blocked(&new, "a.example."), Some(0));
+        assert_eq!(new.blocked_domains(), 2);
+        assert_eq!(new.lists[1].domains, 1);
+        let error = new.lists[1].error.as_deref().unwrap();
+        assert!(error.contains("input/output error"), "{error}");
     }
 }

@@ -2,10 +2,11 @@
 //! kept on disk.
 
 use std::borrow::Cow;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::snapshot::{ListInput, ListKind};
+use super::snapshot::{ListInput, ListKind, ListText};
 use crate::config::{Config, ListConfig, ListSource};
 
 /// Reads every configured list, block lists first (blocking I/O).
@@ -24,10 +25,10 @@ pub fn read_all(config: &Config) -> Vec<ListInput> {
 pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInput {
     let source = list.resolved_source(&config.base_dir);
     let (origin, text, loaded_at) = match &source {
-        ListSource::File(path) => match std::fs::read(path) {
-            Ok(bytes) => (
+        ListSource::File(path) => match open(path) {
+            Ok(file) => (
                 path.display().to_string(),
-                Ok(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())),
+                Ok(ListText::File(file)),
                 Some(SystemTime::now()),
             ),
             Err(e) => (path.display().to_string(), Err(e.to_string()), None),
@@ -35,7 +36,7 @@ pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInpu
         ListSource::Builtin(name) => match (super::builtin(name), super::builtin_path(name)) {
             (Some(text), Some(path)) => (
                 format!("builtin:{name} ({path})"),
-                Ok(Cow::Borrowed(text)),
+                Ok(ListText::Memory(Cow::Borrowed(text))),
                 Some(SystemTime::now()),
             ),
             _ => (
@@ -51,20 +52,14 @@ pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInpu
                 url,
             );
             let origin = format!("{url} (cached at {})", paths.body.display());
-            match std::fs::read(&paths.body) {
-                Ok(bytes) => {
-                    let fetched = std::fs::metadata(&paths.body)
-                        .and_then(|m| m.modified())
-                        .ok();
-                    (
-                        origin,
-                        Ok(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())),
-                        fetched,
-                    )
+            match open(&paths.body) {
+                Ok(file) => {
+                    let fetched = file.metadata().and_then(|m| m.modified()).ok();
+                    (origin, Ok(ListText::File(file)), fetched)
                 }
                 // Not downloaded yet: empty until the first download lands.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    (origin, Ok(Cow::Borrowed("")), None)
+                    (origin, Ok(ListText::Memory(Cow::Borrowed(""))), None)
                 }
                 Err(e) => (origin, Err(e.to_string()), None),
             }
@@ -81,6 +76,20 @@ pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInpu
         loaded_at,
         refresh,
     }
+}
+
+/// Opens a list file for reading during the build. The open file is read
+/// as it was when opened even if it is replaced meanwhile (editors and
+/// downloads write a new file and rename it over the old one).
+fn open(path: &Path) -> std::io::Result<File> {
+    let file = File::open(path)?;
+    if file.metadata()?.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "is a directory",
+        ));
+    }
+    Ok(file)
 }
 
 /// The files a downloaded list is kept in.
@@ -149,7 +158,7 @@ pub async fn download(
         let status = response.status();
         if status == reqwest::StatusCode::NOT_MODIFIED {
             // Touch the copy so its age shows when it was last confirmed.
-            let _ = std::fs::File::options()
+            let _ = File::options()
                 .append(true)
                 .open(&paths.body)
                 .and_then(|f| f.set_modified(SystemTime::now()));
