@@ -80,10 +80,13 @@ impl Bootstrap {
         request.metadata.recursion_desired = true;
         request.add_query(Query::query(name.clone(), qtype));
         let bytes = request.to_vec().map_err(std::io::Error::other)?;
-        let reply = tokio::time::timeout(self.timeout, super::udp(server, &bytes, &request, 1232))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "bootstrap timed out"))?
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let reply = tokio::time::timeout(
+            self.timeout,
+            super::udp::once(server, &bytes, &request, 1232),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "bootstrap timed out"))?
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         if reply.metadata.response_code != ResponseCode::NoError {
             return Err(std::io::Error::other(format!(
                 "bootstrap answered {}",

@@ -2,8 +2,10 @@
 //! DNS-over-TLS (RFC 7858) and DNS-over-HTTPS (RFC 8484).
 //!
 //! [`Upstream::exchange`] sends one query and returns a reply that answers
-//! it: same ID and question, from the server asked. UDP uses a fresh socket
-//! and random source port per query (RFC 5452). TCP and TLS connections
+//! it: same ID and question, from the server asked. UDP sockets are bound
+//! to random ports and carry one query at a time; each is reused for a few
+//! queries within two seconds (see [`udp`] for why that keeps RFC 5452's
+//! protections). TCP and TLS connections
 //! are kept in a small pool per upstream and carry many queries at once
 //! (pipelining, RFC 7766 §6.2.1); DoH shares one HTTP/2 connection. Idle
 //! connections are closed after `[upstream] idle_timeout`, and a broken one
@@ -18,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::Message;
-use tokio::net::UdpSocket;
 
 use crate::config::{UpstreamAddr, UpstreamConfig, UpstreamHost, UpstreamProtocol};
 
@@ -26,6 +27,7 @@ mod bootstrap;
 mod doh;
 mod stream;
 mod tls;
+mod udp;
 
 pub use bootstrap::Bootstrap;
 
@@ -141,7 +143,7 @@ impl Upstream {
     pub async fn exchange(&self, request: &Message, bytes: &[u8]) -> Result<Message, AttemptError> {
         match &self.transport {
             Transport::Udp(addr, pool) => {
-                let reply = udp(*addr, bytes, request, self.udp_size).await?;
+                let reply = udp::exchange(*addr, bytes, request, self.udp_size).await?;
                 if !reply.metadata.truncation {
                     return Ok(reply);
                 }
@@ -149,34 +151,6 @@ impl Upstream {
             }
             Transport::Tcp(pool) | Transport::Tls(pool) => pool.exchange(request, bytes).await,
             Transport::Https(doh) => doh.exchange(request, bytes).await,
-        }
-    }
-}
-
-/// One query over a fresh UDP socket connected to `addr`.
-pub(crate) async fn udp(
-    addr: SocketAddr,
-    bytes: &[u8],
-    request: &Message,
-    size: usize,
-) -> Result<Message, AttemptError> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(addr).await?;
-    socket.send(bytes).await?;
-    let mut buf = vec![0u8; size];
-    loop {
-        // A connected socket only receives from `addr`; anything that
-        // does not match the request is a stray or spoofed packet.
-        let n = socket.recv(&mut buf).await?;
-        if let Ok(reply) = Message::from_vec(&buf[..n]) {
-            if matches(request, &reply) {
-                return Ok(reply);
-            }
         }
     }
 }
