@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion};
-use telesink::lists::{BuildLimits, ListInput, ListKind, Snapshot};
+use telesink::lists::{BuildLimits, ListInput, ListKind, ListText, Snapshot};
 use telesink::resolver::BlockPolicy;
 
 struct Counting;
@@ -33,6 +33,22 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    // Passed through to the system allocator, as in telesink: glibc
+    // shrinks a block in place, and moves a large one with mremap, so
+    // neither holds two copies (the default would allocate and copy).
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let grown = new_size - layout.size();
+                let now = LIVE.fetch_add(grown, Ordering::Relaxed) + grown;
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
     }
 }
 
@@ -119,6 +135,32 @@ fn report(label: &str, text: &str) {
     );
 }
 
+/// Peak heap while building from the file itself, read line by line as
+/// telesink reads list files (no copy of the text is held).
+fn report_file(path: &str) {
+    let file = std::fs::File::open(path).expect("TELESINK_BENCH_LIST is readable");
+    let mut input = ListInput::from_text("bench", ListKind::Block, "");
+    input.text = Ok(ListText::File(file));
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let started = Instant::now();
+    let snap = Snapshot::build(
+        vec![input],
+        BlockPolicy::default(),
+        BuildLimits::default(),
+        None,
+    );
+    let took = started.elapsed();
+    let held = LIVE.load(Ordering::Relaxed) - base;
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    println!(
+        "{path} read from the file: {} domains | matcher: {:.1} MB held, peak {:.1} MB during build, built in {took:.0?}",
+        snap.blocked_domains(),
+        held as f64 / 1e6,
+        peak as f64 / 1e6,
+    );
+}
+
 fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("lookup");
     for (label, n) in [("100k", 100_000), ("1m", 1_000_000)] {
@@ -169,6 +211,8 @@ fn main() {
     if let Ok(path) = std::env::var("TELESINK_BENCH_LIST") {
         let text = std::fs::read_to_string(&path).expect("TELESINK_BENCH_LIST is readable");
         report(&path, &text);
+        drop(text);
+        report_file(&path);
     }
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);

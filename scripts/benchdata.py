@@ -10,6 +10,9 @@ Writes into DIR (argv[1]):
   q-hit.txt      the 1000 zone names, repeated (cache hits after warm-up)
   q-blocked.txt  listed names, half exact and half random subdomains
   q-real.txt     70% zone names (Zipf-like), 20% blocked, 10% unique misses
+  q-miss-K.txt   K = 0..3: 60,000 unique names the upstream must answer
+                 each, in four files so each run asks names no earlier
+                 run cached
   last.txt       the last list entry, to time start-to-serving
 Same arguments, same bytes.
 """
@@ -58,3 +61,7 @@ with open(f"{out}/q-real.txt", "w") as f:
             f.write(f"{blocked[rng.randrange(n)]} A\n")
         else:
             f.write(f"u{i}.miss.bench A\n")
+for k in range(4):
+    with open(f"{out}/q-miss-{k}.txt", "w") as f:
+        for i in range(k * 60_000, (k + 1) * 60_000):
+            f.write(f"m{i}.miss.bench A\n")

@@ -26,7 +26,8 @@ else
   bin=$root/target/release/telesink
 fi
 mkdir -p "$DATA"
-if [ ! -s "$DATA/block.txt" ] || [ "$(wc -l <"$DATA/block.txt")" != "$SIZE" ]; then
+if [ ! -s "$DATA/block.txt" ] || [ ! -s "$DATA/q-miss-3.txt" ] ||
+  [ "$(wc -l <"$DATA/block.txt")" != "$SIZE" ]; then
   echo "generating data ($SIZE domains) in $DATA"
   python3 scripts/benchdata.py "$DATA" "$SIZE"
 fi
