@@ -20,7 +20,8 @@
 //!   answer carries a typed [`resolver::Outcome`].
 //! - [`upstream`]: transports to upstream resolvers: plain UDP/TCP,
 //!   DNS-over-TLS and DNS-over-HTTPS, pooled and pipelined connections,
-//!   bootstrap resolution of their host names.
+//!   random-port UDP sockets reused a few times per thread, bootstrap
+//!   resolution of their host names.
 //! - [`server`]: socket binding and the hickory `RequestHandler` that turns
 //!   requests into chain queries and answers into responses.
 //! - [`clients`]: named devices (`[[clients]]` by address, network or MAC),
