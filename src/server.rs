@@ -373,7 +373,7 @@ pub(crate) fn encode<'a>(
 
 /// Runs one request packet through the whole server path without sockets
 /// and returns the encoded reply, or `None` when the server would send
-/// nothing: [`respond`] with a [`CapturedReply`].
+/// nothing: `respond` with a [`CapturedReply`].
 pub async fn answer_bytes<H: RequestHandler>(
     handler: &H,
     bytes: &[u8],

@@ -4,9 +4,9 @@
 //! [`Upstream::exchange`] sends one query and returns a reply that answers
 //! it: same ID and question, from the server asked. UDP sockets are bound
 //! to random ports and carry one query at a time; each is reused for a few
-//! queries within two seconds (see [`udp`] for why that keeps RFC 5452's
-//! protections). TCP and TLS connections
-//! are kept in a small pool per upstream and carry many queries at once
+//! queries within two seconds (`src/upstream/udp.rs` says why that keeps
+//! RFC 5452's protections). TCP and TLS connections are kept in a small
+//! pool per upstream and carry many queries at once
 //! (pipelining, RFC 7766 §6.2.1); DoH shares one HTTP/2 connection. Idle
 //! connections are closed after `[upstream] idle_timeout`, and a broken one
 //! is replaced at the next query. Host names of encrypted upstreams are
