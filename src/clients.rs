@@ -7,7 +7,7 @@
 //! (randomised) MACs per network. The table is an immutable snapshot behind
 //! an `ArcSwap`, rebuilt by one refresh task.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,8 +37,9 @@ pub struct Clients {
     table: ArcSwap<Table>,
     label: ClientLabel,
     max_clients: usize,
-    /// `client_label = "ip"` only: addresses given their own label so far.
-    seen_ips: Mutex<HashSet<IpAddr>>,
+    /// `client_label = "ip"` only: addresses given their own label so far,
+    /// with it.
+    seen_ips: Mutex<HashMap<IpAddr, Arc<str>>>,
     unknown: Arc<str>,
     other: Arc<str>,
 }
@@ -80,7 +81,7 @@ impl Clients {
             table: ArcSwap::from_pointee(Table::default()),
             label: metrics.client_label,
             max_clients: metrics.max_clients,
-            seen_ips: Mutex::new(HashSet::new()),
+            seen_ips: Mutex::new(HashMap::new()),
             unknown: Arc::from(UNKNOWN),
             other: Arc::from(OTHER),
         };
@@ -140,9 +141,13 @@ impl Clients {
             ClientLabel::Name => self.unknown.clone(),
             ClientLabel::Ip => {
                 let mut seen = self.seen_ips.lock().unwrap_or_else(|e| e.into_inner());
-                if seen.contains(&ip) || seen.len() < self.max_clients {
-                    seen.insert(ip);
-                    Arc::from(ip.to_string())
+                if let Some(label) = seen.get(&ip) {
+                    label.clone()
+                } else if seen.len() < self.max_clients {
+                    // Formatted once per address, not once per query.
+                    let label: Arc<str> = Arc::from(ip.to_string());
+                    seen.insert(ip, label.clone());
+                    label
                 } else {
                     self.other.clone()
                 }
@@ -288,6 +293,9 @@ mod tests {
         assert_eq!(label("10.0.0.2"), "10.0.0.2");
         assert_eq!(label("10.0.0.3"), "other");
         assert_eq!(label("10.0.0.1"), "10.0.0.1");
+        // Formatted once: later queries share the first label.
+        let ip = "10.0.0.2".parse().unwrap();
+        assert!(Arc::ptr_eq(&clients.label(ip), &clients.label(ip)));
     }
 
     #[test]
