@@ -16,19 +16,47 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::config::{ClientConfig, ClientLabel, MetricsConfig};
+use crate::metrics::ClientHandles;
 
 /// Label for clients that match no `[[clients]]` entry.
 pub const UNKNOWN: &str = "unknown";
 /// Label for clients beyond `max_clients` in `client_label = "ip"` mode.
 pub const OTHER: &str = "other";
 
+/// A device as the metrics know it: its bounded `client` label, and the
+/// metric handles for that label, resolved on a query's first use so the
+/// queries after it cost atomic increments instead of a label hash and a
+/// lock per metric.
+#[derive(Debug)]
+pub struct Device {
+    /// The `client` label: a configured name, `unknown`, `other`, or (with
+    /// `client_label = "ip"`) the address.
+    pub name: Arc<str>,
+    pub(crate) handles: ClientHandles,
+}
+
+impl Device {
+    fn new(name: impl Into<Arc<str>>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            handles: ClientHandles::default(),
+        })
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// Which device names the addresses belong to, at one moment.
 #[derive(Debug, Default)]
 struct Table {
     /// Exact addresses: configured single IPs and MAC-resolved neighbours.
-    exact: HashMap<IpAddr, Arc<str>>,
+    exact: HashMap<IpAddr, Arc<Device>>,
     /// Configured networks, most specific first.
-    networks: Vec<(IpNet, Arc<str>)>,
+    networks: Vec<(IpNet, Arc<Device>)>,
 }
 
 /// Resolves client addresses to bounded metric labels.
@@ -39,9 +67,9 @@ pub struct Clients {
     max_clients: usize,
     /// `client_label = "ip"` only: addresses given their own label so far,
     /// with it.
-    seen_ips: Mutex<HashMap<IpAddr, Arc<str>>>,
-    unknown: Arc<str>,
-    other: Arc<str>,
+    seen_ips: Mutex<HashMap<IpAddr, Arc<Device>>>,
+    unknown: Arc<Device>,
+    other: Arc<Device>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -82,8 +110,8 @@ impl Clients {
             label: metrics.client_label,
             max_clients: metrics.max_clients,
             seen_ips: Mutex::new(HashMap::new()),
-            unknown: Arc::from(UNKNOWN),
-            other: Arc::from(OTHER),
+            unknown: Device::new(UNKNOWN),
+            other: Device::new(OTHER),
         };
         me.refresh_from(&read_neighbours());
         me
@@ -99,7 +127,7 @@ impl Clients {
     pub fn refresh_from(&self, neighbours: &HashMap<String, Vec<IpAddr>>) {
         let mut table = Table::default();
         for client in &self.configured {
-            let name: Arc<str> = Arc::from(client.name.as_str());
+            let name = Device::new(client.name.as_str());
             for net in &client.ips {
                 if net.prefix_len() == net.max_prefix_len() {
                     table.exact.insert(normalize_ip(net.addr()), name.clone());
@@ -128,7 +156,7 @@ impl Clients {
     /// The label for a query from `ip`: a configured name, or `unknown`
     /// (or, with `client_label = "ip"`, the address itself for the first
     /// `max_clients` addresses and `other` after that).
-    pub fn label(&self, ip: IpAddr) -> Arc<str> {
+    pub fn label(&self, ip: IpAddr) -> Arc<Device> {
         let ip = normalize_ip(ip);
         let table = self.table.load();
         if let Some(name) = table.exact.get(&ip) {
@@ -145,7 +173,7 @@ impl Clients {
                     label.clone()
                 } else if seen.len() < self.max_clients {
                     // Formatted once per address, not once per query.
-                    let label: Arc<str> = Arc::from(ip.to_string());
+                    let label = Device::new(ip.to_string());
                     seen.insert(ip, label.clone());
                     label
                 } else {

@@ -6,12 +6,13 @@
 //! bounded however many names a household looks up.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use std::sync::{Arc, OnceLock};
 
+use crate::clients::Device;
 use crate::resolver::{OUTCOME_LABELS, Outcome};
 
 /// Histogram buckets for DNS latencies: 100 µs (a cache hit) to 2 s (an
@@ -283,18 +284,27 @@ impl Metrics {
         }
     }
 
-    /// Counts one query for the device labelled `client`.
-    pub fn observe_client(&self, client: &str, outcome: &Outcome) {
-        self.client_queries
-            .with_label_values(&[client, outcome.label()])
+    /// Counts one query for `device`. Its handles are resolved against
+    /// this `Metrics` on first use: a device counts into one `Metrics`.
+    pub fn observe_client(&self, device: &Device, outcome: &Outcome) {
+        let (name, o) = (&*device.name, outcome.index());
+        device.handles.queries[o]
+            .get_or_init(|| {
+                self.client_queries
+                    .with_label_values(&[name, OUTCOME_LABELS[o]])
+            })
             .inc();
         if let Outcome::Blocked { list, .. } = outcome {
+            // Per list: the lists change with reloads, so this one is
+            // looked up (a fifth of the queries on a typical network).
             self.client_blocked
-                .with_label_values(&[client, &**list])
+                .with_label_values(&[name, &**list])
                 .inc();
         }
-        self.client_last_query
-            .with_label_values(&[client])
+        device
+            .handles
+            .last_query
+            .get_or_init(|| self.client_last_query.with_label_values(&[name]))
             .set(unix_now());
     }
 
@@ -398,6 +408,14 @@ pub fn rcode_index(rcode: hickory_proto::op::ResponseCode) -> usize {
 /// A bounded label for a response code.
 pub fn rcode_label(rcode: hickory_proto::op::ResponseCode) -> &'static str {
     RCODE_LABELS[rcode_index(rcode)]
+}
+
+/// One device's handles for the metrics every query of it touches,
+/// resolved on first use (see [`Metrics::observe_client`]).
+#[derive(Debug, Default)]
+pub struct ClientHandles {
+    queries: [OnceLock<IntCounter>; OUTCOME_LABELS.len()],
+    last_query: OnceLock<Gauge>,
 }
 
 /// Metric handles for the labels every query touches, resolved on first
