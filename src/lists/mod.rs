@@ -20,8 +20,8 @@ mod source;
 pub use parse::{Action, Pattern, Rule, Skip, normalize, parse_line};
 pub use set::{DomainSet, MAX_LISTS};
 pub use snapshot::{
-    BuildLimits, ListInput, ListKind, ListMeta, ListText, MatchedRule, SkippedLine, Snapshot,
-    Verdict, parse_lines, parse_text,
+    BuildLimits, ListInput, ListKind, ListMeta, ListText, MAX_LINE, MatchedRule, SkippedLine,
+    Snapshot, Verdict, parse_lines, parse_text,
 };
 pub use source::{CachePaths, DownloadOutcome, download, read_all, read_list};
 

@@ -281,9 +281,15 @@ pub fn parse_text<'a>(text: &'a str, mut rule: impl FnMut(usize, Rule<'a>)) -> V
     skipped
 }
 
+/// The longest line [`parse_lines`] holds. No list has longer lines (a
+/// DNS name has at most 253 characters); a binary file might, and its
+/// "line" is skipped instead of being read whole into memory.
+pub const MAX_LINE: usize = 64 * 1024;
+
 /// [`parse_text`] over a reader, one line in memory at a time. Lines are
 /// split as [`str::lines`] does, and invalid UTF-8 is replaced per line
-/// as it would be in the whole text.
+/// as it would be in the whole text. A line longer than [`MAX_LINE`]
+/// bytes is skipped as invalid.
 pub fn parse_lines(
     reader: &mut dyn BufRead,
     mut rule: impl FnMut(usize, Rule<'_>),
@@ -293,16 +299,45 @@ pub fn parse_lines(
     let mut number = 0;
     loop {
         buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
+        if (&mut *reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)?
+            == 0
+        {
             return Ok(skipped);
         }
         number += 1;
+        if buf.len() == MAX_LINE && buf.last() != Some(&b'\n') {
+            skip_rest_of_line(reader)?;
+            skipped.push(SkippedLine {
+                line: number,
+                text: String::from_utf8_lossy(&buf[..80]).trim().to_string(),
+                skip: Skip::Invalid("a line longer than 64 KiB"),
+            });
+            continue;
+        }
         let bytes = match buf.strip_suffix(b"\n") {
             Some(b) => b.strip_suffix(b"\r").unwrap_or(b),
             None => &buf,
         };
         let line = String::from_utf8_lossy(bytes);
         parse_numbered(number, &line, &mut rule, &mut skipped);
+    }
+}
+
+/// Consumes `reader` up to and including the next newline.
+fn skip_rest_of_line(reader: &mut dyn BufRead) -> std::io::Result<()> {
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(());
+        }
+        if let Some(at) = available.iter().position(|&b| b == b'\n') {
+            reader.consume(at + 1);
+            return Ok(());
+        }
+        let all = available.len();
+        reader.consume(all);
     }
 }
 
@@ -393,8 +428,7 @@ impl Snapshot {
         meta.error = Some(error);
     }
 
-    /// Removes list `index` from every set (its names stay in the arenas
-    /// with an empty mask, which matches nothing).
+    /// Removes list `index` from every set and regular expression.
     fn forget(&mut self, index: usize) {
         for set in [
             &mut self.deny,
@@ -414,7 +448,7 @@ impl Snapshot {
         mut text: ListText,
         limits: BuildLimits,
     ) -> Result<(), String> {
-        let (lines, bytes) = text.size().map_err(|e| e.to_string())?;
+        let (lines, bytes) = text.size().map_err(|e| format!("read failed: {e}"))?;
         self.add_lines(index, meta, |rule| text.parse(rule), (lines, bytes), limits)
     }
 
@@ -933,6 +967,28 @@ mod tests {
             proptest::prop_assert_eq!(whole, streamed);
             proptest::prop_assert_eq!(skipped_whole, skipped_streamed);
         }
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_and_the_next_one_read() {
+        let mut text = b"a.example\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE));
+        text.extend_from_slice(b"\nb.example\n");
+        let mut rules = Vec::new();
+        let skipped = parse_lines(&mut BufReader::new(&text[..]), |n, r| {
+            rules.push((n, format!("{:?}", r.pattern)));
+        })
+        .unwrap();
+        assert_eq!(
+            rules,
+            [
+                (1, "Domain(\"a.example\")".into()),
+                (3, "Domain(\"b.example\")".into())
+            ]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].line, 2);
+        assert_eq!(skipped[0].skip, Skip::Invalid("a line longer than 64 KiB"));
     }
 
     /// A reader that fails, as a disk can halfway through a file.
