@@ -139,9 +139,13 @@ fn take(addr: SocketAddr) -> Option<Idle> {
 
 /// Empties the receive queue; false if it would not empty (or failed).
 fn drain(socket: &UdpSocket) -> bool {
-    let mut scratch = [0u8; 1];
+    // Asks the kernel itself: tokio's `try_recv` answers "nothing queued"
+    // without a system call when its cached readiness says so, and here
+    // only the kernel's answer will do.
+    let socket = socket2::SockRef::from(socket);
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     for _ in 0..MAX_DRAIN {
-        match socket.try_recv(&mut scratch) {
+        match socket.recv(&mut scratch) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
             Err(_) => return false,
@@ -263,6 +267,25 @@ mod tests {
         ask(addr, 1).await;
         let port = ports.recv().await.unwrap();
         forge(&server, port, 2, 3).await;
+        let reply = ask(addr, 2).await;
+        assert_eq!(ports.recv().await.unwrap(), port, "the socket was reused");
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn replies_the_event_loop_has_not_seen_are_drained_too() {
+        let (server, addr, mut ports) = upstream().await;
+        ask(addr, 1).await;
+        let port = ports.recv().await.unwrap();
+        // Make tokio believe the idle socket has nothing queued (a receive
+        // that would block clears its cached readiness), then queue a
+        // forged reply without letting the event loop run.
+        IDLE.with_borrow(|idle| {
+            let mut buf = [0u8; 512];
+            let error = idle[0].socket.try_recv(&mut buf).unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
+        });
+        forge(&server, port, 2, 1).await;
         let reply = ask(addr, 2).await;
         assert_eq!(ports.recv().await.unwrap(), port, "the socket was reused");
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
