@@ -286,6 +286,11 @@ impl ListServer {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                             return;
                         }
+                        // No Content-Length: the size shows only as it arrives.
+                        "endless" => {
+                            let big = "y.blocked.test\n".repeat(10_000);
+                            format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{big}")
+                        }
                         "huge" => {
                             let big = "x.blocked.test\n".repeat(10_000);
                             format!(
@@ -354,8 +359,9 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
     http_post(ts.http, "/api/reload").await;
     assert!(is_blocked(&ts, "new.blocked.test.").await);
 
-    // 500, a timeout and an oversized body all keep the previous copy.
-    for mode in ["error", "slow", "huge"] {
+    // 500, a timeout and an oversized body (announced, or only counted as
+    // it arrives) all keep the previous copy.
+    for mode in ["error", "slow", "huge", "endless"] {
         server.set(mode);
         let (status, _) = http_post(ts.http, "/api/reload").await;
         assert_eq!(status, 200, "{mode}: the reload itself succeeds");
@@ -364,9 +370,15 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
             "{mode}: previous copy kept"
         );
         assert!(
-            !is_blocked(&ts, "x.blocked.test.").await,
+            !is_blocked(&ts, "x.blocked.test.").await && !is_blocked(&ts, "y.blocked.test.").await,
             "{mode}: nothing of the bad download used"
         );
+        let parts: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .collect();
+        assert!(parts.is_empty(), "{mode}: part files left: {parts:?}");
     }
     let m = ts.metrics().await;
     assert_eq!(
@@ -374,7 +386,7 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
             &m,
             "telesink_blocklist_reloads_total{list=\"remote\",result=\"failure\"}"
         ),
-        3.0,
+        4.0,
         "{m}"
     );
     assert_eq!(

@@ -6,6 +6,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use tokio::io::AsyncWriteExt;
+
 use super::snapshot::{ListInput, ListKind, ListText};
 use crate::config::{Config, ListConfig, ListSource};
 
@@ -179,20 +181,27 @@ pub async fn download(
         };
         let etag = header(reqwest::header::ETAG);
         let modified = header(reqwest::header::LAST_MODIFIED);
-        let mut body = Vec::new();
+        let cannot_store = |e: std::io::Error| {
+            format!("cannot store the download in {}: {e}", paths.body.display())
+        };
+        // Written to disk as it arrives, so a big list is never held whole
+        // in memory; the part file is removed if anything below fails.
+        let mut part = Part::create(paths).await.map_err(cannot_store)?;
+        let mut written = 0u64;
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| format!("download failed: {e}"))?
         {
-            body.extend_from_slice(&chunk);
-            if body.len() as u64 > max_bytes {
+            written += chunk.len() as u64;
+            if written > max_bytes {
                 return Err(format!("larger than download_max_bytes ({max_bytes})"));
             }
+            part.file.write_all(&chunk).await.map_err(cannot_store)?;
         }
-        store(paths, &body, etag.as_deref(), modified.as_deref())
+        part.commit(paths, etag.as_deref(), modified.as_deref())
             .await
-            .map_err(|e| format!("cannot store the download in {}: {e}", paths.body.display()))?;
+            .map_err(cannot_store)?;
         Ok(DownloadOutcome::Updated)
     };
     tokio::time::timeout(timeout, run)
@@ -200,28 +209,58 @@ pub async fn download(
         .map_err(|_| format!("timed out after {}", humantime::format_duration(timeout)))?
 }
 
-async fn store(
-    paths: &CachePaths,
-    body: &[u8],
-    etag: Option<&str>,
-    modified: Option<&str>,
-) -> std::io::Result<()> {
-    if let Some(dir) = paths.body.parent() {
-        tokio::fs::create_dir_all(dir).await?;
+/// A download being written beside the copy it will replace. Dropped
+/// before [`Part::commit`] (an error, a timeout), it removes its file.
+struct Part {
+    path: PathBuf,
+    file: tokio::fs::File,
+    committed: bool,
+}
+
+impl Part {
+    async fn create(paths: &CachePaths) -> std::io::Result<Self> {
+        if let Some(dir) = paths.body.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        // A unique name: a scheduled download and one asked for by a
+        // reload may run at the same time.
+        let path = paths
+            .body
+            .with_extension(format!("list.{:08x}.part", rand::random::<u32>()));
+        let file = tokio::fs::File::create(&path).await?;
+        Ok(Self {
+            path,
+            file,
+            committed: false,
+        })
     }
-    // A unique name: a scheduled download and one asked for by a reload
-    // may run at the same time.
-    let tmp = paths
-        .body
-        .with_extension(format!("list.{:08x}.part", rand::random::<u32>()));
-    tokio::fs::write(&tmp, body).await?;
-    tokio::fs::rename(&tmp, &paths.body).await?;
-    let mut meta = String::new();
-    if let Some(e) = etag {
-        meta.push_str(&format!("etag: {e}\n"));
+
+    /// Puts the complete download in place of the copy, and its validators
+    /// beside it.
+    async fn commit(
+        mut self,
+        paths: &CachePaths,
+        etag: Option<&str>,
+        modified: Option<&str>,
+    ) -> std::io::Result<()> {
+        self.file.flush().await?;
+        tokio::fs::rename(&self.path, &paths.body).await?;
+        self.committed = true;
+        let mut meta = String::new();
+        if let Some(e) = etag {
+            meta.push_str(&format!("etag: {e}\n"));
+        }
+        if let Some(m) = modified {
+            meta.push_str(&format!("last-modified: {m}\n"));
+        }
+        tokio::fs::write(&paths.meta, meta).await
     }
-    if let Some(m) = modified {
-        meta.push_str(&format!("last-modified: {m}\n"));
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
-    tokio::fs::write(&paths.meta, meta).await
 }
