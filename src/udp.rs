@@ -184,13 +184,14 @@ const KEEP_ARMED: Duration = Duration::from_millis(250);
 /// the overall budget), so every cache miss cost two extra system calls
 /// and a turn of the loop before the upstream's reply could be read. With
 /// a timer always due within [`KEEP_ARMED`], the misses' later timers are
-/// armed without waking anything; the cost is four wake-ups a second.
+/// armed without waking anything; the cost is four wake-ups a second,
+/// which also close this thread's upstream sockets too old to reuse.
 async fn keep_a_timer_armed(shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(KEEP_ARMED);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => crate::upstream::close_expired_udp_sockets(),
             () = shutdown.cancelled() => return,
         }
     }

@@ -30,6 +30,7 @@ mod tls;
 mod udp;
 
 pub use bootstrap::Bootstrap;
+pub(crate) use udp::close_expired as close_expired_udp_sockets;
 
 /// Why one upstream attempt produced no usable answer.
 #[derive(Debug, thiserror::Error)]

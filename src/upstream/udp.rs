@@ -15,7 +15,10 @@
 //! - a socket whose query timed out or failed is closed, never reused, so
 //!   a late reply cannot meet a later query;
 //! - it is connected, so the kernel only delivers datagrams from the
-//!   upstream's address and port.
+//!   upstream's address and port;
+//! - it is closed [`MAX_AGE`] after it was opened, used or not (on the UDP
+//!   receive threads within a quarter of a second of that, by the timer
+//!   they keep armed; on other threads at their next query).
 //!
 //! The pool is per thread: each UDP receive thread runs its own runtime,
 //! and a socket must stay on the runtime it was registered with.
@@ -122,11 +125,22 @@ async fn query(
     }
 }
 
+/// Closes this thread's idle sockets that are too old to be reused, so
+/// none stays open long after the traffic that opened it. Each UDP
+/// receive thread calls it a few times a second; elsewhere they are closed
+/// at the next query.
+pub(crate) fn close_expired() {
+    close_expired_at(Instant::now());
+}
+
+fn close_expired_at(now: Instant) {
+    IDLE.with_borrow_mut(|idle| idle.retain(|s| now.duration_since(s.opened) < MAX_AGE));
+}
+
 /// An idle socket for `addr` that may still be used, drained.
 fn take(addr: SocketAddr) -> Option<Idle> {
+    close_expired();
     IDLE.with_borrow_mut(|idle| {
-        let now = Instant::now();
-        idle.retain(|s| now.duration_since(s.opened) < MAX_AGE);
         while let Some(at) = idle.iter().rposition(|s| s.upstream == addr) {
             let candidate = idle.swap_remove(at);
             if drain(&candidate.socket) {
@@ -300,6 +314,17 @@ mod tests {
         let reply = ask(addr, 2).await;
         assert_ne!(ports.recv().await.unwrap(), port, "a new socket");
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_sockets_are_closed_once_too_old() {
+        let (_server, addr, _ports) = upstream().await;
+        ask(addr, 1).await;
+        assert_eq!(idle_count(), 1);
+        close_expired_at(Instant::now() + MAX_AGE / 2);
+        assert_eq!(idle_count(), 1, "still young enough to reuse");
+        close_expired_at(Instant::now() + MAX_AGE);
+        assert_eq!(idle_count(), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
