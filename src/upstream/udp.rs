@@ -21,7 +21,9 @@
 //!   they keep armed; on other threads at their next query).
 //!
 //! The pool is per thread: each UDP receive thread runs its own runtime,
-//! and a socket must stay on the runtime it was registered with.
+//! and a socket must stay on the runtime it was registered with. On the
+//! multi-threaded runtime (queries that came over TCP) a socket may be
+//! taken on one worker and put back on another; they share one event loop.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
