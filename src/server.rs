@@ -11,6 +11,7 @@
 //! set, RD and CD copied, and an OPT record in the reply when the query had
 //! one.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -284,8 +285,43 @@ fn question_has_pointers(raw: &[u8], count: usize) -> bool {
     false
 }
 
-/// A [`ResponseHandler`] that keeps the encoded reply instead of sending
-/// it, so [`answer_bytes`] can run the production handler without sockets.
+/// Where a transport puts an encoded reply: the one thing the UDP, TCP and
+/// socket-less paths do differently once the handler has answered. The
+/// encoding itself ([`encode`]) is shared, in the one [`ResponseHandler`]
+/// that [`respond`] gives the handler.
+pub(crate) trait Deliver: Clone + Send + Sync + Unpin + 'static {
+    /// The transport, which sets the size the reply is encoded to.
+    fn protocol(&self) -> Protocol;
+    /// Sends (or keeps) the encoded reply.
+    fn deliver(&self, bytes: Vec<u8>) -> impl Future<Output = Result<(), NetError>> + Send;
+}
+
+/// The handler's [`ResponseHandler`]: encodes as hickory does, then
+/// delivers.
+#[derive(Clone)]
+struct Encoded<D>(D);
+
+#[async_trait::async_trait]
+impl<D: Deliver> ResponseHandler for Encoded<D> {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response, self.0.protocol())?;
+        self.0.deliver(bytes).await?;
+        Ok(info)
+    }
+}
+
+/// Keeps the encoded reply instead of sending it, so [`answer_bytes`] can
+/// run the production handler without sockets.
 #[derive(Clone)]
 pub struct CapturedReply {
     protocol: Protocol,
@@ -311,33 +347,25 @@ impl CapturedReply {
     }
 }
 
-#[async_trait::async_trait]
-impl ResponseHandler for CapturedReply {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response, self.protocol)?;
+impl Deliver for CapturedReply {
+    fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    async fn deliver(&self, bytes: Vec<u8>) -> Result<(), NetError> {
         *self
             .reply
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bytes);
-        Ok(info)
+        Ok(())
     }
 }
 
 /// What hickory's `ResponseHandle` does with a response
 /// (`MessageResponse::encode`, which is crate-private in hickory-server
 /// 0.26): the size limit per protocol, and a bare SERVFAIL when the
-/// response cannot be encoded. Shared with the TCP loop ([`crate::tcp`]).
-pub(crate) fn encode<'a>(
+/// response cannot be encoded.
+fn encode<'a>(
     response: MessageResponse<
         '_,
         'a,
@@ -381,7 +409,7 @@ pub async fn answer_bytes<H: RequestHandler>(
     protocol: Protocol,
 ) -> Option<Vec<u8>> {
     let capture = CapturedReply::new(protocol);
-    respond(handler, bytes.to_vec(), src, protocol, capture.clone()).await;
+    respond(handler, bytes.to_vec(), src, capture.clone()).await;
     capture.take()
 }
 
@@ -396,13 +424,14 @@ pub async fn answer_bytes<H: RequestHandler>(
 /// does not parse, or whose section counts it cannot hold
 /// ([`counts_fit`]), gets FORMERR with no question. Everything after that
 /// is `handler` itself, the same [`Handler`] the server runs.
-pub(crate) async fn respond<H: RequestHandler, R: ResponseHandler>(
+pub(crate) async fn respond<H: RequestHandler>(
     handler: &H,
     bytes: Vec<u8>,
     src: SocketAddr,
-    protocol: Protocol,
-    mut response: R,
+    reply: impl Deliver,
 ) {
+    let protocol = reply.protocol();
+    let mut response = Encoded(reply);
     let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
         return;
     };

@@ -15,16 +15,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::rr::Record;
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_server::server::RequestHandler;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::server::Deliver;
 use crate::throttle::Throttle;
 
 /// Limits for TCP clients.
@@ -48,25 +47,16 @@ struct Reply {
     tx: mpsc::Sender<Vec<u8>>,
 }
 
-#[async_trait::async_trait]
-impl ResponseHandler for Reply {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = crate::server::encode(response, Protocol::Tcp)?;
+impl Deliver for Reply {
+    fn protocol(&self) -> Protocol {
+        Protocol::Tcp
+    }
+
+    async fn deliver(&self, bytes: Vec<u8>) -> Result<(), NetError> {
         self.tx
             .send(bytes)
             .await
-            .map_err(|_| NetError::from("TCP connection closed"))?;
-        Ok(info)
+            .map_err(|_| NetError::from("TCP connection closed"))
     }
 }
 
@@ -221,7 +211,7 @@ async fn connection<H: RequestHandler>(
             let handler = handler.clone();
             let reply = Reply { tx: tx.clone() };
             queries.spawn(async move {
-                crate::server::respond(&*handler, body, peer, Protocol::Tcp, reply).await;
+                crate::server::respond(&*handler, body, peer, reply).await;
                 drop(permit);
             });
         }

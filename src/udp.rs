@@ -31,15 +31,13 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::NetError;
-use hickory_server::server::{ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BlockMode;
 use crate::resolver::{BlockPolicy, Outcome, Peek, Query, Resolve, blocked_answer};
-use crate::server::{Handler, Protocol, encode, respond};
+use crate::server::{Deliver, Handler, Protocol, respond};
 
 /// The largest datagram read: the most a UDP payload can be.
 const MAX_DATAGRAM: usize = 65_535;
@@ -163,7 +161,7 @@ impl<R: Resolve> Receiver<R> {
             let (socket, handler, packet) = (socket.clone(), self.handler.clone(), packet.to_vec());
             tasks.spawn(async move {
                 let reply = UdpReply { socket, to: src };
-                respond(&*handler, packet, src, Protocol::Udp, reply).await;
+                respond(&*handler, packet, src, reply).await;
             });
         }
         tasks.close();
@@ -204,22 +202,14 @@ struct UdpReply {
     to: SocketAddr,
 }
 
-#[async_trait::async_trait]
-impl ResponseHandler for UdpReply {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response, Protocol::Udp)?;
+impl Deliver for UdpReply {
+    fn protocol(&self) -> Protocol {
+        Protocol::Udp
+    }
+
+    async fn deliver(&self, bytes: Vec<u8>) -> Result<(), NetError> {
         self.socket.send_to(&bytes, self.to).await?;
-        Ok(info)
+        Ok(())
     }
 }
 
