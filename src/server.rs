@@ -29,7 +29,7 @@ use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 
 use crate::clients::Clients;
 use crate::metrics::Metrics;
-use crate::resolver::{Query, Resolve};
+use crate::resolver::{DNS_HEADER_LEN, Query, Resolve};
 
 /// The hickory `RequestHandler` in front of the resolver chain. Cloning
 /// shares the chain, so UDP ([`crate::udp`]) and TCP ([`crate::tcp`]) use
@@ -238,20 +238,19 @@ fn reject(request: &Request) -> Result<hickory_server::server::RequestInfo<'_>, 
 /// stand-in header keeps the offsets of any pointers between questions
 /// right, and keeps the client's letter case (0x20 randomisation).
 fn reencoded_question(request: &Request) -> Option<Queries> {
-    const HEADER: usize = 12;
     if !question_has_pointers(request.as_slice(), request.queries.len()) {
         return None;
     }
     let questions = request.queries.queries();
-    let mut bytes = vec![0; HEADER];
+    let mut bytes = vec![0; DNS_HEADER_LEN];
     let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_offset(HEADER);
+    encoder.set_offset(DNS_HEADER_LEN);
     let encoded = questions
         .iter()
         .try_for_each(|q| q.original().emit(&mut encoder));
     let mut decoder = BinDecoder::new(&bytes);
     let parsed = encoded.ok().and_then(|()| {
-        decoder.read_slice(HEADER).ok()?;
+        decoder.read_slice(DNS_HEADER_LEN).ok()?;
         Queries::read(&mut decoder, questions.len()).ok()
     });
     // Whatever was parsed can be encoded and read back; if that ever
@@ -264,7 +263,7 @@ fn reencoded_question(request: &Request) -> Option<Queries> {
 /// Whether the `count` questions after the header of `raw` contain a
 /// compression pointer (or cannot be walked, which is treated the same).
 fn question_has_pointers(raw: &[u8], count: usize) -> bool {
-    let mut at = 12;
+    let mut at = DNS_HEADER_LEN;
     for _ in 0..count {
         loop {
             let Some(&len) = raw.get(at) else {
@@ -471,7 +470,7 @@ pub(crate) fn counts_fit(header: &Header, len: usize) -> bool {
         + 11 * (usize::from(counts.answers)
             + usize::from(counts.authorities)
             + usize::from(counts.additionals));
-    len.saturating_sub(12) >= least
+    len.saturating_sub(DNS_HEADER_LEN) >= least
 }
 
 /// Sockets bound before the core starts, so callers (and tests) choose the

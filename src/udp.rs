@@ -36,13 +36,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BlockMode;
-use crate::resolver::{BlockPolicy, Outcome, Peek, Query, Resolve, blocked_answer};
+use crate::resolver::{BlockPolicy, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, blocked_answer};
 use crate::server::{Deliver, Handler, Protocol, respond};
 
 /// The largest datagram read: the most a UDP payload can be.
 const MAX_DATAGRAM: usize = 65_535;
-/// Length of the DNS header.
-const HEADER: usize = 12;
 
 /// The receive threads of one socket.
 #[derive(Debug)]
@@ -270,7 +268,7 @@ fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
         return None;
     }
     // The name, label by label: no pointers, no extended label types.
-    let mut at = HEADER;
+    let mut at = DNS_HEADER_LEN;
     loop {
         let len = usize::from(*packet.get(at)?);
         if len == 0 {
@@ -282,7 +280,7 @@ fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
         }
         at += 1 + len;
     }
-    if at - HEADER > 255 {
+    if at - DNS_HEADER_LEN > 255 {
         return None;
     }
     let qtype = RecordType::from(u16_at(packet, at)?);
@@ -303,7 +301,7 @@ fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
         return None;
     }
     let end = at + 4;
-    let question = packet.get(HEADER..end)?;
+    let question = packet.get(DNS_HEADER_LEN..end)?;
     let edns_payload = if counts.3 == 1 {
         Some(opt_payload(packet, end)?)
     } else if end == packet.len() {
@@ -370,37 +368,38 @@ impl<R: Resolve> Handler<R> {
             .map_or(512, |p| p.clamp(512, self.edns_udp_size()));
         let (outcome, rcode) = match self.chain().peek(&query) {
             Peek::Slow => return false,
-            Peek::Blocked { policy, list } if null_address(&policy, parsed.qtype).is_some() => {
+            Peek::Blocked { policy, list } => match null_address(&policy, parsed.qtype) {
                 // The common case, written directly: the one address record
                 // `blocked_answer` would make, without building a record
                 // and encoding it.
-                let (data, len) = null_address(&policy, parsed.qtype).unwrap_or_default();
-                write_head(reply, &parsed, false, ResponseCode::NoError);
-                write_address(reply, &parsed, policy.ttl, &data[..len]);
-                set_counts(reply, [1, 0, 0]);
-                (
-                    Outcome::Blocked { list, cname: None },
-                    ResponseCode::NoError,
-                )
-            }
-            Peek::Blocked { policy, list } => {
-                let answer = blocked_answer(&policy, &query, list, None);
-                write_head(reply, &parsed, false, answer.rcode);
-                let counts = [
-                    answer.answers.len(),
-                    answer.authorities.len(),
-                    answer.additionals.len(),
-                ];
-                if answer.emit_after_question(reply).is_none() {
-                    return false;
+                Some((data, len)) => {
+                    write_head(reply, &parsed, false, ResponseCode::NoError);
+                    write_address(reply, &parsed, policy.ttl, &data[..len]);
+                    set_counts(reply, [1, 0, 0]);
+                    (
+                        Outcome::Blocked { list, cname: None },
+                        ResponseCode::NoError,
+                    )
                 }
-                set_counts(reply, counts.map(|n| u16::try_from(n).unwrap_or(u16::MAX)));
-                (answer.outcome, answer.rcode)
-            }
+                None => {
+                    let answer = blocked_answer(&policy, &query, list, None);
+                    write_head(reply, &parsed, false, answer.rcode);
+                    let counts = [
+                        answer.answers.len(),
+                        answer.authorities.len(),
+                        answer.additionals.len(),
+                    ];
+                    if answer.emit_after_question(reply, |_| {}).is_none() {
+                        return false;
+                    }
+                    set_counts(reply, counts.map(|n| u16::try_from(n).unwrap_or(u16::MAX)));
+                    (answer.outcome, answer.rcode)
+                }
+            },
             Peek::Cached(hit) => {
                 let wire = hit.wire();
                 if wire.question_len != parsed.question.len()
-                    || HEADER + wire.question_len + wire.len() + 11 > usize::from(limit)
+                    || DNS_HEADER_LEN + wire.question_len + wire.len() + 11 > usize::from(limit)
                 {
                     return false;
                 }
@@ -623,7 +622,7 @@ mod tests {
         let mut bytes = message.to_vec().unwrap();
         // hickory writes names lowercase; put the letter case back, as a
         // resolver using 0x20 randomisation sends it.
-        let mut at = HEADER;
+        let mut at = DNS_HEADER_LEN;
         for label in qname.trim_end_matches('.').split('.') {
             at += 1;
             bytes[at..at + label.len()].copy_from_slice(label.as_bytes());

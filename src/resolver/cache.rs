@@ -24,7 +24,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
-use super::{Answer, Outcome, Peek, Query, Resolve};
+use super::{Answer, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve};
 use crate::config::{CacheConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
@@ -88,11 +88,12 @@ impl WireAnswer {
         }
         let wire_name = name_wire(name)?;
         let question_len = wire_name.len() + 4;
-        let start = HEADER + question_len;
-        let mut buf = vec![0; HEADER];
+        let start = DNS_HEADER_LEN + question_len;
+        let mut buf = vec![0; DNS_HEADER_LEN];
         buf.extend_from_slice(&wire_name);
         buf.extend_from_slice(&[0; 4]);
-        let starts = answer.emit_after_question(&mut buf)?;
+        let mut starts = Vec::new();
+        answer.emit_after_question(&mut buf, |at| starts.push(at))?;
         let ttls = starts
             .iter()
             .zip(answer.records())
@@ -139,7 +140,7 @@ impl WireAnswer {
     /// header and question, so compression pointers land where they were
     /// written); `None` if they do not decode.
     fn records(&self) -> Option<[Vec<Record>; 3]> {
-        let start = HEADER + self.question_len;
+        let start = DNS_HEADER_LEN + self.question_len;
         let mut message = vec![0; start];
         message.extend_from_slice(&self.bytes);
         let mut decoder = BinDecoder::new(&message);
@@ -201,9 +202,6 @@ impl CacheHit {
         metrics.cache_hits.inc();
     }
 }
-
-/// Length of the DNS header.
-const HEADER: usize = 12;
 
 /// `name` in uncompressed wire form.
 fn name_wire(name: &LowerName) -> Option<Vec<u8>> {

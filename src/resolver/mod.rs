@@ -15,6 +15,9 @@ use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
+/// Length of the DNS message header (RFC 1035 §4.1.1).
+pub(crate) const DNS_HEADER_LEN: usize = 12;
+
 mod access;
 mod any;
 mod block;
@@ -148,11 +151,14 @@ impl Answer {
 
     /// Appends the three sections to `message`, which holds a header and
     /// the question, exactly as hickory's response encoder writes them
-    /// there, and returns where each record starts; `None` if one cannot be
-    /// encoded. Used for answers the UDP fast path sends (and caches)
-    /// itself, so they are the bytes the handler would send.
-    pub(crate) fn emit_after_question(&self, message: &mut Vec<u8>) -> Option<Vec<usize>> {
-        const HEADER: usize = 12;
+    /// there, telling `record_at` where each record starts; `None` if one
+    /// cannot be encoded. Used for answers the UDP fast path sends (and
+    /// caches) itself, so they are the bytes the handler would send.
+    pub(crate) fn emit_after_question(
+        &self,
+        message: &mut Vec<u8>,
+        mut record_at: impl FnMut(usize),
+    ) -> Option<()> {
         let end = message.len();
         let mut encoder = BinEncoder::new(message);
         encoder.set_offset(end);
@@ -160,13 +166,13 @@ impl Answer {
         // candidate. No name can match it (it includes type and class), but
         // it counts towards the encoder's limit of 64 candidates, and with
         // names of many labels that decides what is compressed.
-        encoder.store_label_pointer(HEADER, end);
+        encoder.store_label_pointer(DNS_HEADER_LEN, end);
         self.records()
-            .map(|record| {
-                let start = encoder.offset();
-                record.emit(&mut encoder).ok().map(|()| start)
+            .try_for_each(|record| {
+                record_at(encoder.offset());
+                record.emit(&mut encoder)
             })
-            .collect()
+            .ok()
     }
 
     /// An answer with no records.
