@@ -7,13 +7,11 @@
 //! one A record, and a CDN-style chain of two CNAMEs and three A records.
 //! Heap bytes are counted by a global allocator that tracks live bytes.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use criterion::Criterion;
@@ -24,26 +22,10 @@ use telesink::config::{CacheConfig, UpstreamConfig};
 use telesink::metrics::Metrics;
 use telesink::resolver::{Answer, Cache, Outcome, Peek, Query, Resolve};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+mod support;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: support::Counting = support::Counting;
 
 /// Answers every name, with a CNAME chain for names starting with `cdn`.
 struct Upstream;
@@ -143,12 +125,12 @@ fn main() {
         let names: Vec<LowerName> = (0..n)
             .map(|i| lower(&format!("{prefix}{i}.example.com.")))
             .collect();
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = support::live();
         let cache = cache(n);
         for name in &names {
             runtime.block_on(cache.resolve(&query(name)));
         }
-        let per = (LIVE.load(Ordering::Relaxed) - before) / n;
+        let per = (support::live() - before) / n;
         println!("cache heap, {label}: {per} bytes per cached answer ({n} answers)");
         black_box(&cache);
     }

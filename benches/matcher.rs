@@ -6,54 +6,18 @@
 //! (any supported format). Memory is counted by a global allocator that
 //! tracks live heap bytes, so the figures are exact for this process.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion};
 use telesink::lists::{BuildLimits, ListInput, ListKind, ListText, Snapshot};
 use telesink::resolver::BlockPolicy;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    // Passed through to the system allocator, as in telesink: glibc
-    // shrinks a block in place, and moves a large one with mremap, so
-    // neither holds two copies (the default would allocate and copy).
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            if new_size >= layout.size() {
-                let grown = new_size - layout.size();
-                let now = LIVE.fetch_add(grown, Ordering::Relaxed) + grown;
-                PEAK.fetch_max(now, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        p
-    }
-}
+mod support;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: support::Counting = support::Counting;
 
 /// `n` distinct names shaped like blocklist entries (2–4 labels).
 fn synthetic(n: usize) -> String {
@@ -102,25 +66,24 @@ fn build(text: &str) -> Snapshot {
 fn report(label: &str, text: &str) {
     let names = text.lines().filter(|l| !l.trim().is_empty()).count();
     let text_bytes = text.len();
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let base = support::reset_peak();
     let started = Instant::now();
     let snap = build(text);
     let took = started.elapsed();
     // The input text (a copy made by `build`) is freed by now.
-    let held = LIVE.load(Ordering::Relaxed) - base;
-    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let held = support::live() - base;
+    let peak = support::peak() - base;
     let domains = snap.blocked_domains();
     drop(snap);
 
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = support::live();
     let started = Instant::now();
     let set: HashSet<String> = text
         .lines()
         .map(|l| l.trim().to_ascii_lowercase())
         .collect();
     let set_took = started.elapsed();
-    let set_held = LIVE.load(Ordering::Relaxed) - base;
+    let set_held = support::live() - base;
     drop(set);
     println!(
         "{label}: {names} lines ({text_bytes} bytes), {domains} domains | matcher: {:.1} MB held ({:.1} B/domain), peak {:.1} MB during build incl. the {:.1} MB text copy, built in {:.0?} | HashSet<String>: {:.1} MB ({:.1} B/domain), built in {:.0?}",
@@ -141,8 +104,7 @@ fn report_file(path: &str) {
     let file = std::fs::File::open(path).expect("TELESINK_BENCH_LIST is readable");
     let mut input = ListInput::from_text("bench", ListKind::Block, "");
     input.text = Ok(ListText::File(file));
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let base = support::reset_peak();
     let started = Instant::now();
     let snap = Snapshot::build(
         vec![input],
@@ -151,8 +113,8 @@ fn report_file(path: &str) {
         None,
     );
     let took = started.elapsed();
-    let held = LIVE.load(Ordering::Relaxed) - base;
-    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let held = support::live() - base;
+    let peak = support::peak() - base;
     println!(
         "{path} read from the file: {} domains | matcher: {:.1} MB held, peak {:.1} MB during build, built in {took:.0?}",
         snap.blocked_domains(),
