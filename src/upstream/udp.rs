@@ -277,45 +277,53 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn replies_queued_while_idle_are_never_read_as_answers() {
+    /// Asks once; runs `before_forging` with the socket now idle; forges
+    /// `copies` replies for the next query into it; asks again. Returns
+    /// whether the second query went out on the same socket, and the
+    /// response code it got.
+    async fn forge_between_queries(
+        copies: usize,
+        before_forging: impl FnOnce(),
+    ) -> (bool, ResponseCode) {
         let (server, addr, mut ports) = upstream().await;
         ask(addr, 1).await;
         let port = ports.recv().await.unwrap();
-        forge(&server, port, 2, 3).await;
+        before_forging();
+        forge(&server, port, 2, copies).await;
         let reply = ask(addr, 2).await;
-        assert_eq!(ports.recv().await.unwrap(), port, "the socket was reused");
-        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        let reused = ports.recv().await.unwrap() == port;
+        (reused, reply.metadata.response_code)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn replies_queued_while_idle_are_never_read_as_answers() {
+        let (reused, rcode) = forge_between_queries(3, || {}).await;
+        assert!(reused, "the socket was reused");
+        assert_eq!(rcode, ResponseCode::NoError);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn replies_the_event_loop_has_not_seen_are_drained_too() {
-        let (server, addr, mut ports) = upstream().await;
-        ask(addr, 1).await;
-        let port = ports.recv().await.unwrap();
         // Make tokio believe the idle socket has nothing queued (a receive
         // that would block clears its cached readiness), then queue a
         // forged reply without letting the event loop run.
-        IDLE.with_borrow(|idle| {
-            let mut buf = [0u8; 512];
-            let error = idle[0].socket.try_recv(&mut buf).unwrap_err();
-            assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
-        });
-        forge(&server, port, 2, 1).await;
-        let reply = ask(addr, 2).await;
-        assert_eq!(ports.recv().await.unwrap(), port, "the socket was reused");
-        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        let clear_readiness = || {
+            IDLE.with_borrow(|idle| {
+                let mut buf = [0u8; 512];
+                let error = idle[0].socket.try_recv(&mut buf).unwrap_err();
+                assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
+            });
+        };
+        let (reused, rcode) = forge_between_queries(1, clear_readiness).await;
+        assert!(reused, "the socket was reused");
+        assert_eq!(rcode, ResponseCode::NoError);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_flooded_idle_socket_is_closed() {
-        let (server, addr, mut ports) = upstream().await;
-        ask(addr, 1).await;
-        let port = ports.recv().await.unwrap();
-        forge(&server, port, 2, MAX_DRAIN + 1).await;
-        let reply = ask(addr, 2).await;
-        assert_ne!(ports.recv().await.unwrap(), port, "a new socket");
-        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        let (reused, rcode) = forge_between_queries(MAX_DRAIN + 1, || {}).await;
+        assert!(!reused, "a new socket");
+        assert_eq!(rcode, ResponseCode::NoError);
     }
 
     #[tokio::test(flavor = "current_thread")]
