@@ -25,6 +25,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
@@ -157,13 +158,33 @@ impl<R: Resolve> Receiver<R> {
                 continue;
             }
             let (socket, handler, packet) = (socket.clone(), self.handler.clone(), packet.to_vec());
-            tasks.spawn(async move {
+            spawn_eagerly(tasks.track_future(async move {
                 let reply = UdpReply { socket, to: src };
                 respond(&*handler, packet, src, reply).await;
-            });
+            }));
         }
         tasks.close();
         tasks.wait().await;
+    }
+}
+
+/// Runs `task` until it first waits, then leaves the rest to the runtime.
+///
+/// A query the fast path could not answer (a cache miss, mostly) is sent
+/// upstream now, before this thread reads the next datagram, rather than
+/// when the receive loop next finds its socket empty: under load that
+/// wait was the slowest part of a miss on this side of the upstream. The
+/// first poll uses a no-op waker; every future on the full path registers
+/// its waker again when polled, and a spawned task is always polled once,
+/// so nothing a first poll waits for is missed.
+fn spawn_eagerly(task: impl Future<Output = ()> + Send + 'static) {
+    let mut task = Box::pin(task);
+    if task
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_pending()
+    {
+        tokio::spawn(task);
     }
 }
 
