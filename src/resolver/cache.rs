@@ -13,13 +13,13 @@
 //! share one upstream request, and at most `[upstream] max_in_flight`
 //! upstream requests run at once.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, broadcast};
 
+use hashbrown::HashMap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
@@ -81,7 +81,8 @@ pub struct WireAnswer {
 
 impl WireAnswer {
     /// Encodes `answer` (TTLs already clamped) as the reply to a question
-    /// for `name`; `None` if it cannot be, and then hits take the full path.
+    /// for `name`; `None` if it cannot be, or if the bytes do not decode
+    /// back to exactly its records, and then hits take the full path.
     fn encode(name: &LowerName, answer: &Answer) -> Option<Self> {
         if answer.rcode.high() != 0 {
             return None;
@@ -103,14 +104,22 @@ impl WireAnswer {
             })
             .collect::<Option<Box<[_]>>>()?;
         let count = |n: usize| u16::try_from(n).ok();
+        let counts = [
+            count(answer.answers.len())?,
+            count(answer.authorities.len())?,
+            count(answer.additionals.len())?,
+        ];
+        // Checked on the message as written, with the question zeroed as
+        // [`Self::records`] sees it, so the check needs no copy.
+        buf[DNS_HEADER_LEN..start].fill(0);
+        let [a, n, d] = decode_sections(&buf, start, counts)?;
+        if a != answer.answers || n != answer.authorities || d != answer.additionals {
+            return None;
+        }
         Some(Self {
             rcode: answer.rcode,
             authentic_data: answer.authentic_data,
-            counts: [
-                count(answer.answers.len())?,
-                count(answer.authorities.len())?,
-                count(answer.additionals.len())?,
-            ],
+            counts,
             question_len,
             bytes: buf.split_off(start).into_boxed_slice(),
             ttls,
@@ -143,19 +152,7 @@ impl WireAnswer {
         let start = DNS_HEADER_LEN + self.question_len;
         let mut message = vec![0; start];
         message.extend_from_slice(&self.bytes);
-        let mut decoder = BinDecoder::new(&message);
-        decoder.read_slice(start).ok()?;
-        let mut section = |count: u16| {
-            (0..count)
-                .map(|_| Record::read(&mut decoder).ok())
-                .collect::<Option<Vec<_>>>()
-        };
-        let records = [
-            section(self.counts[0])?,
-            section(self.counts[1])?,
-            section(self.counts[2])?,
-        ];
-        decoder.is_empty().then_some(records)
+        decode_sections(&message, start, self.counts)
     }
 
     /// Length of the sections in bytes.
@@ -204,6 +201,24 @@ impl CacheHit {
 }
 
 /// `name` in uncompressed wire form.
+/// The three sections of `message` from `start` on, `counts` records each;
+/// `None` unless they decode and fill the message exactly.
+fn decode_sections(message: &[u8], start: usize, counts: [u16; 3]) -> Option<[Vec<Record>; 3]> {
+    let mut decoder = BinDecoder::new(message);
+    decoder.read_slice(start).ok()?;
+    let mut section = |count: u16| {
+        (0..count)
+            .map(|_| Record::read(&mut decoder).ok())
+            .collect::<Option<Vec<_>>>()
+    };
+    let records = [
+        section(counts[0])?,
+        section(counts[1])?,
+        section(counts[2])?,
+    ];
+    decoder.is_empty().then_some(records)
+}
+
 fn name_wire(name: &LowerName) -> Option<Vec<u8>> {
     let mut bytes = Vec::with_capacity(64);
     let mut encoder = BinEncoder::new(&mut bytes);
@@ -319,7 +334,9 @@ struct InFlight<'a> {
 impl InFlight<'_> {
     fn finish(self, answer: &Answer) {
         let tx = lock(self.map).remove(&self.key);
-        if let Some(tx) = tx {
+        // Most misses have no identical query waiting on them: the answer
+        // is cloned only for those that do.
+        if let Some(tx) = tx.filter(|tx| tx.receiver_count() > 0) {
             let _ = tx.send(answer.clone());
         }
         std::mem::forget(self);
@@ -347,7 +364,9 @@ pub struct Cache<N> {
     serve_stale: u32,
     /// How long a query with a stale answer waits for the upstreams.
     stale_timeout: Duration,
-    /// Identical queries waiting on one upstream request.
+    /// Identical queries waiting on one upstream request. hashbrown's
+    /// default hasher (foldhash, seeded per map) hashes a name several
+    /// times faster than std's SipHash, and a miss hashes it twice here.
     in_flight: Mutex<HashMap<Key, broadcast::Sender<Answer>>>,
     /// Upstream requests allowed at once.
     upstream_slots: Semaphore,
@@ -506,14 +525,8 @@ impl Store {
             // Encoded here, on the miss path, so hits only copy bytes; kept
             // encoded only if it decodes back to exactly these records.
             let stored = match WireAnswer::encode(&key.0, answer) {
-                Some(wire)
-                    if wire.records().is_some_and(|[a, n, d]| {
-                        a == answer.answers && n == answer.authorities && d == answer.additionals
-                    }) =>
-                {
-                    Stored::Wire(wire)
-                }
-                _ => Stored::Records([
+                Some(wire) => Stored::Wire(wire),
+                None => Stored::Records([
                     answer.answers.clone(),
                     answer.authorities.clone(),
                     answer.additionals.clone(),
