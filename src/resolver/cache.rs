@@ -22,9 +22,9 @@ use tokio::sync::{Semaphore, broadcast};
 use hashbrown::HashMap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
-use super::{Answer, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve};
+use super::{Answer, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, write_name};
 use crate::config::{CacheConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
@@ -87,12 +87,12 @@ impl WireAnswer {
         if answer.rcode.high() != 0 {
             return None;
         }
-        let wire_name = name_wire(name)?;
-        let question_len = wire_name.len() + 4;
-        let start = DNS_HEADER_LEN + question_len;
-        let mut buf = vec![0; DNS_HEADER_LEN];
-        buf.extend_from_slice(&wire_name);
+        let mut buf = Vec::with_capacity(512);
+        buf.extend_from_slice(&[0; DNS_HEADER_LEN]);
+        write_name(name, &mut buf);
         buf.extend_from_slice(&[0; 4]);
+        let question_len = buf.len() - DNS_HEADER_LEN;
+        let start = buf.len();
         let mut starts = Vec::new();
         answer.emit_after_question(&mut buf, |at| starts.push(at))?;
         let ttls = starts
@@ -217,13 +217,6 @@ fn decode_sections(message: &[u8], start: usize, counts: [u16; 3]) -> Option<[Ve
         section(counts[2])?,
     ];
     decoder.is_empty().then_some(records)
-}
-
-fn name_wire(name: &LowerName) -> Option<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(64);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    name.emit(&mut encoder).ok()?;
-    Some(bytes)
 }
 
 /// The offset just past the (possibly compressed) name at `at` in `msg`.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{LowerName, Name};
 
-use super::{Answer, Outcome, Query, Resolve};
+use super::{Answer, DNS_HEADER_LEN, Outcome, Query, Resolve, write_name};
 use crate::config::{Config, Strategy, UpstreamAddr, parse_domain};
 use crate::metrics::Metrics;
 use crate::upstream::{AttemptError, Context, Upstream};
@@ -113,37 +113,60 @@ impl Resolve for Forward {
     }
 }
 
-impl Group {
-    fn request(&self, query: &Query<'_>, id: u16) -> Message {
-        let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
-        msg.metadata.recursion_desired = true;
-        msg.metadata.checking_disabled = query.checking_disabled;
-        // RFC 6840 §5.7: setting AD asks the upstream to report whether it
-        // validated the answer, without asking for DNSSEC records.
-        msg.metadata.authentic_data = true;
-        let mut q = DnsQuery::query(Name::from(query.name.clone()), query.qtype);
-        q.set_query_class(query.qclass);
-        msg.add_query(q);
-        let mut edns = Edns::new();
-        edns.set_max_payload(self.edns_udp_size.max(512));
-        msg.set_edns(edns);
-        msg
-    }
+/// The query sent upstream for `query`, advertising `payload` bytes.
+fn request(query: &Query<'_>, id: u16, payload: u16) -> Message {
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.metadata.checking_disabled = query.checking_disabled;
+    // RFC 6840 §5.7: setting AD asks the upstream to report whether it
+    // validated the answer, without asking for DNSSEC records.
+    msg.metadata.authentic_data = true;
+    let mut q = DnsQuery::query(Name::from(query.name.clone()), query.qtype);
+    q.set_query_class(query.qclass);
+    msg.add_query(q);
+    let mut edns = Edns::new();
+    edns.set_max_payload(payload);
+    msg.set_edns(edns);
+    msg
+}
 
-    /// One exchange with one upstream, within `timeout`.
+impl Group {
+    /// One exchange with one upstream, within `timeout`. The request is
+    /// built as a [`Message`] (to match the reply against) and encoded by
+    /// [`query_bytes`].
     async fn exchange(
         &self,
         upstream: &Upstream,
         query: &Query<'_>,
     ) -> Result<Message, AttemptError> {
-        let request = self.request(query, rand::random());
-        let bytes = request
-            .to_vec()
-            .map_err(|e| AttemptError::Malformed(e.to_string()))?;
+        let (id, payload) = (rand::random(), self.edns_udp_size.max(512));
+        let request = request(query, id, payload);
+        let bytes = query_bytes(query, id, payload);
         tokio::time::timeout(self.timeout, upstream.exchange(&request, &bytes))
             .await
             .map_err(|_| AttemptError::Timeout)?
     }
+}
+
+/// The bytes of the query [`request`] builds, as hickory's
+/// `Message::to_vec` writes them (a unit test holds the two equal), without
+/// its encoder: header, the one question, an OPT record with `payload`.
+fn query_bytes(query: &Query<'_>, id: u16, payload: u16) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(DNS_HEADER_LEN + query.name.len() + 2 + 4 + 11);
+    bytes.extend_from_slice(&id.to_be_bytes());
+    // RD; AD (see `request`), CD as the client set it. One question, one
+    // additional record (OPT).
+    bytes.extend_from_slice(&[0x01, 0x20 | u8::from(query.checking_disabled) << 4]);
+    bytes.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+    write_name(query.name, &mut bytes);
+    bytes.extend_from_slice(&u16::from(query.qtype).to_be_bytes());
+    bytes.extend_from_slice(&u16::from(query.qclass).to_be_bytes());
+    // OPT: root owner, type 41, the payload size as its class, no extended
+    // RCODE, version 0, no flags, no options.
+    bytes.extend_from_slice(&[0, 0, 41]);
+    bytes.extend_from_slice(&payload.to_be_bytes());
+    bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    bytes
 }
 
 /// Consecutive failures (timeouts, errors) after which an upstream is
@@ -395,5 +418,59 @@ pub fn answer_from_reply(mut reply: Message) -> Answer {
         answers: std::mem::take(&mut reply.answers),
         authorities: std::mem::take(&mut reply.authorities),
         additionals: std::mem::take(&mut reply.additionals),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use hickory_proto::rr::{DNSClass, RecordType};
+
+    use super::*;
+
+    /// The hand-written query is byte for byte what hickory encodes, for
+    /// names of every shape, any type, CD either way, any payload size.
+    #[test]
+    fn query_bytes_are_what_hickory_encodes() {
+        let long_label = format!("{}.example.", "a".repeat(63));
+        let names = [
+            ".",
+            "example.com.",
+            "a.b.c.d.e.f.g.",
+            "xn--bcher-kva.example.",
+            "_dmarc.x.",
+            &long_label,
+        ];
+        let types = [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::HTTPS,
+            RecordType::ANY,
+            RecordType::PTR,
+            RecordType::Unknown(65280),
+        ];
+        for name in names {
+            let name = LowerName::new(&Name::from_ascii(name).unwrap());
+            for qtype in types {
+                for checking_disabled in [false, true] {
+                    for payload in [512, 1232, 4096, u16::MAX] {
+                        let query = Query {
+                            name: &name,
+                            qtype,
+                            qclass: DNSClass::IN,
+                            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                            checking_disabled,
+                        };
+                        let id = 0xbeef;
+                        assert_eq!(
+                            query_bytes(&query, id, payload),
+                            request(&query, id, payload).to_vec().unwrap(),
+                            "{name} {qtype} cd={checking_disabled} payload={payload}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -18,6 +18,19 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 /// Length of the DNS message header (RFC 1035 §4.1.1).
 pub(crate) const DNS_HEADER_LEN: usize = 12;
 
+/// Appends `name` uncompressed (RFC 1035 §3.1): each label after its
+/// length, then the root's zero. The bytes hickory's encoder writes for a
+/// name with nothing before it to point to, without its per-byte writes
+/// and compression bookkeeping.
+pub(crate) fn write_name(name: &Name, out: &mut Vec<u8>) {
+    for label in name.iter() {
+        // `Name` holds labels of at most 63 bytes.
+        out.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(label);
+    }
+    out.push(0);
+}
+
 mod access;
 mod any;
 mod block;
