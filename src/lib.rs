@@ -22,8 +22,9 @@
 //!   DNS-over-TLS and DNS-over-HTTPS, pooled and pipelined connections,
 //!   random-port UDP sockets reused a few times per thread, bootstrap
 //!   resolution of their host names.
-//! - [`server`]: socket binding and the hickory `RequestHandler` that turns
-//!   requests into chain queries and answers into responses.
+//! - [`server`]: socket binding and the request handler that turns
+//!   requests (parsed by hickory) into chain queries and answers into
+//!   responses.
 //! - [`clients`]: named devices (`[[clients]]` by address, network or MAC),
 //!   the `client` label of per-device metrics.
 //! - [`reload`]: the single writer of the list snapshot: file watching,

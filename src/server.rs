@@ -1,6 +1,6 @@
-//! The DNS side: binding sockets, and the hickory request handler that turns
-//! a request into a [`Query`], runs it through the chain and sends the
-//! answer.
+//! The DNS side: binding sockets, and the request handler that turns a
+//! request (parsed by hickory) into a [`Query`], runs it through the chain
+//! and sends the answer.
 //!
 //! The UDP ([`crate::udp`]) and TCP ([`crate::tcp`]) loops do what
 //! hickory's `Server` does before its handler: they drop packets shorter
@@ -20,10 +20,9 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCod
 use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::NetError;
-use hickory_server::net::runtime::{Time, TokioTime};
 /// The transport a request came over, as [`answer_bytes`] takes it.
 pub use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 
@@ -31,7 +30,9 @@ use crate::clients::Clients;
 use crate::metrics::Metrics;
 use crate::resolver::{DNS_HEADER_LEN, Query, Resolve};
 
-/// The hickory `RequestHandler` in front of the resolver chain. Cloning
+/// The request handler in front of the resolver chain: it takes requests
+/// as hickory parses them and answers with hickory's encoder, or with the
+/// bytes the cache just encoded (see `handle_request`). Cloning
 /// shares the chain, so UDP ([`crate::udp`]) and TCP ([`crate::tcp`]) use
 /// the same one.
 #[derive(Clone)]
@@ -87,12 +88,15 @@ fn failed(request: &Request, rcode: ResponseCode) -> ResponseInfo {
     })
 }
 
-#[async_trait::async_trait]
-impl<R: Resolve> RequestHandler for Handler<R> {
-    async fn handle_request<H: ResponseHandler, T: Time>(
+impl<R: Resolve> Handler<R> {
+    /// Answers one parsed request through `response_handle`, as a hickory
+    /// `RequestHandler` would, with one more way out: a fresh upstream
+    /// answer goes out as the bytes the cache just encoded, not encoded
+    /// again record by record.
+    async fn handle_request<D: Deliver>(
         &self,
         request: &Request,
-        mut response_handle: H,
+        mut response_handle: Encoded<D>,
     ) -> ResponseInfo {
         let started = Instant::now();
         let mut edns_out = None;
@@ -161,6 +165,33 @@ impl<R: Resolve> RequestHandler for Handler<R> {
         metadata.authoritative = answer.authoritative;
         let reencoded = reencoded_question(request);
         let question = reencoded.as_ref().unwrap_or(&request.queries);
+        // Counted before the reply leaves, as the UDP fast path does, so a
+        // client that has its answer finds it in the metrics.
+        self.metrics.observe_query(
+            query.qtype,
+            &answer.outcome,
+            answer.rcode,
+            started.elapsed(),
+        );
+        let client = self.clients.label(query.client);
+        self.metrics.observe_client(&client, &answer.outcome);
+        let max_size = match response_handle.0.protocol() {
+            Protocol::Udp => edns_out.as_ref().map_or(512, Edns::max_payload),
+            _ => u16::MAX,
+        };
+        if let Some((header, bytes)) = answer
+            .wire
+            .as_deref()
+            .and_then(|wire| wire_reply(question, metadata, wire, edns_out.as_ref(), max_size))
+        {
+            return match response_handle.0.deliver(bytes).await {
+                Ok(()) => ResponseInfo::from(header),
+                Err(error) => {
+                    tracing::debug!(%error, client = %request.src(), "could not send a response");
+                    failed(request, ResponseCode::ServFail)
+                }
+            };
+        }
         let mut builder = MessageResponseBuilder::new(question, None);
         if let Some(edns) = &edns_out {
             builder.edns(edns);
@@ -172,16 +203,6 @@ impl<R: Resolve> RequestHandler for Handler<R> {
             [],
             answer.additionals.iter(),
         );
-        // Counted before the reply leaves, as the UDP fast path does, so a
-        // client that has its answer finds it in the metrics.
-        self.metrics.observe_query(
-            query.qtype,
-            &answer.outcome,
-            answer.rcode,
-            started.elapsed(),
-        );
-        let client = self.clients.label(query.client);
-        self.metrics.observe_client(&client, &answer.outcome);
         match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(error) => {
@@ -190,6 +211,52 @@ impl<R: Resolve> RequestHandler for Handler<R> {
             }
         }
     }
+}
+
+/// The reply to a request for which the cache has just encoded `wire`:
+/// the header, the question as the client sent it, the encoded sections
+/// and the OPT record `edns` describes. These are the bytes hickory's
+/// encoder writes for the same records (the UDP fast path sends them for
+/// a cache hit, and tests compare the two); `None` if they would not fit
+/// in `max_size` (the encoder then truncates) or were encoded after a
+/// question of another length.
+fn wire_reply(
+    question: &Queries,
+    metadata: Metadata,
+    wire: &crate::resolver::WireAnswer,
+    edns: Option<&Edns>,
+    max_size: u16,
+) -> Option<(Header, Vec<u8>)> {
+    let question = question.as_bytes();
+    if question.len() != wire.question_len {
+        return None;
+    }
+    let opt_len = if edns.is_some() { 11 } else { 0 };
+    let len = DNS_HEADER_LEN + question.len() + wire.len() + opt_len;
+    if len > usize::from(max_size) {
+        return None;
+    }
+    let header = Header {
+        metadata,
+        counts: HeaderCounts {
+            queries: 1,
+            answers: wire.counts[0],
+            authorities: wire.counts[1],
+            additionals: wire.counts[2].checked_add(u16::from(edns.is_some()))?,
+        },
+    };
+    let mut bytes = Vec::with_capacity(len);
+    header.emit(&mut BinEncoder::new(&mut bytes)).ok()?;
+    bytes.extend_from_slice(question);
+    // Just stored: the TTLs are those of the answer's records.
+    wire.write(&mut bytes, 0);
+    if let Some(edns) = edns {
+        let payload = edns.max_payload().to_be_bytes();
+        // Root, OPT, the payload size, no extended RCODE, version 0, no
+        // flags, no options: what the handler's `Edns` encodes to.
+        bytes.extend_from_slice(&[0, 0, 41, payload[0], payload[1], 0, 0, 0, 0, 0, 0]);
+    }
+    Some((header, bytes))
 }
 
 /// The response code for a request the chain must not see, or its one
@@ -401,8 +468,8 @@ fn encode<'a>(
 /// Runs one request packet through the whole server path without sockets
 /// and returns the encoded reply, or `None` when the server would send
 /// nothing: `respond` with a [`CapturedReply`].
-pub async fn answer_bytes<H: RequestHandler>(
-    handler: &H,
+pub async fn answer_bytes<R: Resolve>(
+    handler: &Handler<R>,
     bytes: &[u8],
     src: SocketAddr,
     protocol: Protocol,
@@ -423,8 +490,8 @@ pub async fn answer_bytes<H: RequestHandler>(
 /// does not parse, or whose section counts it cannot hold
 /// ([`counts_fit`]), gets FORMERR with no question. Everything after that
 /// is `handler` itself, the same [`Handler`] the server runs.
-pub(crate) async fn respond<H: RequestHandler>(
-    handler: &H,
+pub(crate) async fn respond<R: Resolve>(
+    handler: &Handler<R>,
     bytes: Vec<u8>,
     src: SocketAddr,
     reply: impl Deliver,
@@ -442,9 +509,7 @@ pub(crate) async fn respond<H: RequestHandler>(
         .flatten();
     match request {
         Some(request) => {
-            handler
-                .handle_request::<_, TokioTime>(&request, response)
-                .await;
+            handler.handle_request(&request, response).await;
         }
         None => {
             let Ok(no_questions) = Queries::read(&mut BinDecoder::new(&[]), 0) else {

@@ -8,7 +8,7 @@
 //! `tcp_first_byte_timeout` and then stay active within `tcp_timeout`,
 //! and pipelined queries are answered as they complete, out of order, with
 //! a bound on those in flight per connection. Each query goes through the
-//! same `RequestHandler` as UDP.
+//! same [`Handler`] as UDP.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::RequestHandler;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Deliver;
+use crate::resolver::Resolve;
+use crate::server::{Deliver, Handler};
 use crate::throttle::Throttle;
 
 /// Limits for TCP clients.
@@ -100,9 +100,9 @@ impl PerClient {
 }
 
 /// Accepts DNS-over-TCP connections on `listener` until `shutdown`.
-pub async fn serve<H: RequestHandler>(
+pub async fn serve<R: Resolve>(
     listener: TcpListener,
-    handler: Arc<H>,
+    handler: Arc<Handler<R>>,
     limits: TcpLimits,
     shutdown: CancellationToken,
 ) {
@@ -151,10 +151,10 @@ pub async fn serve<H: RequestHandler>(
     connections.wait().await;
 }
 
-async fn connection<H: RequestHandler>(
+async fn connection<R: Resolve>(
     stream: TcpStream,
     peer: SocketAddr,
-    handler: Arc<H>,
+    handler: Arc<Handler<R>>,
     limits: TcpLimits,
     shutdown: CancellationToken,
 ) {

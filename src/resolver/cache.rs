@@ -200,7 +200,6 @@ impl CacheHit {
     }
 }
 
-/// `name` in uncompressed wire form.
 /// The three sections of `message` from `start` on, `counts` records each;
 /// `None` unless they decode and fill the message exactly.
 fn decode_sections(message: &[u8], start: usize, counts: [u16; 3]) -> Option<[Vec<Record>; 3]> {
@@ -239,7 +238,7 @@ enum Stored {
     /// the rare hit on the full path (stale, prefetch due, CNAME or
     /// rebinding checks) decodes the records again. hickory's record
     /// structures take several times the encoded size.
-    Wire(WireAnswer),
+    Wire(Arc<WireAnswer>),
     /// Records that could not be encoded, or did not decode back to the
     /// same records: kept as they are, and answered by the full path only.
     Records([Vec<Record>; 3]),
@@ -303,6 +302,7 @@ impl Entry {
             answers,
             authorities,
             additionals,
+            wire: None,
         }
     }
 
@@ -518,7 +518,11 @@ impl Store {
             // Encoded here, on the miss path, so hits only copy bytes; kept
             // encoded only if it decodes back to exactly these records.
             let stored = match WireAnswer::encode(&key.0, answer) {
-                Some(wire) => Stored::Wire(wire),
+                Some(wire) => {
+                    let wire = Arc::new(wire);
+                    answer.wire = Some(wire.clone());
+                    Stored::Wire(wire)
+                }
                 None => Stored::Records([
                     answer.answers.clone(),
                     answer.authorities.clone(),

@@ -418,6 +418,7 @@ pub fn answer_from_reply(mut reply: Message) -> Answer {
         answers: std::mem::take(&mut reply.answers),
         authorities: std::mem::take(&mut reply.authorities),
         additionals: std::mem::take(&mut reply.additionals),
+        wire: None,
     }
 }
 

@@ -151,6 +151,13 @@ pub struct Answer {
     pub authorities: Vec<Record>,
     /// Additional section, without OPT.
     pub additionals: Vec<Record>,
+    /// These sections as the cache encoded and stored them, for a fresh
+    /// upstream answer: the handler sends its bytes as the fast path sends
+    /// a cache hit, instead of encoding the records again. Set only by the
+    /// cache, on the answer it just stored; an answer built or changed
+    /// anywhere else has `None` (links that block or rewrite an answer
+    /// build a new one).
+    pub wire: Option<Arc<WireAnswer>>,
 }
 
 impl Answer {
@@ -198,6 +205,7 @@ impl Answer {
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
+            wire: None,
         }
     }
 }
