@@ -24,8 +24,9 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
@@ -177,14 +178,24 @@ impl<R: Resolve> Receiver<R> {
 /// first poll uses a no-op waker; every future on the full path registers
 /// its waker again when polled, and a spawned task is always polled once,
 /// so nothing a first poll waits for is missed.
+///
+/// A panic in that first poll costs the one query, as it would in a task
+/// (tokio catches those): it must not unwind through the receive loop and
+/// end this thread's service.
 fn spawn_eagerly(task: impl Future<Output = ()> + Send + 'static) {
     let mut task = Box::pin(task);
-    if task
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-        .is_pending()
-    {
-        tokio::spawn(task);
+    let polled = panic::catch_unwind(AssertUnwindSafe(|| {
+        task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }));
+    match polled {
+        Ok(Poll::Pending) => drop(tokio::spawn(task)),
+        Ok(Poll::Ready(())) => {}
+        Err(_) => {
+            tracing::error!("a query's handling panicked; the query is dropped");
+            // Dropped as tokio drops a panicked task: a panic there too is
+            // contained.
+            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(task)));
+        }
     }
 }
 
@@ -539,6 +550,7 @@ mod tests {
             let cname =
                 |from: Name, to: &str| Record::from_rdata(from, 600, RData::CNAME(CNAME(name(to))));
             match owner.to_ascii().as_str() {
+                "panic.test." => panic!("the handler of one query panics"),
                 "www.cdn.test." => {
                     answer.answers.push(cname(owner, "edge.cdn.example."));
                     answer
@@ -757,6 +769,51 @@ mod tests {
             let mut fast = Vec::new();
             assert!(!handler.answer_now(&packet, src, &mut fast), "{packet:?}");
         }
+    }
+
+    /// A query whose handling panics in its first poll (run inside the
+    /// receive loop) is dropped; the thread goes on serving.
+    #[test]
+    fn a_panicking_query_does_not_stop_the_receive_thread() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _context = runtime.enter();
+        let socket = runtime.block_on(UdpSocket::bind("127.0.0.1:0")).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = start(
+            socket,
+            1,
+            Arc::new(handler(BlockMode::Null)),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        client
+            .send_to(&packet("panic.test.", RecordType::A, None, false, 1), addr)
+            .unwrap();
+        // Asked until answered, within a deadline: the first datagram may
+        // race the thread's start.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut reply = [0; 512];
+        let answered = loop {
+            client
+                .send_to(
+                    &packet("plain.example.", RecordType::A, None, false, 2),
+                    addr,
+                )
+                .unwrap();
+            match client.recv(&mut reply) {
+                Ok(n) if n >= 2 && reply[..2] == [0, 2] => break true,
+                _ if Instant::now() > deadline => break false,
+                _ => {}
+            }
+        };
+        shutdown.cancel();
+        runtime.block_on(server.stopped());
+        assert!(answered, "the receive thread stopped after a panic");
     }
 
     #[test]
