@@ -451,6 +451,11 @@ fn encode<'a>(
     let mut encoder = BinEncoder::new(&mut bytes);
     encoder.set_max_size(max_size);
     if let Ok(info) = response.destructive_emit(&mut encoder) {
+        // When records do not fit, hickory rolls its offset back past them
+        // and sets TC, but leaves their bytes in the buffer: the message
+        // ends at the offset.
+        let end = encoder.offset();
+        bytes.truncate(end);
         return Ok((info, bytes));
     }
     bytes.clear();
@@ -647,6 +652,46 @@ mod tests {
 
     fn header(bytes: &[u8]) -> Header {
         Header::read(&mut BinDecoder::new(bytes)).unwrap()
+    }
+
+    /// An answer too big for a UDP reply is truncated (TC) to the records
+    /// that fit, and the reply ends after the last of them.
+    #[test]
+    fn a_truncated_reply_ends_after_its_last_record() {
+        use hickory_proto::op::Query as Question;
+        use hickory_proto::rr::{Name, RData, Record, rdata::A};
+
+        let name = Name::from_ascii("many.example.").unwrap();
+        let question = Question::query(name, RecordType::A).to_bytes().unwrap();
+        let queries = Queries::read(&mut BinDecoder::new(&question), 1).unwrap();
+        // Owners that do not compress, so each record is about 40 bytes.
+        let records: Vec<Record> = (0..40u8)
+            .map(|i| {
+                let owner =
+                    Name::from_ascii(format!("host-{i:02}-abcdefghijklmnop.example{i}.")).unwrap();
+                Record::from_rdata(owner, 60, RData::A(A::new(192, 0, 2, i)))
+            })
+            .collect();
+        let mut metadata = Metadata::new(7, MessageType::Response, OpCode::Query);
+        metadata.recursion_available = true;
+        let response =
+            MessageResponseBuilder::new(&queries, None).build(metadata, records.iter(), [], [], []);
+        let (_, bytes) = encode(response, Protocol::Udp).unwrap();
+        assert!(bytes.len() <= 512, "{}", bytes.len());
+        let head = header(&bytes);
+        assert!(head.metadata.truncation);
+        assert!(head.counts.answers > 0 && head.counts.answers < 40);
+        let mut decoder = BinDecoder::new(&bytes);
+        Header::read(&mut decoder).unwrap();
+        Queries::read(&mut decoder, 1).unwrap();
+        for _ in 0..head.counts.answers {
+            Record::read(&mut decoder).unwrap();
+        }
+        assert!(
+            decoder.is_empty(),
+            "{} bytes after the last record",
+            decoder.len()
+        );
     }
 
     #[test]
