@@ -182,6 +182,7 @@ impl<R: Resolve> Handler<R> {
         if let Some((header, bytes)) = answer
             .wire
             .as_deref()
+            .filter(|wire| encodes(wire, &answer))
             .and_then(|wire| wire_reply(question, metadata, wire, edns_out.as_ref(), max_size))
         {
             return match response_handle.0.deliver(bytes).await {
@@ -218,8 +219,14 @@ impl<R: Resolve> Handler<R> {
 /// and the OPT record `edns` describes. These are the bytes hickory's
 /// encoder writes for the same records (the UDP fast path sends them for
 /// a cache hit, and tests compare the two); `None` if they would not fit
-/// in `max_size` (the encoder then truncates) or were encoded after a
-/// question of another length.
+/// in `max_size` (hickory's encoder then truncates) or were encoded after
+/// a question of another length.
+///
+/// One band differs: hickory checks the size limit while it writes a name
+/// in full, before replacing it with a pointer, so an answer that fits
+/// only once compressed, within a name's length of the limit, comes out
+/// of its encoder truncated (TC). From the cache's bytes (here and on the
+/// fast path) it goes out whole. Both are valid replies.
 fn wire_reply(
     question: &Queries,
     metadata: Metadata,
@@ -257,6 +264,22 @@ fn wire_reply(
         bytes.extend_from_slice(&[0, 0, 41, payload[0], payload[1], 0, 0, 0, 0, 0, 0]);
     }
     Some((header, bytes))
+}
+
+/// Whether `wire` can stand for `answer`: a cheap check of what a link
+/// that changed the answer after the cache set it would most likely have
+/// changed (the cache is the only link that sets it, and the links above
+/// it build a new answer rather than change one).
+fn encodes(wire: &crate::resolver::WireAnswer, answer: &crate::resolver::Answer) -> bool {
+    let count = |records: &[hickory_proto::rr::Record]| u16::try_from(records.len()).ok();
+    wire.rcode == answer.rcode
+        && wire.authentic_data == answer.authentic_data
+        && !answer.authoritative
+        && [
+            count(&answer.answers),
+            count(&answer.authorities),
+            count(&answer.additionals),
+        ] == wire.counts.map(Some)
 }
 
 /// The response code for a request the chain must not see, or its one
@@ -353,8 +376,9 @@ fn question_has_pointers(raw: &[u8], count: usize) -> bool {
 
 /// Where a transport puts an encoded reply: the one thing the UDP, TCP and
 /// socket-less paths do differently once the handler has answered. The
-/// encoding itself ([`encode`]) is shared, in the one [`ResponseHandler`]
-/// that [`respond`] gives the handler.
+/// encoding is shared: hickory's ([`encode`], in the one
+/// [`ResponseHandler`] that [`respond`] gives the handler), or the cache's
+/// bytes for a fresh upstream answer ([`wire_reply`]).
 pub(crate) trait Deliver: Clone + Send + Sync + Unpin + 'static {
     /// The transport, which sets the size the reply is encoded to.
     fn protocol(&self) -> Protocol;

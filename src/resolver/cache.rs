@@ -359,7 +359,8 @@ pub struct Cache<N> {
     stale_timeout: Duration,
     /// Identical queries waiting on one upstream request. hashbrown's
     /// default hasher (foldhash, seeded per map) hashes a name several
-    /// times faster than std's SipHash, and a miss hashes it twice here.
+    /// times faster than std's SipHash, and a miss hashes it three times
+    /// here (look up, insert, remove).
     in_flight: Mutex<HashMap<Key, broadcast::Sender<Answer>>>,
     /// Upstream requests allowed at once.
     upstream_slots: Semaphore,

@@ -152,6 +152,8 @@ impl Group {
 /// `Message::to_vec` writes them (a unit test holds the two equal), without
 /// its encoder: header, the one question, an OPT record with `payload`.
 fn query_bytes(query: &Query<'_>, id: u16, payload: u16) -> Vec<u8> {
+    // As hickory's `Edns::set_max_payload` does.
+    let payload = payload.max(512);
     let mut bytes = Vec::with_capacity(DNS_HEADER_LEN + query.name.len() + 2 + 4 + 11);
     bytes.extend_from_slice(&id.to_be_bytes());
     // RD; AD (see `request`), CD as the client set it. One question, one
@@ -455,7 +457,7 @@ mod tests {
             let name = LowerName::new(&Name::from_ascii(name).unwrap());
             for qtype in types {
                 for checking_disabled in [false, true] {
-                    for payload in [512, 1232, 4096, u16::MAX] {
+                    for payload in [0, 512, 1232, 4096, u16::MAX] {
                         let query = Query {
                             name: &name,
                             qtype,

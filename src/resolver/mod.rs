@@ -157,7 +157,7 @@ pub struct Answer {
     /// cache, on the answer it just stored; an answer built or changed
     /// anywhere else has `None` (links that block or rewrite an answer
     /// build a new one).
-    pub wire: Option<Arc<WireAnswer>>,
+    pub(crate) wire: Option<Arc<WireAnswer>>,
 }
 
 impl Answer {
