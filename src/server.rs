@@ -22,7 +22,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, B
 use hickory_server::net::NetError;
 /// The transport a request came over, as [`answer_bytes`] takes it.
 pub use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
+use hickory_server::server::{Request, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 
@@ -89,15 +89,11 @@ fn failed(request: &Request, rcode: ResponseCode) -> ResponseInfo {
 }
 
 impl<R: Resolve> Handler<R> {
-    /// Answers one parsed request through `response_handle`, as a hickory
+    /// Answers one parsed request through `reply`, as a hickory
     /// `RequestHandler` would, with one more way out: a fresh upstream
     /// answer goes out as the bytes the cache just encoded, not encoded
     /// again record by record.
-    async fn handle_request<D: Deliver>(
-        &self,
-        request: &Request,
-        mut response_handle: Encoded<D>,
-    ) -> ResponseInfo {
+    async fn handle_request(&self, request: &Request, reply: impl Deliver) -> ResponseInfo {
         let started = Instant::now();
         let mut edns_out = None;
         if let Some(edns) = &request.edns {
@@ -126,9 +122,7 @@ impl<R: Resolve> Handler<R> {
                     .responses
                     .with_label_values(&[crate::metrics::rcode_label(rcode)])
                     .inc();
-                let sent = response_handle
-                    .send_response(builder.build_no_records(metadata))
-                    .await;
+                let sent = send(builder.build_no_records(metadata), &reply).await;
                 return sent.unwrap_or_else(|error| {
                     tracing::debug!(%error, "could not send an error response");
                     failed(request, rcode)
@@ -175,17 +169,14 @@ impl<R: Resolve> Handler<R> {
         );
         let client = self.clients.label(query.client);
         self.metrics.observe_client(&client, &answer.outcome);
-        let max_size = match response_handle.0.protocol() {
-            Protocol::Udp => edns_out.as_ref().map_or(512, Edns::max_payload),
-            _ => u16::MAX,
-        };
+        let max_size = max_size(reply.protocol(), edns_out.as_ref());
         if let Some((header, bytes)) = answer
             .wire
             .as_deref()
             .filter(|wire| encodes(wire, &answer))
             .and_then(|wire| wire_reply(question, metadata, wire, edns_out.as_ref(), max_size))
         {
-            return match response_handle.0.deliver(bytes).await {
+            return match reply.deliver(bytes).await {
                 Ok(()) => ResponseInfo::from(header),
                 Err(error) => {
                     tracing::debug!(%error, client = %request.src(), "could not send a response");
@@ -204,7 +195,7 @@ impl<R: Resolve> Handler<R> {
             [],
             answer.additionals.iter(),
         );
-        match response_handle.send_response(response).await {
+        match send(response, &reply).await {
             Ok(info) => info,
             Err(error) => {
                 tracing::debug!(%error, client = %request.src(), "could not send a response");
@@ -376,38 +367,13 @@ fn question_has_pointers(raw: &[u8], count: usize) -> bool {
 
 /// Where a transport puts an encoded reply: the one thing the UDP, TCP and
 /// socket-less paths do differently once the handler has answered. The
-/// encoding is shared: hickory's ([`encode`], in the one
-/// [`ResponseHandler`] that [`respond`] gives the handler), or the cache's
-/// bytes for a fresh upstream answer ([`wire_reply`]).
+/// encoding is shared: hickory's ([`send`]), or the cache's bytes for a
+/// fresh upstream answer ([`wire_reply`]).
 pub(crate) trait Deliver: Clone + Send + Sync + Unpin + 'static {
     /// The transport, which sets the size the reply is encoded to.
     fn protocol(&self) -> Protocol;
     /// Sends (or keeps) the encoded reply.
     fn deliver(&self, bytes: Vec<u8>) -> impl Future<Output = Result<(), NetError>> + Send;
-}
-
-/// The handler's [`ResponseHandler`]: encodes as hickory does, then
-/// delivers.
-#[derive(Clone)]
-struct Encoded<D>(D);
-
-#[async_trait::async_trait]
-impl<D: Deliver> ResponseHandler for Encoded<D> {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response, self.0.protocol())?;
-        self.0.deliver(bytes).await?;
-        Ok(info)
-    }
 }
 
 /// Keeps the encoded reply instead of sending it, so [`answer_bytes`] can
@@ -451,11 +417,20 @@ impl Deliver for CapturedReply {
     }
 }
 
+/// The most a reply over `protocol` may take: the client's EDNS payload
+/// size (as the handler clamped it into `edns`) or 512 bytes over UDP.
+fn max_size(protocol: Protocol, edns: Option<&Edns>) -> u16 {
+    match protocol {
+        Protocol::Udp => edns.map_or(512, Edns::max_payload),
+        _ => u16::MAX,
+    }
+}
+
 /// What hickory's `ResponseHandle` does with a response
 /// (`MessageResponse::encode`, which is crate-private in hickory-server
-/// 0.26): the size limit per protocol, and a bare SERVFAIL when the
-/// response cannot be encoded.
-fn encode<'a>(
+/// 0.26), then hands the bytes to `reply`: the size limit per protocol,
+/// and a bare SERVFAIL when the response cannot be encoded.
+async fn send<'a>(
     response: MessageResponse<
         '_,
         'a,
@@ -464,34 +439,35 @@ fn encode<'a>(
         impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
         impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
     >,
-    protocol: Protocol,
-) -> Result<(ResponseInfo, Vec<u8>), NetError> {
+    reply: &impl Deliver,
+) -> Result<ResponseInfo, NetError> {
     let id = response.metadata().id;
-    let max_size = match protocol {
-        Protocol::Udp => response.edns().map_or(512, Edns::max_payload),
-        _ => u16::MAX,
-    };
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max_size);
-    if let Ok(info) = response.destructive_emit(&mut encoder) {
-        // When records do not fit, hickory rolls its offset back past them
-        // and sets TC, but leaves their bytes in the buffer: the message
-        // ends at the offset.
-        let end = encoder.offset();
-        bytes.truncate(end);
-        return Ok((info, bytes));
-    }
-    bytes.clear();
-    let mut encoder = BinEncoder::new(&mut bytes);
-    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-    metadata.response_code = ResponseCode::ServFail;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
+    encoder.set_max_size(max_size(reply.protocol(), response.edns()));
+    let info = match response.destructive_emit(&mut encoder) {
+        Ok(info) => {
+            // When records do not fit, hickory rolls its offset back past
+            // them and sets TC, but leaves their bytes in the buffer: the
+            // message ends at the offset.
+            let end = encoder.offset();
+            bytes.truncate(end);
+            info
+        }
+        Err(_) => {
+            bytes.clear();
+            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            header.emit(&mut BinEncoder::new(&mut bytes))?;
+            ResponseInfo::from(header)
+        }
     };
-    header.emit(&mut encoder)?;
-    Ok((ResponseInfo::from(header), bytes))
+    reply.deliver(bytes).await?;
+    Ok(info)
 }
 
 /// Runs one request packet through the whole server path without sockets
@@ -526,7 +502,6 @@ pub(crate) async fn respond<R: Resolve>(
     reply: impl Deliver,
 ) {
     let protocol = reply.protocol();
-    let mut response = Encoded(reply);
     let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
         return;
     };
@@ -538,7 +513,7 @@ pub(crate) async fn respond<R: Resolve>(
         .flatten();
     match request {
         Some(request) => {
-            handler.handle_request(&request, response).await;
+            handler.handle_request(&request, reply).await;
         }
         None => {
             let Ok(no_questions) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
@@ -546,7 +521,7 @@ pub(crate) async fn respond<R: Resolve>(
             };
             let formerr = MessageResponseBuilder::new(&no_questions, None)
                 .error_msg(&header.metadata, ResponseCode::FormErr);
-            if let Err(error) = response.send_response(formerr).await {
+            if let Err(error) = send(formerr, &reply).await {
                 tracing::debug!(%error, client = %src, "could not send FORMERR");
             }
         }
@@ -680,8 +655,8 @@ mod tests {
 
     /// An answer too big for a UDP reply is truncated (TC) to the records
     /// that fit, and the reply ends after the last of them.
-    #[test]
-    fn a_truncated_reply_ends_after_its_last_record() {
+    #[tokio::test]
+    async fn a_truncated_reply_ends_after_its_last_record() {
         use hickory_proto::op::Query as Question;
         use hickory_proto::rr::{Name, RData, Record, rdata::A};
 
@@ -700,7 +675,9 @@ mod tests {
         metadata.recursion_available = true;
         let response =
             MessageResponseBuilder::new(&queries, None).build(metadata, records.iter(), [], [], []);
-        let (_, bytes) = encode(response, Protocol::Udp).unwrap();
+        let capture = CapturedReply::new(Protocol::Udp);
+        send(response, &capture).await.unwrap();
+        let bytes = capture.take().unwrap();
         assert!(bytes.len() <= 512, "{}", bytes.len());
         let head = header(&bytes);
         assert!(head.metadata.truncation);
