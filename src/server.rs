@@ -249,12 +249,17 @@ fn wire_reply(
     // Just stored: the TTLs are those of the answer's records.
     wire.write(&mut bytes, 0);
     if let Some(edns) = edns {
-        let payload = edns.max_payload().to_be_bytes();
-        // Root, OPT, the payload size, no extended RCODE, version 0, no
-        // flags, no options: what the handler's `Edns` encodes to.
-        bytes.extend_from_slice(&[0, 0, 41, payload[0], payload[1], 0, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&opt_record(edns.max_payload()));
     }
     Some((header, bytes))
+}
+
+/// The OPT record the handler's `Edns` (a payload size, nothing else)
+/// encodes to: root owner, type OPT, `payload` as its class, no extended
+/// RCODE, version 0, no flags, no options.
+pub(crate) fn opt_record(payload: u16) -> [u8; 11] {
+    let [high, low] = payload.to_be_bytes();
+    [0, 0, 41, high, low, 0, 0, 0, 0, 0, 0]
 }
 
 /// Whether `wire` can stand for `answer`: a cheap check of what a link

@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::BlockMode;
 use crate::resolver::{BlockPolicy, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, blocked_answer};
-use crate::server::{Deliver, Handler, Protocol, respond};
+use crate::server::{Deliver, Handler, Protocol, opt_record, respond};
 
 /// The largest datagram read: the most a UDP payload can be.
 const MAX_DATAGRAM: usize = 65_535;
@@ -443,10 +443,7 @@ impl<R: Resolve> Handler<R> {
             }
         };
         if let Some(payload) = parsed.edns_payload {
-            let ours = payload.clamp(512, self.edns_udp_size()).to_be_bytes();
-            // Root, OPT, our payload size, no extended RCODE, version 0,
-            // no flags, no options.
-            reply.extend_from_slice(&[0, 0, 41, ours[0], ours[1], 0, 0, 0, 0, 0, 0]);
+            reply.extend_from_slice(&opt_record(payload.clamp(512, self.edns_udp_size())));
             let additionals = u16::from_be_bytes([reply[10], reply[11]]);
             reply[10..12].copy_from_slice(&additionals.saturating_add(1).to_be_bytes());
         }
