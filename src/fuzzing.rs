@@ -16,10 +16,12 @@
 //! `allow_clients`), `[blocking] mode` (bits 0-1) and rebind protection
 //! (bit 2). The fake upstream answers every question with the upstream
 //! reply bytes, parsed as hickory parses an upstream reply (SERVFAIL when
-//! they do not parse), so the fuzzer controls both what the client asks and
+//! they do not parse) and passed on with the parsed reply as a UDP
+//! upstream's are, so the fuzzer controls both what the client asks and
 //! what the upstream says: CNAME chains into block lists, private
-//! addresses, odd TTLs and record types all reach the cache, the block and
-//! rebind checks and the encoder.
+//! addresses, odd TTLs and record types all reach the cache (which may
+//! keep the upstream's bytes as they came), the block and rebind checks
+//! and the encoder.
 //!
 //! Oracle: no panic; a reply, when there is one, parses, is a response and
 //! echoes the query's ID; over UDP it fits the client's payload size;
@@ -39,8 +41,8 @@ use crate::resolver::{
 use crate::server::{Handler, Protocol, answer_bytes};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 
-/// The upstream: whatever the input says it answers.
-struct FakeUpstream(Option<Message>);
+/// The upstream: whatever the input says it answers, and those bytes.
+struct FakeUpstream(Option<(Message, Vec<u8>)>);
 
 impl Resolve for FakeUpstream {
     async fn resolve(&self, _query: &Query<'_>) -> Answer {
@@ -49,14 +51,14 @@ impl Resolve for FakeUpstream {
             // (the ID and question checks need sockets, and are left out),
             // and SERVFAIL and REFUSED mean "try the next one", of which
             // there is none.
-            Some(reply)
+            Some((reply, bytes))
                 if is_query_response(reply)
                     && !matches!(
                         reply.metadata.response_code,
                         ResponseCode::ServFail | ResponseCode::Refused
                     ) =>
             {
-                answer_from_reply(reply.clone())
+                answer_from_reply(reply.clone(), Some(bytes.clone()))
             }
             _ => Answer::empty(Outcome::Error, ResponseCode::ServFail),
         }
@@ -138,7 +140,11 @@ pub fn request_path(data: &[u8]) {
         s.lists[usize::from(flags & 3)].clone(),
         s.metrics.clone(),
         Arc::new(crate::controls::Controls::default()),
-        FakeUpstream(Message::from_vec(upstream).ok()),
+        FakeUpstream(
+            Message::from_vec(upstream)
+                .ok()
+                .map(|reply| (reply, upstream.to_vec())),
+        ),
     );
     let handler = Handler::new(
         chain,

@@ -172,9 +172,11 @@ impl<R: Resolve> Handler<R> {
         let max_size = max_size(reply.protocol(), edns_out.as_ref());
         if let Some((header, bytes)) = answer
             .wire
-            .as_deref()
-            .filter(|wire| encodes(wire, &answer))
-            .and_then(|wire| wire_reply(question, metadata, wire, edns_out.as_ref(), max_size))
+            .as_ref()
+            .filter(|(wire, _)| encodes(wire, &answer))
+            .and_then(|(wire, age)| {
+                wire_reply(question, metadata, wire, *age, edns_out.as_ref(), max_size)
+            })
         {
             return match reply.deliver(bytes).await {
                 Ok(()) => ResponseInfo::from(header),
@@ -205,13 +207,14 @@ impl<R: Resolve> Handler<R> {
     }
 }
 
-/// The reply to a request for which the cache has just encoded `wire`:
-/// the header, the question as the client sent it, the encoded sections
-/// and the OPT record `edns` describes. These are the bytes hickory's
-/// encoder writes for the same records (the UDP fast path sends them for
-/// a cache hit, and tests compare the two); `None` if they would not fit
-/// in `max_size` (hickory's encoder then truncates) or were encoded after
-/// a question of another length.
+/// The reply to a request the cache answered with `wire`, stored `age`
+/// seconds ago: the header, the question as the client sent it, the
+/// encoded sections and the OPT record `edns` describes, as the UDP fast
+/// path sends a cache hit. For sections hickory encoded, these are the
+/// bytes its encoder writes for the same records (tests compare the two);
+/// for sections kept as the upstream sent them, they decode to the same
+/// records. `None` if they would not fit in `max_size` (hickory's encoder
+/// then truncates) or were encoded after a question of another length.
 ///
 /// One band differs: hickory checks the size limit while it writes a name
 /// in full, before replacing it with a pointer, so an answer that fits
@@ -222,6 +225,7 @@ fn wire_reply(
     question: &Queries,
     metadata: Metadata,
     wire: &crate::resolver::WireAnswer,
+    age: u32,
     edns: Option<&Edns>,
     max_size: u16,
 ) -> Option<(Header, Vec<u8>)> {
@@ -246,8 +250,7 @@ fn wire_reply(
     let mut bytes = Vec::with_capacity(len);
     header.emit(&mut BinEncoder::new(&mut bytes)).ok()?;
     bytes.extend_from_slice(question);
-    // Just stored: the TTLs are those of the answer's records.
-    wire.write(&mut bytes, 0);
+    wire.write(&mut bytes, age);
     if let Some(edns) = edns {
         bytes.extend_from_slice(&opt_record(edns.max_payload()));
     }
@@ -698,6 +701,106 @@ mod tests {
             "{} bytes after the last record",
             decoder.len()
         );
+    }
+
+    /// The cache's own encoding, sent by [`wire_reply`], is byte for byte
+    /// what hickory's encoder writes for the same records, their TTLs
+    /// counted down by the entry's age.
+    #[tokio::test]
+    async fn wire_replies_are_what_hickory_encodes() {
+        use crate::resolver::{Answer, Outcome, WireAnswer};
+        use hickory_proto::op::Query as Question;
+        use hickory_proto::rr::rdata::{A, CNAME, MX, SOA};
+        use hickory_proto::rr::{LowerName, Name, RData, Record};
+
+        let name = |s: &str| Name::from_ascii(s).unwrap();
+        let rec = |owner: &str, ttl: u32, data: RData| Record::from_rdata(name(owner), ttl, data);
+        let a = |owner: &str, ttl: u32| rec(owner, ttl, RData::A(A::new(192, 0, 2, 1)));
+        let deep = format!("{}example.", "x.".repeat(61));
+        let soa = SOA::new(name("ns.example."), name("h.example."), 1, 2, 3, 4, 60);
+        let cases = [
+            ("www.example.", vec![a("www.example.", 300)], vec![]),
+            (
+                "Www.Example.",
+                vec![
+                    rec(
+                        "www.example.",
+                        300,
+                        RData::CNAME(CNAME(name("cdn.example."))),
+                    ),
+                    rec(
+                        "cdn.example.",
+                        120,
+                        RData::CNAME(CNAME(name("edge.cdn.example."))),
+                    ),
+                    a("edge.cdn.example.", 60),
+                ],
+                vec![],
+            ),
+            (
+                "mx.example.",
+                vec![rec(
+                    "mx.example.",
+                    300,
+                    RData::MX(MX::new(10, name("mail.mx.example."))),
+                )],
+                vec![],
+            ),
+            (
+                deep.as_str(),
+                vec![a(&deep, 300), a(&format!("y.{deep}"), 300)],
+                vec![],
+            ),
+            (
+                "nx.example.",
+                vec![],
+                vec![rec("example.", 900, RData::SOA(soa))],
+            ),
+        ];
+        for (qname, answers, authorities) in cases {
+            let question = Question::query(name(qname), RecordType::A)
+                .to_bytes()
+                .unwrap();
+            let queries = Queries::read(&mut BinDecoder::new(&question), 1).unwrap();
+            let answer = Answer {
+                outcome: Outcome::Forwarded,
+                rcode: ResponseCode::NoError,
+                authentic_data: false,
+                authoritative: false,
+                answers,
+                authorities,
+                additionals: vec![],
+                wire: None,
+                upstream_reply: None,
+            };
+            let key = LowerName::new(&name(qname));
+            let wire = WireAnswer::encode(&key, &answer).expect("encodes");
+            let mut metadata = Metadata::new(7, MessageType::Response, OpCode::Query);
+            metadata.recursion_available = true;
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            for age in [0, 59, 1000] {
+                let (_, sent) =
+                    wire_reply(&queries, metadata, &wire, age, Some(&edns), 1232).expect("fits");
+                let counted_down = |records: &[Record]| {
+                    let mut records = records.to_vec();
+                    for r in &mut records {
+                        r.ttl = r.ttl.saturating_sub(age);
+                    }
+                    records
+                };
+                let (answers, authorities) = (
+                    counted_down(&answer.answers),
+                    counted_down(&answer.authorities),
+                );
+                let mut builder = MessageResponseBuilder::new(&queries, None);
+                builder.edns(&edns);
+                let response = builder.build(metadata, answers.iter(), authorities.iter(), [], []);
+                let capture = CapturedReply::new(Protocol::Udp);
+                send(response, &capture).await.unwrap();
+                assert_eq!(Some(sent), capture.take(), "{qname} at age {age}");
+            }
+        }
     }
 
     #[test]

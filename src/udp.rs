@@ -665,8 +665,9 @@ mod tests {
     /// the fast path, then the full path again; returns whether the fast
     /// path answered, after checking that it sent what the full path did.
     /// The first reply must be the same too: for a miss the cache stored,
-    /// the handler sent the cache's encoding, and the full path's cache
-    /// hit is encoded by hickory record by record.
+    /// the handler sent the cache's encoding, as it does for the hit
+    /// after it (`server::tests::wire_replies_are_what_hickory_encodes`
+    /// holds that encoding to hickory's).
     async fn compare(handler: &Handler<impl Resolve>, packet: &[u8]) -> bool {
         let src: SocketAddr = "127.0.0.1:5353".parse().unwrap();
         let first = answer_bytes(handler, packet, src, Protocol::Udp)

@@ -24,7 +24,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
-use super::{Answer, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, write_name};
+use super::{Answer, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, wire, write_name};
 use crate::config::{CacheConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
@@ -83,7 +83,7 @@ impl WireAnswer {
     /// Encodes `answer` (TTLs already clamped) as the reply to a question
     /// for `name`; `None` if it cannot be, or if the bytes do not decode
     /// back to exactly its records, and then hits take the full path.
-    fn encode(name: &LowerName, answer: &Answer) -> Option<Self> {
+    pub(crate) fn encode(name: &LowerName, answer: &Answer) -> Option<Self> {
         if answer.rcode.high() != 0 {
             return None;
         }
@@ -123,14 +123,44 @@ impl WireAnswer {
             question_len,
             bytes: buf.split_off(start).into_boxed_slice(),
             ttls,
-            cname_targets: answer
-                .answers
+            cname_targets: cname_targets(answer),
+        })
+    }
+
+    /// The sections of `reply`, the upstream's answer to a question for
+    /// `name` that hickory decoded into `answer` (TTLs since clamped), as
+    /// the upstream wrote them; `None` where [`wire::sections`] finds they
+    /// could read differently in telesink's reply, and then [`Self::encode`]
+    /// encodes the records instead. No check by decoding is needed: these
+    /// are the bytes the records were decoded from.
+    fn from_upstream(name: &LowerName, answer: &Answer, reply: &[u8]) -> Option<Self> {
+        if answer.rcode.high() != 0 {
+            return None;
+        }
+        let sections = wire::sections(reply, name)?;
+        let lengths = [
+            answer.answers.len(),
+            answer.authorities.len(),
+            answer.additionals.len(),
+        ];
+        // hickory takes OPT out of the additionals (so does `sections`),
+        // and SIG(0) and TSIG records too (`sections` does not).
+        if sections.counts.map(usize::from) != lengths {
+            return None;
+        }
+        Some(Self {
+            rcode: answer.rcode,
+            authentic_data: answer.authentic_data,
+            counts: sections.counts,
+            question_len: sections.start - DNS_HEADER_LEN,
+            bytes: reply[sections.start..sections.end].into(),
+            ttls: sections
+                .ttls
                 .iter()
-                .filter_map(|r| match &r.data {
-                    RData::CNAME(target) => Some(LowerName::new(&target.0)),
-                    _ => None,
-                })
+                .zip(answer.records())
+                .map(|(&at, record)| (at, record.ttl))
                 .collect(),
+            cname_targets: cname_targets(answer),
         })
     }
 
@@ -145,12 +175,16 @@ impl WireAnswer {
         }
     }
 
-    /// The records again, decoded from the bytes (after a stand-in for the
-    /// header and question, so compression pointers land where they were
-    /// written); `None` if they do not decode.
-    fn records(&self) -> Option<[Vec<Record>; 3]> {
+    /// The records again, decoded from the bytes after a stand-in for the
+    /// header and a question for `name` (compression pointers land where
+    /// they were written, and the upstream's bytes may point into the
+    /// question's name); `None` if they do not decode.
+    fn records(&self, name: &LowerName) -> Option<[Vec<Record>; 3]> {
         let start = DNS_HEADER_LEN + self.question_len;
-        let mut message = vec![0; start];
+        let mut message = Vec::with_capacity(start + self.bytes.len());
+        message.extend_from_slice(&[0; DNS_HEADER_LEN]);
+        write_name(name, &mut message);
+        message.resize(start, 0);
         message.extend_from_slice(&self.bytes);
         decode_sections(&message, start, self.counts)
     }
@@ -169,6 +203,18 @@ impl WireAnswer {
     pub fn cname_targets(&self) -> &[LowerName] {
         &self.cname_targets
     }
+}
+
+/// The CNAME targets in `answer`'s answer section.
+fn cname_targets(answer: &Answer) -> Box<[LowerName]> {
+    answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::CNAME(target) => Some(LowerName::new(&target.0)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A fresh cache entry that has a wire form, found by [`Resolve::peek`].
@@ -275,13 +321,14 @@ impl Entry {
         }
     }
 
-    /// The entry as an answer, with TTLs counted down by `age`, or all set
-    /// to `ttl` when given (stale answers).
-    fn answer(&self, outcome: Outcome, age: u32, ttl: Option<u32>) -> Answer {
+    /// The entry, stored for a question for `name`, as an answer, with
+    /// TTLs counted down by `age`, or all set to `ttl` when given (stale
+    /// answers).
+    fn answer(&self, name: &LowerName, outcome: Outcome, age: u32, ttl: Option<u32>) -> Answer {
         let [mut answers, mut authorities, mut additionals] = match &self.stored {
             // Checked to decode when it was stored; should that ever fail,
             // the client gets SERVFAIL rather than a wrong answer.
-            Stored::Wire(wire) => match wire.records() {
+            Stored::Wire(wire) => match wire.records(name) {
                 Some(records) => records,
                 None => return Answer::empty(Outcome::Error, ResponseCode::ServFail),
             },
@@ -302,7 +349,13 @@ impl Entry {
             answers,
             authorities,
             additionals,
-            wire: None,
+            // A fresh hit goes out as the bytes the fast path would send
+            // for it, whichever path sends it.
+            wire: match (&self.stored, ttl) {
+                (Stored::Wire(wire), None) => Some((wire.clone(), age)),
+                _ => None,
+            },
+            upstream_reply: None,
         }
     }
 
@@ -516,12 +569,18 @@ impl Store {
             return;
         };
         if let Some(ttl) = self.cacheable_ttl(answer) {
-            // Encoded here, on the miss path, so hits only copy bytes; kept
-            // encoded only if it decodes back to exactly these records.
-            let stored = match WireAnswer::encode(&key.0, answer) {
+            // Encoded here, on the miss path, so hits only copy bytes: as
+            // the upstream sent them where they can stand as they are,
+            // else by hickory, and kept encoded only if that decodes back
+            // to exactly these records.
+            let upstream = answer.upstream_reply.take();
+            let wire = upstream
+                .and_then(|reply| WireAnswer::from_upstream(&key.0, answer, &reply))
+                .or_else(|| WireAnswer::encode(&key.0, answer));
+            let stored = match wire {
                 Some(wire) => {
                     let wire = Arc::new(wire);
-                    answer.wire = Some(wire.clone());
+                    answer.wire = Some((wire.clone(), 0));
                     Stored::Wire(wire)
                 }
                 None => Stored::Records([
@@ -693,11 +752,11 @@ impl<N: Resolve> Resolve for Cache<N> {
             if age < entry.ttl {
                 self.metrics.cache_hits.inc();
                 self.maybe_prefetch(query, &entry, age);
-                return entry.answer(Outcome::Cached, age, None);
+                return entry.answer(query.name, Outcome::Cached, age, None);
             }
             if age < entry.ttl.saturating_add(self.serve_stale) {
                 if entry.recently_failed(age) {
-                    return entry.answer(Outcome::Stale, age, Some(STALE_TTL));
+                    return entry.answer(query.name, Outcome::Stale, age, Some(STALE_TTL));
                 }
                 stale = Some(entry);
             } else {
@@ -718,7 +777,12 @@ impl<N: Resolve> Resolve for Cache<N> {
                     Ok(answer) if usable(&answer) => answer,
                     _ => {
                         entry.mark_failed();
-                        return entry.answer(Outcome::Stale, entry.age(), Some(STALE_TTL));
+                        return entry.answer(
+                            query.name,
+                            Outcome::Stale,
+                            entry.age(),
+                            Some(STALE_TTL),
+                        );
                     }
                 }
             }
@@ -727,5 +791,228 @@ impl<N: Resolve> Resolve for Cache<N> {
             self.store.store(key, &mut answer);
         }
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::str::FromStr;
+
+    use hickory_proto::op::{Edns, Message, OpCode, Query as DnsQuery};
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, SRV, TXT};
+    use hickory_proto::rr::{Name, RData, Record};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::resolver::answer_from_reply;
+
+    fn name(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    const QNAME: &str = "www.example.test.";
+
+    /// A reply's question type, response code and sections.
+    type Shape = (
+        RecordType,
+        ResponseCode,
+        Vec<Record>,
+        Vec<Record>,
+        Vec<Record>,
+    );
+
+    /// Upstream replies to `QNAME` as hickory writes them (compressed,
+    /// with OPT), of the shapes upstreams send.
+    fn replies() -> Vec<Vec<u8>> {
+        let rec = |owner: &str, data: RData| Record::from_rdata(name(owner), 300, data);
+        let a = |owner: &str| rec(owner, RData::A(A(Ipv4Addr::new(192, 0, 2, 1))));
+        let soa = rec(
+            "example.test.",
+            RData::SOA(SOA::new(
+                name("ns.example.test."),
+                name("hostmaster.example.test."),
+                1,
+                3600,
+                600,
+                86400,
+                60,
+            )),
+        );
+        let shapes: Vec<Shape> = vec![
+            (
+                RecordType::A,
+                ResponseCode::NoError,
+                vec![a(QNAME)],
+                vec![],
+                vec![],
+            ),
+            (
+                RecordType::A,
+                ResponseCode::NoError,
+                vec![
+                    rec(QNAME, RData::CNAME(CNAME(name("edge.cdn.example.test.")))),
+                    rec(
+                        "edge.cdn.example.test.",
+                        RData::CNAME(CNAME(name("a.cdn.test."))),
+                    ),
+                    a("a.cdn.test."),
+                ],
+                vec![],
+                vec![],
+            ),
+            (
+                RecordType::AAAA,
+                ResponseCode::NoError,
+                vec![rec(QNAME, RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)))],
+                vec![rec(
+                    "example.test.",
+                    RData::NS(NS(name("ns.example.test."))),
+                )],
+                vec![a("ns.example.test.")],
+            ),
+            (
+                RecordType::MX,
+                ResponseCode::NoError,
+                vec![rec(
+                    QNAME,
+                    RData::MX(MX::new(10, name("mail.example.test."))),
+                )],
+                vec![],
+                vec![a("mail.example.test.")],
+            ),
+            (
+                RecordType::TXT,
+                ResponseCode::NoError,
+                vec![rec(
+                    QNAME,
+                    RData::TXT(TXT::new(vec!["v=spf1 -all".into(), String::new()])),
+                )],
+                vec![],
+                vec![],
+            ),
+            (
+                RecordType::SRV,
+                ResponseCode::NoError,
+                vec![rec(
+                    QNAME,
+                    RData::SRV(SRV::new(1, 2, 443, name("www.example.test."))),
+                )],
+                vec![],
+                vec![],
+            ),
+            (
+                RecordType::A,
+                ResponseCode::NXDomain,
+                vec![],
+                vec![soa.clone()],
+                vec![],
+            ),
+            (
+                RecordType::AAAA,
+                ResponseCode::NoError,
+                vec![],
+                vec![soa],
+                vec![],
+            ),
+        ];
+        shapes
+            .into_iter()
+            .map(|(qtype, rcode, answers, authorities, additionals)| {
+                let mut m = Message::response(0x1234, OpCode::Query);
+                m.metadata.response_code = rcode;
+                m.add_query(DnsQuery::query(name(QNAME), qtype));
+                m.answers = answers;
+                m.authorities = authorities;
+                m.additionals = additionals;
+                let mut edns = Edns::new();
+                edns.set_max_payload(1232);
+                m.set_edns(edns);
+                m.to_vec().unwrap()
+            })
+            .collect()
+    }
+
+    /// What telesink keeps of `bytes` as the upstream's reply to a
+    /// question for `QNAME`, taken as Forward and the cache take it;
+    /// `None` where it would be encoded anew.
+    fn kept(bytes: &[u8]) -> Option<(Message, WireAnswer)> {
+        let reply = Message::from_vec(bytes).ok()?;
+        let key = LowerName::new(&name(QNAME));
+        let asked = reply.queries.first()?;
+        if !crate::resolver::is_query_response(&reply)
+            || reply.queries.len() != 1
+            || *asked.name() != *key
+        {
+            return None;
+        }
+        let answer = answer_from_reply(reply.clone(), None);
+        let wire = WireAnswer::from_upstream(&key, &answer, bytes)?;
+        Some((reply, wire))
+    }
+
+    /// The records of `wire` as a client reads them: after `header` and
+    /// the question in the client's own case.
+    fn read_back(wire: &WireAnswer, header: [u8; 12], upper: u64) -> Option<[Vec<Record>; 3]> {
+        let mut message = header.to_vec();
+        let mut question = Vec::new();
+        write_name(&name(QNAME), &mut question);
+        for (i, byte) in question.iter_mut().enumerate() {
+            if upper >> (i % 64) & 1 == 1 {
+                byte.make_ascii_uppercase();
+            }
+        }
+        message.extend_from_slice(&question);
+        message.extend_from_slice(&[0, 1, 0, 1]);
+        assert_eq!(message.len(), DNS_HEADER_LEN + wire.question_len);
+        wire.write(&mut message, 0);
+        decode_sections(&message, DNS_HEADER_LEN + wire.question_len, wire.counts)
+    }
+
+    #[test]
+    fn upstream_replies_are_kept_as_they_came() {
+        for bytes in replies() {
+            let (reply, wire) = kept(&bytes).expect("kept as it came");
+            let sections = [reply.answers, reply.authorities, reply.additionals];
+            assert_eq!(
+                read_back(&wire, [0xff; 12], u64::MAX),
+                Some(sections.clone())
+            );
+            let key = LowerName::new(&name(QNAME));
+            assert_eq!(wire.records(&key), Some(sections));
+            // The upstream's compression: shorter than hickory's own.
+            let answer = answer_from_reply(Message::from_vec(&bytes).unwrap(), None);
+            let encoded = WireAnswer::encode(&key, &answer).expect("encodes");
+            assert!(
+                wire.len() <= encoded.len(),
+                "{} > {}",
+                wire.len(),
+                encoded.len()
+            );
+        }
+    }
+
+    proptest! {
+        /// Whatever an upstream's reply is made of, if it is kept as it
+        /// came, a client reads in it exactly the records hickory read in
+        /// the upstream's, whatever the header and the question's case.
+        #[test]
+        fn kept_replies_read_as_the_upstream_sent_them(
+            which in any::<prop::sample::Index>(),
+            changes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            header in any::<[u8; 12]>(),
+            upper in any::<u64>(),
+        ) {
+            let seeds = replies();
+            let mut bytes = which.get(&seeds).clone();
+            for (at, value) in changes {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            if let Some((reply, wire)) = kept(&bytes) {
+                let sections = [reply.answers, reply.authorities, reply.additionals];
+                prop_assert_eq!(read_back(&wire, header, upper), Some(sections));
+            }
+        }
     }
 }

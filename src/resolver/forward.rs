@@ -138,7 +138,7 @@ impl Group {
         &self,
         upstream: &Upstream,
         query: &Query<'_>,
-    ) -> Result<Message, AttemptError> {
+    ) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
         let (id, payload) = (rand::random(), self.edns_udp_size.max(512));
         let request = request(query, id, payload);
         let bytes = query_bytes(query, id, payload);
@@ -202,8 +202,8 @@ struct Health {
 
 /// What one attempt came to.
 enum Attempt {
-    /// A reply to pass on.
-    Answer(Message),
+    /// A reply to pass on, and its bytes if the transport keeps them.
+    Answer(Message, Option<Vec<u8>>),
     /// SERVFAIL or REFUSED: ask another upstream.
     Failed,
     /// A timeout or a network/TLS error.
@@ -296,7 +296,7 @@ impl Group {
         let result = self.exchange(upstream, query).await;
         lost.done = true;
         let label = match &result {
-            Ok(reply) => match reply.metadata.response_code {
+            Ok((reply, _)) => match reply.metadata.response_code {
                 ResponseCode::NoError => "ok",
                 ResponseCode::NXDomain => "nxdomain",
                 ResponseCode::ServFail => "servfail",
@@ -311,7 +311,7 @@ impl Group {
             .with_label_values(&[upstream.label.as_str(), label])
             .inc();
         match result {
-            Ok(reply) => {
+            Ok((reply, bytes)) => {
                 let elapsed = started.elapsed();
                 self.metrics
                     .upstream_duration
@@ -323,7 +323,7 @@ impl Group {
                     tracing::debug!(upstream = %upstream.label, %rcode, "upstream failed, trying the next");
                     return Attempt::Failed;
                 }
-                Attempt::Answer(reply)
+                Attempt::Answer(reply, bytes)
             }
             Err(error) => {
                 tracing::debug!(upstream = %upstream.label, %error, "upstream attempt failed");
@@ -383,15 +383,15 @@ impl Group {
                     r = &mut a, if !a_done => { a_done = true; r }
                     r = &mut b, if !b_done => { b_done = true; r }
                 };
-                if let Attempt::Answer(reply) = result {
-                    return answer_from_reply(reply);
+                if let Attempt::Answer(reply, bytes) = result {
+                    return answer_from_reply(reply, bytes);
                 }
             }
             rest = &order[2..];
         }
         for &i in rest {
-            if let Attempt::Answer(reply) = self.attempt(&self.upstreams[i], query).await {
-                return answer_from_reply(reply);
+            if let Attempt::Answer(reply, bytes) = self.attempt(&self.upstreams[i], query).await {
+                return answer_from_reply(reply, bytes);
             }
         }
         Answer::empty(Outcome::Error, ResponseCode::ServFail)
@@ -408,8 +408,10 @@ pub fn is_query_response(reply: &Message) -> bool {
     reply.metadata.message_type == MessageType::Response && reply.metadata.op_code == OpCode::Query
 }
 
-/// The answer an accepted upstream reply gives the client.
-pub fn answer_from_reply(mut reply: Message) -> Answer {
+/// The answer an accepted upstream reply gives the client; `bytes` is the
+/// reply as it came, if the transport kept it (the cache may store those
+/// bytes instead of encoding the records).
+pub fn answer_from_reply(mut reply: Message, bytes: Option<Vec<u8>>) -> Answer {
     // hickory parses OPT into `edns`, not `additionals`, so the client gets
     // telesink's own OPT record and the upstream's sections unchanged.
     Answer {
@@ -421,6 +423,7 @@ pub fn answer_from_reply(mut reply: Message) -> Answer {
         authorities: std::mem::take(&mut reply.authorities),
         additionals: std::mem::take(&mut reply.additionals),
         wire: None,
+        upstream_reply: bytes,
     }
 }
 

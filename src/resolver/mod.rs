@@ -39,6 +39,7 @@ mod forward;
 mod local;
 mod ratelimit;
 mod rebind;
+mod wire;
 
 pub use access::{Access, is_allowed};
 pub use any::{AnyQuery, rfc8482_answer};
@@ -151,13 +152,20 @@ pub struct Answer {
     pub authorities: Vec<Record>,
     /// Additional section, without OPT.
     pub additionals: Vec<Record>,
-    /// These sections as the cache encoded and stored them, for a fresh
-    /// upstream answer: the handler sends its bytes as the fast path sends
-    /// a cache hit, instead of encoding the records again. Set only by the
-    /// cache, on the answer it just stored; an answer built or changed
-    /// anywhere else has `None` (links that block or rewrite an answer
-    /// build a new one).
-    pub(crate) wire: Option<Arc<WireAnswer>>,
+    /// These sections as the cache keeps them encoded, and the seconds
+    /// since it stored them (their TTLs count down by that): the handler
+    /// sends these bytes, as the fast path sends a cache hit, instead of
+    /// encoding the records again. Set only by the cache, on a fresh
+    /// upstream answer it has just stored and on a fresh hit; an answer
+    /// built or changed anywhere else has `None` (links that block or
+    /// rewrite an answer build a new one).
+    pub(crate) wire: Option<(Arc<WireAnswer>, u32)>,
+    /// The upstream's reply these records were decoded from, as it came
+    /// (over UDP), for the cache to store its bytes rather than encode the
+    /// records again. Set only by [`answer_from_reply`]; the cache takes it
+    /// from the answer it stores, with the answer's records unchanged but
+    /// for their TTLs.
+    pub(crate) upstream_reply: Option<Vec<u8>>,
 }
 
 impl Answer {
@@ -206,6 +214,7 @@ impl Answer {
             authorities: Vec::new(),
             additionals: Vec::new(),
             wire: None,
+            upstream_reply: None,
         }
     }
 }

@@ -140,19 +140,25 @@ impl Upstream {
     }
 
     /// Sends `request` (already encoded as `bytes`) and returns the reply
-    /// that answers it. The caller bounds the time it may take.
-    pub async fn exchange(&self, request: &Message, bytes: &[u8]) -> Result<Message, AttemptError> {
-        match &self.transport {
+    /// that answers it, with its bytes as they came when it came over UDP.
+    /// The caller bounds the time it may take.
+    pub async fn exchange(
+        &self,
+        request: &Message,
+        bytes: &[u8],
+    ) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
+        let reply = match &self.transport {
             Transport::Udp(addr, pool) => {
-                let reply = udp::exchange(*addr, bytes, request, self.udp_size).await?;
+                let (reply, wire) = udp::exchange(*addr, bytes, request, self.udp_size).await?;
                 if !reply.metadata.truncation {
-                    return Ok(reply);
+                    return Ok((reply, Some(wire)));
                 }
                 pool.exchange(request, bytes).await
             }
             Transport::Tcp(pool) | Transport::Tls(pool) => pool.exchange(request, bytes).await,
             Transport::Https(doh) => doh.exchange(request, bytes).await,
-        }
+        };
+        reply.map(|reply| (reply, None))
     }
 }
 

@@ -62,12 +62,13 @@ thread_local! {
 }
 
 /// One query to `addr` over a pooled socket; `size` is the receive buffer.
+/// Returns the reply and its bytes.
 pub(super) async fn exchange(
     addr: SocketAddr,
     bytes: &[u8],
     request: &Message,
     size: usize,
-) -> Result<Message, AttemptError> {
+) -> Result<(Message, Vec<u8>), AttemptError> {
     let (socket, uses, opened) = match take(addr) {
         Some(idle) => (idle.socket, idle.uses, idle.opened),
         None => (open(addr).await?, 0, Instant::now()),
@@ -92,7 +93,8 @@ pub(super) async fn once(
     request: &Message,
     size: usize,
 ) -> Result<Message, AttemptError> {
-    query(&open(addr).await?, bytes, request, size).await
+    let (reply, _) = query(&open(addr).await?, bytes, request, size).await?;
+    Ok(reply)
 }
 
 /// A socket on a random port, connected to `addr`.
@@ -112,7 +114,7 @@ async fn query(
     bytes: &[u8],
     request: &Message,
     size: usize,
-) -> Result<Message, AttemptError> {
+) -> Result<(Message, Vec<u8>), AttemptError> {
     socket.send(bytes).await?;
     let mut buf = vec![0u8; size];
     loop {
@@ -121,7 +123,8 @@ async fn query(
         let n = socket.recv(&mut buf).await?;
         if let Ok(reply) = Message::from_vec(&buf[..n]) {
             if matches(request, &reply) {
-                return Ok(reply);
+                buf.truncate(n);
+                return Ok((reply, buf));
             }
         }
     }
@@ -241,7 +244,10 @@ mod tests {
 
     async fn ask(addr: SocketAddr, id: u16) -> Message {
         let q = request(id);
-        exchange(addr, &q.to_vec().unwrap(), &q, 512).await.unwrap()
+        exchange(addr, &q.to_vec().unwrap(), &q, 512)
+            .await
+            .unwrap()
+            .0
     }
 
     #[tokio::test(flavor = "current_thread")]
