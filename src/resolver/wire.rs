@@ -198,15 +198,15 @@ impl Regions {
             33 => name_at(6, 0),
             // SOA: two names, then five 32-bit numbers.
             6 => {
-                let rname = self.name(reply, data)?;
-                let after = self.name(reply, rname)?;
-                (after + 20 == end).then_some(())
+                let mname_end = self.name(reply, data)?;
+                let rname_end = self.name(reply, mname_end)?;
+                (rname_end + 20 == end).then_some(())
             }
             // SVCB, HTTPS: priority, target, then parameters, none of
             // them names (RFC 9460 §2.2).
             64 | 65 => {
-                let target = self.name(reply, data.checked_add(2)?)?;
-                (target <= end).then_some(())
+                let target_end = self.name(reply, data + 2)?;
+                (target_end <= end).then_some(())
             }
             _ => None,
         }
