@@ -173,9 +173,10 @@ impl<R: Resolve> Handler<R> {
         if let Some((header, bytes)) = answer
             .wire
             .as_ref()
-            .filter(|(wire, _)| encodes(wire, &answer))
-            .and_then(|(wire, age)| {
-                wire_reply(question, metadata, wire, *age, edns_out.as_ref(), max_size)
+            .filter(|wire| encodes(&wire.sections, &answer))
+            .and_then(|wire| {
+                let edns = edns_out.as_ref();
+                wire_reply(question, metadata, &wire.sections, wire.age, edns, max_size)
             })
         {
             return match reply.deliver(bytes).await {
@@ -212,15 +213,17 @@ impl<R: Resolve> Handler<R> {
 /// encoded sections and the OPT record `edns` describes, as the UDP fast
 /// path sends a cache hit. For sections hickory encoded, these are the
 /// bytes its encoder writes for the same records (tests compare the two);
-/// for sections kept as the upstream sent them, they decode to the same
-/// records. `None` if they would not fit in `max_size` (hickory's encoder
-/// then truncates) or were encoded after a question of another length.
+/// sections kept as the upstream sent them decode to the same records
+/// (`src/resolver/wire.rs` says why). `None` if they would not fit in
+/// `max_size` (hickory's encoder then truncates) or were encoded after a
+/// question of another length.
 ///
-/// One band differs: hickory checks the size limit while it writes a name
-/// in full, before replacing it with a pointer, so an answer that fits
-/// only once compressed, within a name's length of the limit, comes out
-/// of its encoder truncated (TC). From the cache's bytes (here and on the
-/// fast path) it goes out whole. Both are valid replies.
+/// One band differs for sections hickory encoded: its encoder checks the
+/// size limit while it writes a name in full, before replacing it with a
+/// pointer, so an answer that fits only once compressed, within a name's
+/// length of the limit, comes out of it truncated (TC). From the cache's
+/// bytes (here and on the fast path) it goes out whole. Both are valid
+/// replies.
 fn wire_reply(
     question: &Queries,
     metadata: Metadata,

@@ -24,7 +24,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
-use super::{Answer, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, wire, write_name};
+use super::{Answer, DNS_HEADER_LEN, Encoded, Outcome, Peek, Query, Resolve, wire, write_name};
 use crate::config::{CacheConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
@@ -56,10 +56,14 @@ const STALE_REFRESH: u32 = 30;
 /// instead of cloning and encoding records.
 ///
 /// The bytes are the answer, authority and additional sections (without
-/// OPT) exactly as hickory's encoder writes them after a header and the
-/// question, so the fast and the full path send the same reply. Any
-/// compression pointers in them are offsets into the whole message, which
-/// is why they are only valid after a question of `question_len` bytes.
+/// OPT), with the stored TTLs: either as the upstream sent them, where
+/// [`wire::sections`] finds they read the same after any header and the
+/// question in any case, or as hickory's encoder writes them after a
+/// header and the question. Either way the fast and the full path send
+/// the same bytes. Compression pointers in them are offsets into the whole
+/// message (the upstream's may point into the question's name), which is
+/// why they are only valid after a question for the same name, of
+/// `question_len` bytes.
 #[derive(Debug)]
 pub struct WireAnswer {
     /// The response code (its low four bits: entries with an extended
@@ -129,10 +133,12 @@ impl WireAnswer {
 
     /// The sections of `reply`, the upstream's answer to a question for
     /// `name` that hickory decoded into `answer` (TTLs since clamped), as
-    /// the upstream wrote them; `None` where [`wire::sections`] finds they
-    /// could read differently in telesink's reply, and then [`Self::encode`]
-    /// encodes the records instead. No check by decoding is needed: these
-    /// are the bytes the records were decoded from.
+    /// the upstream wrote them but for the TTLs; `None` where
+    /// [`wire::sections`] finds they could read differently in telesink's
+    /// reply, and then [`Self::encode`] encodes the records instead. No
+    /// check by decoding is needed: these are the bytes the records were
+    /// decoded from, and what telesink's reply changes (header, the
+    /// question's case, TTLs, OPT) is never read as part of a name.
     fn from_upstream(name: &LowerName, answer: &Answer, reply: &[u8]) -> Option<Self> {
         if answer.rcode.high() != 0 {
             return None;
@@ -148,18 +154,25 @@ impl WireAnswer {
         if sections.counts.map(usize::from) != lengths {
             return None;
         }
+        let ttls: Box<[(u16, u32)]> = sections
+            .ttls
+            .iter()
+            .zip(answer.records())
+            .map(|(&at, record)| (at, record.ttl))
+            .collect();
+        let mut bytes: Box<[u8]> = reply[sections.start..sections.end].into();
+        // The clamped TTLs, so the records decode as they were stored.
+        for &(at, ttl) in &ttls {
+            let at = usize::from(at);
+            bytes[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
+        }
         Some(Self {
             rcode: answer.rcode,
             authentic_data: answer.authentic_data,
             counts: sections.counts,
             question_len: sections.start - DNS_HEADER_LEN,
-            bytes: reply[sections.start..sections.end].into(),
-            ttls: sections
-                .ttls
-                .iter()
-                .zip(answer.records())
-                .map(|(&at, record)| (at, record.ttl))
-                .collect(),
+            bytes,
+            ttls,
             cname_targets: cname_targets(answer),
         })
     }
@@ -326,8 +339,9 @@ impl Entry {
     /// answers).
     fn answer(&self, name: &LowerName, outcome: Outcome, age: u32, ttl: Option<u32>) -> Answer {
         let [mut answers, mut authorities, mut additionals] = match &self.stored {
-            // Checked to decode when it was stored; should that ever fail,
-            // the client gets SERVFAIL rather than a wrong answer.
+            // Decoded when it was stored (the upstream's bytes by hickory,
+            // telesink's own encoding by the check); should that ever fail
+            // here, the client gets SERVFAIL rather than a wrong answer.
             Stored::Wire(wire) => match wire.records(name) {
                 Some(records) => records,
                 None => return Answer::empty(Outcome::Error, ResponseCode::ServFail),
@@ -352,7 +366,10 @@ impl Entry {
             // A fresh hit goes out as the bytes the fast path would send
             // for it, whichever path sends it.
             wire: match (&self.stored, ttl) {
-                (Stored::Wire(wire), None) => Some((wire.clone(), age)),
+                (Stored::Wire(wire), None) => Some(Encoded {
+                    sections: wire.clone(),
+                    age,
+                }),
                 _ => None,
             },
             upstream_reply: None,
@@ -580,7 +597,10 @@ impl Store {
             let stored = match wire {
                 Some(wire) => {
                     let wire = Arc::new(wire);
-                    answer.wire = Some((wire.clone(), 0));
+                    answer.wire = Some(Encoded {
+                        sections: wire.clone(),
+                        age: 0,
+                    });
                     Stored::Wire(wire)
                 }
                 None => Stored::Records([
@@ -610,11 +630,12 @@ impl Store {
 }
 
 impl<N: Resolve> Cache<N> {
-    /// Asks `next`, sharing the request with identical queries in flight.
-    async fn coalesced(&self, key: &Key, query: &Query<'_>) -> Answer {
+    /// Asks `next`, sharing the request with identical queries in flight:
+    /// the one that asks stores the answer before the others get it.
+    async fn coalesced(&self, key: Key, query: &Query<'_>) -> Answer {
         let waiting = {
             let mut map = lock(&self.in_flight);
-            match map.get(key) {
+            match map.get(&key) {
                 Some(tx) => Some(tx.subscribe()),
                 None => {
                     map.insert(key.clone(), broadcast::channel(1).0);
@@ -627,14 +648,23 @@ impl<N: Resolve> Cache<N> {
                 return answer;
             }
             // The leading request was abandoned: ask on our own.
-            return self.limited(query).await;
+            return self.asked(key, query).await;
         }
         let leader = InFlight {
             map: &self.in_flight,
             key: key.clone(),
         };
-        let answer = self.limited(query).await;
+        let answer = self.asked(key, query).await;
         leader.finish(&answer);
+        answer
+    }
+
+    /// Asks `next` and stores an upstream's answer under `key`.
+    async fn asked(&self, key: Key, query: &Query<'_>) -> Answer {
+        let mut answer = self.limited(query).await;
+        if answer.outcome == Outcome::Forwarded {
+            self.store.store(key, &mut answer);
+        }
         answer
     }
 
@@ -744,7 +774,7 @@ impl<N: Resolve> Resolve for Cache<N> {
     async fn resolve(&self, query: &Query<'_>) -> Answer {
         let Some(entries) = &self.store.entries else {
             let key: Key = (query.name.clone(), query.qtype, query.qclass);
-            return self.coalesced(&key, query).await;
+            return self.coalesced(key, query).await;
         };
         let mut stale = None;
         if let Some(entry) = entries.get(&KeyRef(query.name, query.qtype, query.qclass)) {
@@ -766,31 +796,22 @@ impl<N: Resolve> Resolve for Cache<N> {
         }
         let key: Key = (query.name.clone(), query.qtype, query.qclass);
         self.metrics.cache_misses.inc();
-        let mut answer = match stale {
-            None => self.coalesced(&key, query).await,
+        match stale {
+            None => self.coalesced(key, query).await,
             Some(entry) => {
                 // RFC 8767: give the upstreams `stale_timeout`, then answer
                 // with the expired data rather than keep the client waiting.
                 let fresh =
-                    tokio::time::timeout(self.stale_timeout, self.coalesced(&key, query)).await;
+                    tokio::time::timeout(self.stale_timeout, self.coalesced(key, query)).await;
                 match fresh {
                     Ok(answer) if usable(&answer) => answer,
                     _ => {
                         entry.mark_failed();
-                        return entry.answer(
-                            query.name,
-                            Outcome::Stale,
-                            entry.age(),
-                            Some(STALE_TTL),
-                        );
+                        entry.answer(query.name, Outcome::Stale, entry.age(), Some(STALE_TTL))
                     }
                 }
             }
-        };
-        if answer.outcome == Outcome::Forwarded {
-            self.store.store(key, &mut answer);
         }
-        answer
     }
 }
 
@@ -934,9 +955,10 @@ mod tests {
     }
 
     /// What telesink keeps of `bytes` as the upstream's reply to a
-    /// question for `QNAME`, taken as Forward and the cache take it;
-    /// `None` where it would be encoded anew.
-    fn kept(bytes: &[u8]) -> Option<(Message, WireAnswer)> {
+    /// question for `QNAME`, taken as Forward and the cache take it, TTLs
+    /// clamped to `min..=max`; `None` where it would be encoded anew.
+    /// Also the sections as hickory read them, TTLs clamped.
+    fn kept(bytes: &[u8], min: u32, max: u32) -> Option<([Vec<Record>; 3], WireAnswer)> {
         let reply = Message::from_vec(bytes).ok()?;
         let key = LowerName::new(&name(QNAME));
         let asked = reply.queries.first()?;
@@ -946,14 +968,31 @@ mod tests {
         {
             return None;
         }
-        let answer = answer_from_reply(reply.clone(), None);
+        let mut answer = answer_from_reply(reply, None);
+        for r in answer
+            .answers
+            .iter_mut()
+            .chain(answer.authorities.iter_mut())
+            .chain(answer.additionals.iter_mut())
+        {
+            r.ttl = r.ttl.clamp(min, max);
+        }
         let wire = WireAnswer::from_upstream(&key, &answer, bytes)?;
-        Some((reply, wire))
+        Some((
+            [answer.answers, answer.authorities, answer.additionals],
+            wire,
+        ))
     }
 
-    /// The records of `wire` as a client reads them: after `header` and
-    /// the question in the client's own case.
-    fn read_back(wire: &WireAnswer, header: [u8; 12], upper: u64) -> Option<[Vec<Record>; 3]> {
+    /// The records of `wire` as a client reads them `age` seconds after
+    /// they were stored: after `header` and the question in the client's
+    /// own case.
+    fn read_back(
+        wire: &WireAnswer,
+        header: [u8; 12],
+        upper: u64,
+        age: u32,
+    ) -> Option<[Vec<Record>; 3]> {
         let mut message = header.to_vec();
         let mut question = Vec::new();
         write_name(&name(QNAME), &mut question);
@@ -965,21 +1004,45 @@ mod tests {
         message.extend_from_slice(&question);
         message.extend_from_slice(&[0, 1, 0, 1]);
         assert_eq!(message.len(), DNS_HEADER_LEN + wire.question_len);
-        wire.write(&mut message, 0);
+        wire.write(&mut message, age);
         decode_sections(&message, DNS_HEADER_LEN + wire.question_len, wire.counts)
+    }
+
+    /// The records with their TTLs, which `Record`'s equality leaves out.
+    fn with_ttls(sections: Option<[Vec<Record>; 3]>) -> Option<Vec<(Record, u32)>> {
+        Some(
+            sections?
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let ttl = r.ttl;
+                    (r, ttl)
+                })
+                .collect(),
+        )
+    }
+
+    /// `sections` with every TTL counted down by `age`.
+    fn aged(mut sections: [Vec<Record>; 3], age: u32) -> [Vec<Record>; 3] {
+        for r in sections.iter_mut().flatten() {
+            r.ttl = r.ttl.saturating_sub(age);
+        }
+        sections
     }
 
     #[test]
     fn upstream_replies_are_kept_as_they_came() {
+        let key = LowerName::new(&name(QNAME));
         for bytes in replies() {
-            let (reply, wire) = kept(&bytes).expect("kept as it came");
-            let sections = [reply.answers, reply.authorities, reply.additionals];
-            assert_eq!(
-                read_back(&wire, [0xff; 12], u64::MAX),
-                Some(sections.clone())
-            );
-            let key = LowerName::new(&name(QNAME));
-            assert_eq!(wire.records(&key), Some(sections));
+            let (sections, wire) = kept(&bytes, 0, u32::MAX).expect("kept as it came");
+            for age in [0, 299, 1000] {
+                let read = read_back(&wire, [0xff; 12], u64::MAX, age);
+                assert_eq!(
+                    with_ttls(read),
+                    with_ttls(Some(aged(sections.clone(), age)))
+                );
+            }
+            assert_eq!(with_ttls(wire.records(&key)), with_ttls(Some(sections)));
             // The upstream's compression: shorter than hickory's own.
             let answer = answer_from_reply(Message::from_vec(&bytes).unwrap(), None);
             let encoded = WireAnswer::encode(&key, &answer).expect("encodes");
@@ -992,26 +1055,64 @@ mod tests {
         }
     }
 
+    #[test]
+    fn kept_replies_hold_the_clamped_ttls() {
+        // The full path decodes the stored bytes: it must find the TTLs
+        // the fast path sends.
+        let key = LowerName::new(&name(QNAME));
+        for bytes in replies() {
+            let (sections, wire) = kept(&bytes, 0, 60).expect("kept as it came");
+            assert!(sections.iter().flatten().all(|r| r.ttl == 60));
+            let sections = with_ttls(Some(sections));
+            assert_eq!(with_ttls(wire.records(&key)), sections);
+            assert_eq!(with_ttls(read_back(&wire, [0; 12], 0, 0)), sections);
+        }
+    }
+
+    /// Changes to an upstream reply: `(at, Some(byte), _)` writes a byte at
+    /// `at`, `(at, None, to)` a compression pointer to an offset before it.
+    fn changes() -> impl Strategy<Value = Vec<(prop::sample::Index, Option<u8>, u16)>> {
+        prop::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                any::<Option<u8>>(),
+                any::<u16>(),
+            ),
+            0..4,
+        )
+    }
+
     proptest! {
         /// Whatever an upstream's reply is made of, if it is kept as it
         /// came, a client reads in it exactly the records hickory read in
-        /// the upstream's, whatever the header and the question's case.
+        /// the upstream's, TTLs clamped and counted down, whatever the
+        /// header and the question's case.
         #[test]
         fn kept_replies_read_as_the_upstream_sent_them(
             which in any::<prop::sample::Index>(),
-            changes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            changes in changes(),
             header in any::<[u8; 12]>(),
             upper in any::<u64>(),
+            (min, max) in (0u32..400, 0u32..400),
+            age in 0u32..400,
         ) {
             let seeds = replies();
             let mut bytes = which.get(&seeds).clone();
-            for (at, value) in changes {
-                let at = at.index(bytes.len());
-                bytes[at] = value;
+            for (at, value, pointer) in changes {
+                let at = at.index(bytes.len() - 1);
+                match value {
+                    Some(value) => bytes[at] = value,
+                    // A pointer to anywhere before it.
+                    None => {
+                        let to = usize::from(pointer) % at.max(1);
+                        let to = u16::try_from(to).unwrap() | 0xC000;
+                        bytes[at..at + 2].copy_from_slice(&to.to_be_bytes());
+                    }
+                }
             }
-            if let Some((reply, wire)) = kept(&bytes) {
-                let sections = [reply.answers, reply.authorities, reply.additionals];
-                prop_assert_eq!(read_back(&wire, header, upper), Some(sections));
+            if let Some((sections, wire)) = kept(&bytes, min.min(max), max) {
+                let read = read_back(&wire, header, upper, age);
+                prop_assert_eq!(with_ttls(read), with_ttls(Some(aged(sections, age))));
             }
         }
     }

@@ -152,20 +152,28 @@ pub struct Answer {
     pub authorities: Vec<Record>,
     /// Additional section, without OPT.
     pub additionals: Vec<Record>,
-    /// These sections as the cache keeps them encoded, and the seconds
-    /// since it stored them (their TTLs count down by that): the handler
-    /// sends these bytes, as the fast path sends a cache hit, instead of
+    /// These sections as the cache keeps them encoded: the handler sends
+    /// these bytes, as the fast path sends a cache hit, instead of
     /// encoding the records again. Set only by the cache, on a fresh
     /// upstream answer it has just stored and on a fresh hit; an answer
     /// built or changed anywhere else has `None` (links that block or
     /// rewrite an answer build a new one).
-    pub(crate) wire: Option<(Arc<WireAnswer>, u32)>,
+    pub(crate) wire: Option<Encoded>,
     /// The upstream's reply these records were decoded from, as it came
     /// (over UDP), for the cache to store its bytes rather than encode the
     /// records again. Set only by [`answer_from_reply`]; the cache takes it
     /// from the answer it stores, with the answer's records unchanged but
     /// for their TTLs.
     pub(crate) upstream_reply: Option<Vec<u8>>,
+}
+
+/// An answer's sections as the cache keeps them encoded ([`Answer::wire`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Encoded {
+    /// The sections.
+    pub(crate) sections: Arc<WireAnswer>,
+    /// Seconds since the cache stored them: their TTLs count down by that.
+    pub(crate) age: u32,
 }
 
 impl Answer {

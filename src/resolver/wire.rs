@@ -7,15 +7,18 @@
 //! check the encoding. hickory has decoded those bytes into exactly the
 //! records the answer holds, so they say the same in telesink's reply as
 //! long as every name in them reads the same there. What differs in that
-//! reply is the header, the case of the question's name (it is the
-//! client's) and the OPT record (telesink's own, so the upstream's is left
-//! out). [`sections`] therefore accepts the bytes only if:
+//! reply: the header; the question's letter case (it is the client's); the
+//! TTLs (clamped, then counted down as the entry ages); and the OPT record
+//! (telesink's own, so the upstream's is left out). [`sections`] therefore
+//! accepts the bytes only if:
 //!
 //! - the question is the name asked, uncompressed, the same but for case;
-//! - every name, followed through its compression pointers, reads only
-//!   the question's name and earlier records: never the header, the
-//!   question's type and class, or anything at or after the pointer it
-//!   came through (so never the OPT record, which must come last);
+//! - every compression pointer points at the start of a label of a name
+//!   read before it in place (the question's or a record's), as a
+//!   compressor writes them: a name then never reads the header, a TTL,
+//!   the question's type and class, label contents (whose case may
+//!   change) or anything after itself (so never the OPT record);
+//! - OPT, if there is one, is the last record;
 //! - every record is of a type whose data it knows the layout of, so the
 //!   names inside data are checked too.
 //!
@@ -49,9 +52,9 @@ pub(crate) fn sections(reply: &[u8], name: &LowerName) -> Option<Sections> {
     if reply.len() < DNS_HEADER_LEN || count(0) != 1 {
         return None;
     }
-    let name_end = question_name(reply, name)?;
+    let mut names = Names::default();
+    let name_end = names.question(reply, name)?;
     let start = name_end + 4;
-    let regions = Regions { name_end, start };
     let sizes = [count(1), count(2), count(3)];
     let total = sizes.iter().map(|&n| usize::from(n)).sum::<usize>();
     let mut ttls = Vec::with_capacity(total);
@@ -59,7 +62,7 @@ pub(crate) fn sections(reply: &[u8], name: &LowerName) -> Option<Sections> {
     let mut end = None;
     for i in 0..total {
         let record = at;
-        at = regions.name(reply, at)?;
+        at = names.read(reply, at)?;
         let fixed = reply.get(at..at + 10)?;
         let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
         let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
@@ -69,15 +72,15 @@ pub(crate) fn sections(reply: &[u8], name: &LowerName) -> Option<Sections> {
             return None;
         }
         if rtype == OPT {
-            // Only as the very last record (so nothing kept can point
-            // into it), where hickory takes it out of the additionals.
+            // Only as the very last record, where hickory takes it out of
+            // the additionals (nothing kept comes after it).
             if i + 1 != total || sizes[2] == 0 {
                 return None;
             }
             end = Some(record);
         } else {
             ttls.push(u16::try_from(at + 4 - start).ok()?);
-            regions.data(reply, rtype, data, data_end)?;
+            names.data(reply, rtype, data, data_end)?;
         }
         at = data_end;
     }
@@ -96,78 +99,58 @@ pub(crate) fn sections(reply: &[u8], name: &LowerName) -> Option<Sections> {
 /// The OPT pseudo-record's type (RFC 6891).
 const OPT: u16 = 41;
 
-/// Where the question's name ends if `reply` asks for `name`: its labels,
-/// uncompressed, equal to `name`'s but for ASCII case.
-fn question_name(reply: &[u8], name: &LowerName) -> Option<usize> {
-    let mut at = DNS_HEADER_LEN;
-    for label in name.iter() {
-        let len = label.len();
-        if usize::from(*reply.get(at)?) != len
-            || !reply.get(at + 1..at + 1 + len)?.eq_ignore_ascii_case(label)
-        {
+/// The longest name, in wire form (RFC 1035 §3.1).
+const MAX_NAME: usize = 255;
+
+/// The names read so far: where each of their labels starts (in
+/// increasing order) and the length of the name from there on, so a
+/// pointer to it is checked without reading it again.
+#[derive(Default)]
+struct Names {
+    labels: Vec<(usize, usize)>,
+}
+
+impl Names {
+    /// Reads the question's name and returns where it ends, if it is
+    /// `name`'s labels, uncompressed, equal but for ASCII case.
+    fn question(&mut self, reply: &[u8], name: &LowerName) -> Option<usize> {
+        let mut at = DNS_HEADER_LEN;
+        for label in name.iter() {
+            let len = label.len();
+            if usize::from(*reply.get(at)?) != len
+                || !reply.get(at + 1..at + 1 + len)?.eq_ignore_ascii_case(label)
+            {
+                return None;
+            }
+            at += 1 + len;
+        }
+        if *reply.get(at)? != 0 {
             return None;
         }
-        at += 1 + len;
-    }
-    (*reply.get(at)? == 0).then_some(at + 1)
-}
-
-/// The parts of a reply a name in the records may be read from.
-struct Regions {
-    /// End of the question's name (which starts right after the header).
-    name_end: usize,
-    /// Start of the answer section.
-    start: usize,
-}
-
-impl Regions {
-    /// Whether the bytes `from..to` lie in the question's name or in the
-    /// records: never in the header or the question's type and class.
-    fn readable(&self, from: usize, to: usize) -> bool {
-        (from >= DNS_HEADER_LEN && to <= self.name_end) || from >= self.start
+        self.add(reply, DNS_HEADER_LEN, at, 1)?;
+        Some(at + 1)
     }
 
-    /// Checks the name at `at`, following its compression pointers, and
-    /// returns where it ends in place.
-    ///
-    /// Each pointer must point before itself, and once one is followed
-    /// every byte read must lie before it: the name is then made only of
-    /// bytes that came before it, and the reading ends.
-    fn name(&self, reply: &[u8], mut at: usize) -> Option<usize> {
-        let mut end = None;
-        // Bytes may be read up to here: the end of the reply in place,
-        // the last pointer followed after a jump.
-        let mut limit = reply.len();
-        // A name is at most 255 bytes long (RFC 1035 §3.1).
-        let mut length = 0;
+    /// Reads the name at `at`, its labels in place, then the root or a
+    /// pointer to a label read before; returns where it ends.
+    fn read(&mut self, reply: &[u8], at: usize) -> Option<usize> {
+        let mut end = at;
         loop {
-            let byte = *reply.get(at)?;
-            match byte {
+            match *reply.get(end)? {
                 0 => {
-                    if at >= limit || !self.readable(at, at + 1) || length >= 255 {
-                        return None;
-                    }
-                    return Some(end.unwrap_or(at + 1));
+                    self.add(reply, at, end, 1)?;
+                    return Some(end + 1);
                 }
-                1..=63 => {
-                    let next = at + 1 + usize::from(byte);
-                    length += 1 + usize::from(byte);
-                    if next > limit || !self.readable(at, next) || length >= 255 {
-                        return None;
-                    }
-                    at = next;
-                }
-                0xC0..=0xFF => {
-                    if at + 2 > limit || !self.readable(at, at + 2) {
-                        return None;
-                    }
-                    let target = usize::from(u16::from_be_bytes([byte & 0x3F, reply[at + 1]]));
-                    if target >= at {
-                        return None;
-                    }
-                    end.get_or_insert(at + 2);
-                    limit = at;
-                    at = target;
+                len @ 1..=63 => end += 1 + usize::from(len),
+                high @ 0xC0..=0xFF => {
+                    let low = *reply.get(end + 1)?;
+                    let target = usize::from(u16::from_be_bytes([high & 0x3F, low]));
+                    let i = self
+                        .labels
+                        .binary_search_by_key(&target, |&(label, _)| label)
+                        .ok()?;
+                    self.add(reply, at, end, self.labels[i].1)?;
+                    return Some(end + 2);
                 }
                 // 0x40 and 0x80: extended and reserved label types.
                 _ => return None,
@@ -175,39 +158,50 @@ impl Regions {
         }
     }
 
-    /// Checks the data `data..end` of a record of type `rtype`: the names
-    /// in it, and that it is laid out as the type says. `None` for a type
-    /// whose layout is not known here.
-    fn data(&self, reply: &[u8], rtype: u16, data: usize, end: usize) -> Option<()> {
-        // A name starting `skip` bytes into the data, then `after` bytes.
-        let name_at = |skip: usize, after: usize| {
-            let name = self.name(reply, data + skip)?;
-            (name + after == end).then_some(())
-        };
+    /// Notes the labels of a name read in place from `at` to `end` and
+    /// followed by `rest` bytes (the root, or the name a pointer there
+    /// points to); `None` if the name is longer than [`MAX_NAME`].
+    fn add(&mut self, reply: &[u8], at: usize, end: usize, rest: usize) -> Option<()> {
+        let length = end - at + rest;
+        if length > MAX_NAME {
+            return None;
+        }
+        let mut label = at;
+        while label < end {
+            // Every name read comes after the ones before it, so the
+            // labels stay in order for the binary search.
+            self.labels.push((label, length - (label - at)));
+            label += 1 + usize::from(reply[label]);
+        }
+        Some(())
+    }
+
+    /// Reads the names in the data `data..end` of a record of type
+    /// `rtype`, checking that it is laid out as the type says; `None` for
+    /// a type whose layout is not known here.
+    fn data(&mut self, reply: &[u8], rtype: u16, data: usize, end: usize) -> Option<()> {
+        let fits = |at: usize| (at == end).then_some(());
         match rtype {
             // A, AAAA: an address.
-            1 => (end - data == 4).then_some(()),
-            28 => (end - data == 16).then_some(()),
-            // TXT, CAA: no names.
+            1 => fits(data + 4),
+            28 => fits(data + 16),
+            // TXT, CAA: no names (hickory reads CAA's from text, not wire).
             16 | 257 => Some(()),
             // NS, CNAME, PTR, DNAME: a name.
-            2 | 5 | 12 | 39 => name_at(0, 0),
+            2 | 5 | 12 | 39 => fits(self.read(reply, data)?),
             // MX: preference, exchange.
-            15 => name_at(2, 0),
+            15 => fits(self.read(reply, data + 2)?),
             // SRV: priority, weight, port, target.
-            33 => name_at(6, 0),
+            33 => fits(self.read(reply, data + 6)?),
             // SOA: two names, then five 32-bit numbers.
             6 => {
-                let mname_end = self.name(reply, data)?;
-                let rname_end = self.name(reply, mname_end)?;
-                (rname_end + 20 == end).then_some(())
+                let mname_end = self.read(reply, data)?;
+                fits(self.read(reply, mname_end)? + 20)
             }
             // SVCB, HTTPS: priority, target, then parameters, none of
-            // them names (RFC 9460 §2.2).
-            64 | 65 => {
-                let target_end = self.name(reply, data + 2)?;
-                (target_end <= end).then_some(())
-            }
+            // them names (RFC 9460 §2.2; hickory decodes them from the
+            // data alone).
+            64 | 65 => (self.read(reply, data + 2)? <= end).then_some(()),
             _ => None,
         }
     }
@@ -331,31 +325,70 @@ mod tests {
     }
 
     #[test]
-    fn a_name_is_followed_through_every_pointer() {
-        // TXT data that reads as a name; a later CNAME points into it.
-        let txt_at = AT_FIRST + 12;
-        let build = |tail: &[u8]| {
-            let txt = [b"\x06\x03abc".as_slice(), tail].concat();
-            reply(
-                QNAME,
-                &[
-                    (&[0xc0, AT_QNAME], 16, &txt),
-                    (&[0xc0, AT_QNAME], 5, &[0xc0, txt_at + 1]),
-                ],
-                0,
-            )
-        };
-        // Ends in the question's name: fine.
-        assert!(accepts(&build(&[0xc0, AT_EXAMPLE])));
-        // Ends in the header: rejected, though the first pointer is fine.
-        assert!(!accepts(&build(&[0xc0, 4])));
+    fn pointers_may_point_at_labels_of_names_in_records() {
+        // An MX whose exchange is "mail" + the question's second label,
+        // then an A record whose owner points at that exchange.
+        let mx_data = AT_FIRST + 12;
+        let m = reply(
+            QNAME,
+            &[
+                (&[0xc0, AT_QNAME], 15, b"\x00\x0a\x04mail\xc0\x10"),
+                (&[0xc0, mx_data + 2], 1, &[192, 0, 2, 1]),
+            ],
+            1,
+        );
+        assert!(accepts(&m));
+        // Into the preference before it instead: not a label.
+        let m = reply(
+            QNAME,
+            &[
+                (&[0xc0, AT_QNAME], 15, b"\x00\x0a\x04mail\xc0\x10"),
+                (&[0xc0, mx_data + 1], 1, &[192, 0, 2, 1]),
+            ],
+            1,
+        );
+        assert!(!accepts(&m));
     }
 
     #[test]
-    fn a_followed_name_reads_only_bytes_before_the_pointer() {
-        // A CNAME whose target points at its own length byte (2), which
-        // reads as a label of the pointer's two bytes and goes on into
-        // what follows: here the OPT record, which telesink replaces.
+    fn pointers_never_point_into_data_that_is_not_a_name() {
+        // TXT data that reads as a name ending in the question's name.
+        let m = reply(
+            QNAME,
+            &[
+                (&[0xc0, AT_QNAME], 16, b"\x06\x03abc\xc0\x10"),
+                (&[0xc0, AT_QNAME], 5, &[0xc0, AT_FIRST + 13]),
+            ],
+            0,
+        );
+        assert!(!accepts(&m));
+    }
+
+    #[test]
+    fn pointers_never_point_into_a_ttl() {
+        // A CNAME with TTL 0x00000161, whose last two bytes read as the
+        // label "a", and a target pointing there: telesink rewrites TTLs.
+        let mut m = reply(QNAME, &[(&[0xc0, AT_QNAME], 5, &[0xc0, AT_FIRST + 8])], 0);
+        let ttl = usize::from(AT_FIRST) + 6;
+        m[ttl..ttl + 4].copy_from_slice(&[0, 0, 1, b'a']);
+        assert!(!accepts(&m));
+    }
+
+    #[test]
+    fn pointers_never_point_into_the_contents_of_a_label() {
+        // The client's question may differ in case from the upstream's,
+        // so label contents read as structure could read differently.
+        let m = reply(QNAME, &[(&[0xc0, AT_QNAME], 5, &[0xc0, AT_QNAME + 1])], 0);
+        assert!(!accepts(&m));
+        let m = reply(QNAME, &[(&[0xc0, AT_QNAME], 5, &[0xc0, AT_QNAME + 4])], 0);
+        assert!(accepts(&m));
+    }
+
+    #[test]
+    fn a_pointer_never_points_at_its_own_record() {
+        // A CNAME target pointing at its own length byte (2), which would
+        // read as a label of the pointer's two bytes and go on into what
+        // follows: here the OPT record, which telesink replaces.
         let target = [0xc0, AT_FIRST + 11];
         let opt: (&[u8], u16, &[u8]) = (&[0], 41, &[]);
         let m = reply(QNAME, &[(&[0xc0, AT_QNAME], 5, &target), opt], 1);
@@ -365,24 +398,22 @@ mod tests {
     #[test]
     fn names_longer_than_255_bytes_are_rejected() {
         let pointer = |at: usize| (0xc000 | u16::try_from(at).unwrap()).to_be_bytes();
-        // TXT records whose data read as a 63-byte label and a pointer to
-        // the one before (the first to the question's name), and a CNAME
-        // to the last: 64 bytes for each TXT and 18 for the question.
+        // CNAMEs whose targets are a 63-byte label and a pointer to the
+        // target before (the first to the question's name): each target
+        // is 64 bytes longer than the one before, the first 64 + 18.
         let label = [&[63][..], &[b'x'; 63]].concat();
         let chain = |n: usize| {
-            let mut data = Vec::new();
             let mut previous = usize::from(AT_QNAME);
+            let mut data = Vec::new();
             for i in 0..n {
                 data.push([&label[..], &pointer(previous)].concat());
                 // Each record: owner (2), fixed fields (10), data (66).
                 previous = usize::from(AT_FIRST) + 78 * i + 12;
             }
-            let target = pointer(previous);
-            let mut records: Vec<(&[u8], u16, &[u8])> = data
+            let records: Vec<(&[u8], u16, &[u8])> = data
                 .iter()
-                .map(|d| (&[0xc0, AT_QNAME][..], 16, d.as_slice()))
+                .map(|d| (&[0xc0, AT_QNAME][..], 5, d.as_slice()))
                 .collect();
-            records.push((&[0xc0, AT_QNAME], 5, &target));
             reply(QNAME, &records, 0)
         };
         assert!(accepts(&chain(3)), "3 * 64 + 18 bytes");
