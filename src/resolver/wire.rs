@@ -57,7 +57,9 @@ pub(crate) fn sections(reply: &[u8], name: &LowerName) -> Option<Sections> {
     let start = name_end + 4;
     let sizes = [count(1), count(2), count(3)];
     let total = sizes.iter().map(|&n| usize::from(n)).sum::<usize>();
-    let mut ttls = Vec::with_capacity(total);
+    // Sized by what the reply can hold (a record takes at least 11
+    // bytes), not by the counts it claims.
+    let mut ttls = Vec::with_capacity(total.min(reply.len() / 11));
     let mut at = start;
     let mut end = None;
     for i in 0..total {
