@@ -528,6 +528,8 @@ pub struct CacheConfig {
     pub serve_stale: Duration,
     /// How long a query whose answer has expired waits for the upstreams
     /// before the stale answer goes out (RFC 8767 suggests 1.8 s at most).
+    /// The request goes on in the background, and its answer, when it
+    /// comes, replaces the stale one.
     #[serde(with = "humantime_serde")]
     pub stale_timeout: Duration,
     /// Refresh popular answers in the background in the last tenth of

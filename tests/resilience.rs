@@ -56,6 +56,41 @@ async fn expired_answers_are_served_stale_when_the_upstream_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_slower_than_stale_timeout_still_refreshes_the_answer() {
+    // Answers take 400 ms; a stale answer waits only 100 ms for them.
+    // (Without prefetch, which would refresh the answer before it expires.)
+    let stub = Stub::delayed(std::time::Duration::from_millis(400)).await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(
+        &config("[cache]\nserve_stale = \"1d\"\nstale_timeout = \"100ms\"\nprefetch = false"),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    let first = ask(ts.udp, "short.test.", RecordType::A).await;
+    assert_eq!(addresses(&first), ["192.0.2.11"]);
+    let udp = ts.udp;
+    // Once the 2 s TTL has run out: the stale answer, while the refresh
+    // goes on.
+    eventually("stale answer served", || async move {
+        ask(udp, "short.test.", RecordType::A).await.answers[0].ttl == 30
+    })
+    .await;
+    // The refresh's answer is stored when it comes, though no client
+    // waited for it: the next answers are fresh, with the record's TTL.
+    eventually("refreshed answer served", || async move {
+        ask(udp, "short.test.", RecordType::A).await.answers[0].ttl <= 2
+    })
+    .await;
+    assert_eq!(
+        stub.count("short.test.", RecordType::A),
+        2,
+        "the first query and the one refresh"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_stale_can_be_turned_off() {
     let stub = Stub::start().await;
     let dir = dir_with(&[]);

@@ -427,6 +427,18 @@ pub struct Cache<N> {
     serve_stale: u32,
     /// How long a query with a stale answer waits for the upstreams.
     stale_timeout: Duration,
+    /// Refreshes popular answers before they expire; `None` when off.
+    prefetch: Option<Prefetch>,
+    metrics: Arc<Metrics>,
+    /// Shared with prefetch tasks and with refreshes of stale answers,
+    /// which outlive the query that started them.
+    fetch: Arc<Fetch<N>>,
+}
+
+/// Asks the next link for what the cache does not hold, and stores the
+/// answers.
+struct Fetch<N> {
+    store: Arc<Store>,
     /// Identical queries waiting on one upstream request. hashbrown's
     /// default hasher (foldhash, seeded per map) hashes a name several
     /// times faster than std's SipHash, and a miss hashes it three times
@@ -434,14 +446,12 @@ pub struct Cache<N> {
     in_flight: Mutex<HashMap<Key, broadcast::Sender<Answer>>>,
     /// Upstream requests allowed at once.
     upstream_slots: Semaphore,
+    /// How long a request waits for one of them.
+    slot_wait: Duration,
     /// Time all upstream attempts of one query may take together.
     upstream_budget: Duration,
     /// Keeps "upstream saturated" warnings to one per interval in a flood.
     saturated_log: Throttle,
-    /// Refreshes popular answers before they expire; `None` when off.
-    prefetch: Option<Prefetch>,
-    metrics: Arc<Metrics>,
-    /// Shared with prefetch tasks, which outlive the query that started them.
     next: Arc<N>,
 }
 
@@ -519,27 +529,31 @@ impl<N: Resolve> Cache<N> {
         next: N,
     ) -> Self {
         let max_in_flight = upstream.max_in_flight;
+        let store = Arc::new(Store {
+            entries: (config.capacity > 0).then(|| quick_cache::sync::Cache::new(config.capacity)),
+            min_ttl: secs(config.min_ttl),
+            max_ttl: secs(config.max_ttl),
+            negative_max_ttl: secs(config.negative_max_ttl),
+            metrics: metrics.clone(),
+        });
         Self {
-            store: Arc::new(Store {
-                entries: (config.capacity > 0)
-                    .then(|| quick_cache::sync::Cache::new(config.capacity)),
-                min_ttl: secs(config.min_ttl),
-                max_ttl: secs(config.max_ttl),
-                negative_max_ttl: secs(config.negative_max_ttl),
-                metrics: metrics.clone(),
-            }),
+            store: store.clone(),
             prefetch: config.prefetch.then(|| Prefetch {
                 min_hits: config.prefetch_min_hits,
                 slots: Arc::new(Semaphore::new(PREFETCH_SLOTS)),
             }),
             serve_stale: secs(config.serve_stale),
             stale_timeout: config.stale_timeout,
-            in_flight: Mutex::new(HashMap::new()),
-            upstream_slots: Semaphore::new(max_in_flight.max(1)),
-            upstream_budget: upstream.total_timeout,
-            saturated_log: Throttle::new(Duration::from_secs(10)),
             metrics,
-            next: Arc::new(next),
+            fetch: Arc::new(Fetch {
+                store,
+                in_flight: Mutex::new(HashMap::new()),
+                upstream_slots: Semaphore::new(max_in_flight.max(1)),
+                slot_wait: config.stale_timeout.max(Duration::from_secs(1)),
+                upstream_budget: upstream.total_timeout,
+                saturated_log: Throttle::new(Duration::from_secs(10)),
+                next: Arc::new(next),
+            }),
         }
     }
 }
@@ -629,7 +643,7 @@ impl Store {
     }
 }
 
-impl<N: Resolve> Cache<N> {
+impl<N: Resolve> Fetch<N> {
     /// Asks `next`, sharing the request with identical queries in flight:
     /// the one that asks stores the answer before the others get it.
     async fn coalesced(&self, key: Key, query: &Query<'_>) -> Answer {
@@ -672,7 +686,7 @@ impl<N: Resolve> Cache<N> {
     /// up in time (the upstreams are saturated and more waiting would only
     /// pile up work the clients have given up on).
     async fn limited(&self, query: &Query<'_>) -> Answer {
-        let wait = self.stale_timeout.max(Duration::from_secs(1));
+        let wait = self.slot_wait;
         let Ok(Ok(_permit)) = tokio::time::timeout(wait, self.upstream_slots.acquire()).await
         else {
             if let Some(suppressed) = self.saturated_log.ready() {
@@ -690,7 +704,9 @@ impl<N: Resolve> Cache<N> {
             Err(_) => Answer::empty(Outcome::Error, ResponseCode::ServFail),
         }
     }
+}
 
+impl<N: Resolve> Cache<N> {
     /// Refreshes `entry` in the background if it is popular and about to
     /// expire, so the next query for it is still a hit.
     fn maybe_prefetch(&self, query: &Query<'_>, entry: &Arc<Entry>, age: u32) {
@@ -709,7 +725,7 @@ impl<N: Resolve> Cache<N> {
             return;
         };
         let store = self.store.clone();
-        let next = self.next.clone();
+        let next = self.fetch.next.clone();
         let key: Key = (query.name.clone(), query.qtype, query.qclass);
         let entry = entry.clone();
         tokio::spawn(async move {
@@ -774,7 +790,7 @@ impl<N: Resolve> Resolve for Cache<N> {
     async fn resolve(&self, query: &Query<'_>) -> Answer {
         let Some(entries) = &self.store.entries else {
             let key: Key = (query.name.clone(), query.qtype, query.qclass);
-            return self.coalesced(key, query).await;
+            return self.fetch.coalesced(key, query).await;
         };
         let mut stale = None;
         if let Some(entry) = entries.get(&KeyRef(query.name, query.qtype, query.qclass)) {
@@ -797,14 +813,28 @@ impl<N: Resolve> Resolve for Cache<N> {
         let key: Key = (query.name.clone(), query.qtype, query.qclass);
         self.metrics.cache_misses.inc();
         match stale {
-            None => self.coalesced(key, query).await,
+            None => self.fetch.coalesced(key, query).await,
             Some(entry) => {
                 // RFC 8767: give the upstreams `stale_timeout`, then answer
                 // with the expired data rather than keep the client waiting.
-                let fresh =
-                    tokio::time::timeout(self.stale_timeout, self.coalesced(key, query)).await;
+                // The request goes on in a task of its own (§5: the
+                // resolution continues in the background), so an upstream
+                // slower than that still refreshes the entry.
+                let fetch = self.fetch.clone();
+                let (client, checking_disabled) = (query.client, query.checking_disabled);
+                let refresh = tokio::spawn(async move {
+                    let query = Query {
+                        name: &key.0,
+                        qtype: key.1,
+                        qclass: key.2,
+                        client,
+                        checking_disabled,
+                    };
+                    fetch.coalesced(key.clone(), &query).await
+                });
+                let fresh = tokio::time::timeout(self.stale_timeout, refresh).await;
                 match fresh {
-                    Ok(answer) if usable(&answer) => answer,
+                    Ok(Ok(answer)) if usable(&answer) => answer,
                     _ => {
                         entry.mark_failed();
                         entry.answer(query.name, Outcome::Stale, entry.age(), Some(STALE_TTL))
