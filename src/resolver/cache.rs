@@ -579,15 +579,33 @@ impl Store {
             ResponseCode::NoError | ResponseCode::NXDomain => {
                 // RFC 2308 §5: the negative TTL is the smaller of the SOA
                 // record's TTL and its MINIMUM field. No SOA, no caching.
-                let record = answer
+                let at = answer
                     .authorities
-                    .iter_mut()
-                    .find(|r| matches!(r.data, RData::SOA(_)))?;
+                    .iter()
+                    .position(|r| matches!(r.data, RData::SOA(_)))?;
+                let record = &mut answer.authorities[at];
                 let RData::SOA(soa) = &record.data else {
                     unreachable!("found by its type")
                 };
-                let ttl = record.ttl.min(soa.minimum).min(self.negative_max_ttl);
+                let mut ttl = record.ttl.min(soa.minimum).min(self.negative_max_ttl);
                 record.ttl = ttl;
+                // Any other records (a CNAME chain that ends in the denial)
+                // are clamped as in a positive answer, and the entry expires
+                // with the first of them: none goes out with its TTL counted
+                // down past zero while the entry is still fresh.
+                let soa = answer.answers.len() + at;
+                for r in answer
+                    .answers
+                    .iter_mut()
+                    .chain(answer.authorities.iter_mut())
+                    .chain(answer.additionals.iter_mut())
+                    .enumerate()
+                    .filter(|&(i, _)| i != soa)
+                    .map(|(_, r)| r)
+                {
+                    r.ttl = r.ttl.clamp(self.min_ttl, self.max_ttl);
+                    ttl = ttl.min(r.ttl);
+                }
                 (ttl > 0).then_some(ttl)
             }
             _ => None,
@@ -1097,6 +1115,40 @@ mod tests {
             assert_eq!(with_ttls(wire.records(&key)), sections);
             assert_eq!(with_ttls(read_back(&wire, [0; 12], 0, 0)), sections);
         }
+    }
+
+    #[test]
+    fn a_denial_expires_with_the_first_record_in_it() {
+        let store = Store {
+            entries: None,
+            min_ttl: 0,
+            max_ttl: 3600,
+            negative_max_ttl: 3600,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let soa = Record::from_rdata(
+            name("example.test."),
+            300,
+            RData::SOA(SOA::new(name("ns.test."), name("h.test."), 1, 2, 3, 4, 120)),
+        );
+        let cname = |ttl: u32| {
+            Record::from_rdata(
+                name(QNAME),
+                ttl,
+                RData::CNAME(CNAME(name("gone.example.test."))),
+            )
+        };
+        let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NXDomain);
+        answer.authorities = vec![soa];
+        assert_eq!(store.cacheable_ttl(&mut answer), Some(120), "SOA MINIMUM");
+        // A CNAME chain into the denial: the entry goes with the CNAME.
+        answer.answers = vec![cname(10)];
+        assert_eq!(store.cacheable_ttl(&mut answer), Some(10));
+        assert_eq!(answer.authorities[0].ttl, 120);
+        // Clamped as positive answers are.
+        answer.answers = vec![cname(7200)];
+        assert_eq!(store.cacheable_ttl(&mut answer), Some(120));
+        assert_eq!(answer.answers[0].ttl, 3600);
     }
 
     /// Changes to an upstream reply: `(at, Some(byte), _)` writes a byte at
