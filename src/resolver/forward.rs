@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
-use hickory_proto::rr::{LowerName, Name};
+use hickory_proto::rr::{LowerName, Name, RData, RecordType};
 
 use super::{Answer, DNS_HEADER_LEN, Outcome, Query, Resolve, write_name};
 use crate::config::{Config, Strategy, UpstreamAddr, parse_domain};
@@ -323,6 +323,10 @@ impl Group {
                     tracing::debug!(upstream = %upstream.label, %rcode, "upstream failed, trying the next");
                     return Attempt::Failed;
                 }
+                if !dname_targets_uncompressed(&reply) {
+                    tracing::debug!(upstream = %upstream.label, "compressed DNAME target (RFC 6672 §2.5), trying the next");
+                    return Attempt::Failed;
+                }
                 Attempt::Answer(reply, bytes)
             }
             Err(error) => {
@@ -398,6 +402,38 @@ impl Group {
     }
 }
 
+/// Whether every DNAME record in `reply` has its target written out in
+/// full, as RFC 6672 §2.5 requires. hickory keeps DNAME data as opaque
+/// bytes, so a compressed target would be encoded again as the same
+/// pointer, into a message laid out differently: another name. Such a
+/// reply is treated as a failed attempt.
+fn dname_targets_uncompressed(reply: &Message) -> bool {
+    reply
+        .answers
+        .iter()
+        .chain(&reply.authorities)
+        .chain(&reply.additionals)
+        .all(|record| match &record.data {
+            RData::Unknown { code, rdata } if *code == RecordType::DNAME => {
+                uncompressed_name(&rdata.anything)
+            }
+            _ => true,
+        })
+}
+
+/// Whether `bytes` are exactly one name in wire form without pointers.
+fn uncompressed_name(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(&len) = bytes.get(at) {
+        match len {
+            0 => return at + 1 == bytes.len(),
+            1..=63 => at += 1 + usize::from(len),
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Whether `reply` is a response (QR=1) to a standard query (opcode QUERY).
 ///
 /// The opcode matters: hickory parses records with empty data only in
@@ -434,6 +470,36 @@ mod tests {
     use hickory_proto::rr::{DNSClass, RecordType};
 
     use super::*;
+
+    #[test]
+    fn a_compressed_dname_target_fails_the_attempt() {
+        use hickory_proto::rr::Record;
+        use hickory_proto::rr::rdata::NULL;
+
+        let with_dname = |target: &[u8]| {
+            let mut m = Message::response(1, OpCode::Query);
+            m.answers.push(Record::from_rdata(
+                Name::from_ascii("example.test.").unwrap(),
+                300,
+                RData::Unknown {
+                    code: RecordType::DNAME,
+                    rdata: NULL::with(target.to_vec()),
+                },
+            ));
+            m
+        };
+        assert!(dname_targets_uncompressed(&with_dname(
+            b"\x04edge\x04test\x00"
+        )));
+        assert!(dname_targets_uncompressed(&with_dname(b"\x00")));
+        assert!(!dname_targets_uncompressed(&with_dname(
+            b"\x04edge\xc0\x10"
+        )));
+        assert!(!dname_targets_uncompressed(&with_dname(b"\x04edge")));
+        assert!(!dname_targets_uncompressed(&with_dname(
+            b"\x04edge\x00\x00"
+        )));
+    }
 
     /// The hand-written query is byte for byte what hickory encodes, for
     /// names of every shape, any type, CD either way, any payload size.
