@@ -175,6 +175,11 @@ impl<R: Resolve> Handler<R> {
             .as_ref()
             .filter(|wire| encodes(&wire.sections, &answer))
             .and_then(|wire| {
+                debug_assert!(
+                    wire.sections.holds(query.name, wire.age, &answer),
+                    "the cache's bytes for {} hold other records than the answer",
+                    query.name
+                );
                 let edns = edns_out.as_ref();
                 wire_reply(question, metadata, &wire.sections, wire.age, edns, max_size)
             })
@@ -271,7 +276,9 @@ pub(crate) fn opt_record(payload: u16) -> [u8; 11] {
 /// Whether `wire` can stand for `answer`: a cheap check of what a link
 /// that changed the answer after the cache set it would most likely have
 /// changed (the cache is the only link that sets it, and the links above
-/// it build a new answer rather than change one).
+/// it build a new answer rather than change one). Debug builds check the
+/// records themselves too (`WireAnswer::holds`), so a link that edits an
+/// answer in place fails the tests.
 fn encodes(wire: &crate::resolver::WireAnswer, answer: &crate::resolver::Answer) -> bool {
     let count = |records: &[hickory_proto::rr::Record]| u16::try_from(records.len()).ok();
     wire.rcode == answer.rcode
