@@ -437,8 +437,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// upstream requests run at once, and serves expired answers when the
 /// upstreams fail (RFC 8767).
 pub struct Cache<N> {
-    /// The answers and how they are stored, shared with prefetch tasks.
-    store: Arc<Store>,
     /// Seconds past expiry an answer may still be served stale; 0 = never.
     serve_stale: u32,
     /// How long a query with a stale answer waits for the upstreams.
@@ -446,14 +444,16 @@ pub struct Cache<N> {
     /// Refreshes popular answers before they expire; `None` when off.
     prefetch: Option<Prefetch>,
     metrics: Arc<Metrics>,
-    /// Shared with prefetch tasks and with refreshes of stale answers,
-    /// which outlive the query that started them.
+    /// The answers, and what asks for more: shared with prefetch tasks and
+    /// with refreshes of stale answers, which outlive the query that
+    /// started them.
     fetch: Arc<Fetch<N>>,
 }
 
 /// Asks the next link for what the cache does not hold, and stores the
 /// answers.
 struct Fetch<N> {
+    /// The answers and how they are stored.
     store: Arc<Store>,
     /// Identical queries waiting on one upstream request. hashbrown's
     /// default hasher (foldhash, seeded per map) hashes a name several
@@ -511,7 +511,7 @@ fn secs(d: Duration) -> u32 {
 impl<N> Cache<N> {
     /// Number of cached answers.
     pub fn len(&self) -> usize {
-        self.store.entries.as_ref().map_or(0, |c| c.len())
+        self.fetch.store.entries.as_ref().map_or(0, |c| c.len())
     }
 
     /// Whether the cache is empty.
@@ -522,7 +522,7 @@ impl<N> Cache<N> {
     /// A function that empties this cache and returns how many answers it
     /// dropped, for the admin API.
     pub fn flusher(&self) -> impl Fn() -> usize + Send + Sync + 'static {
-        let store = self.store.clone();
+        let store = self.fetch.store.clone();
         move || {
             let Some(entries) = &store.entries else {
                 return 0;
@@ -553,7 +553,6 @@ impl<N: Resolve> Cache<N> {
             metrics: metrics.clone(),
         });
         Self {
-            store: store.clone(),
             prefetch: config.prefetch.then(|| Prefetch {
                 min_hits: config.prefetch_min_hits,
                 slots: Arc::new(Semaphore::new(PREFETCH_SLOTS)),
@@ -578,20 +577,8 @@ impl Store {
     /// How long `answer` may be cached, in seconds, with its records'
     /// TTLs clamped in place; `None` if it must not be cached.
     fn cacheable_ttl(&self, answer: &mut Answer) -> Option<u32> {
-        match answer.rcode {
-            ResponseCode::NoError if !answer.answers.is_empty() => {
-                let mut ttl = u32::MAX;
-                for r in answer
-                    .answers
-                    .iter_mut()
-                    .chain(answer.authorities.iter_mut())
-                    .chain(answer.additionals.iter_mut())
-                {
-                    r.ttl = r.ttl.clamp(self.min_ttl, self.max_ttl);
-                    ttl = ttl.min(r.ttl);
-                }
-                (ttl > 0).then_some(ttl)
-            }
+        let (mut ttl, soa) = match answer.rcode {
+            ResponseCode::NoError if !answer.answers.is_empty() => (u32::MAX, None),
             ResponseCode::NoError | ResponseCode::NXDomain => {
                 // RFC 2308 §5: the negative TTL is the smaller of the SOA
                 // record's TTL and its MINIMUM field. No SOA, no caching.
@@ -603,29 +590,28 @@ impl Store {
                 let RData::SOA(soa) = &record.data else {
                     unreachable!("found by its type")
                 };
-                let mut ttl = record.ttl.min(soa.minimum).min(self.negative_max_ttl);
-                record.ttl = ttl;
-                // Any other records (a CNAME chain that ends in the denial)
-                // are clamped as in a positive answer, and the entry expires
-                // with the first of them: none goes out with its TTL counted
-                // down past zero while the entry is still fresh.
-                let soa = answer.answers.len() + at;
-                for r in answer
-                    .answers
-                    .iter_mut()
-                    .chain(answer.authorities.iter_mut())
-                    .chain(answer.additionals.iter_mut())
-                    .enumerate()
-                    .filter(|&(i, _)| i != soa)
-                    .map(|(_, r)| r)
-                {
-                    r.ttl = r.ttl.clamp(self.min_ttl, self.max_ttl);
-                    ttl = ttl.min(r.ttl);
-                }
-                (ttl > 0).then_some(ttl)
+                record.ttl = record.ttl.min(soa.minimum).min(self.negative_max_ttl);
+                (record.ttl, Some(answer.answers.len() + at))
             }
-            _ => None,
+            _ => return None,
+        };
+        // The entry expires with the first of its records. All but a
+        // denial's SOA are clamped, a denial's other records too (a CNAME
+        // chain that ends in it): none goes out with its TTL counted down
+        // past zero while the entry is still fresh.
+        for (i, r) in answer
+            .answers
+            .iter_mut()
+            .chain(answer.authorities.iter_mut())
+            .chain(answer.additionals.iter_mut())
+            .enumerate()
+        {
+            if Some(i) != soa {
+                r.ttl = r.ttl.clamp(self.min_ttl, self.max_ttl);
+            }
+            ttl = ttl.min(r.ttl);
         }
+        (ttl > 0).then_some(ttl)
     }
 
     /// Stores `answer` under `key` if it may be cached.
@@ -758,7 +744,7 @@ impl<N: Resolve> Cache<N> {
             entry.prefetching.store(false, Ordering::Relaxed);
             return;
         };
-        let store = self.store.clone();
+        let store = self.fetch.store.clone();
         let next = self.fetch.next.clone();
         let key: Key = (query.name.clone(), query.qtype, query.qclass);
         let entry = entry.clone();
@@ -796,7 +782,7 @@ fn usable(answer: &Answer) -> bool {
 
 impl<N: Resolve> Resolve for Cache<N> {
     fn peek(&self, query: &Query<'_>) -> Peek {
-        let Some(entries) = &self.store.entries else {
+        let Some(entries) = &self.fetch.store.entries else {
             return Peek::Slow;
         };
         let Some(entry) = entries.get(&KeyRef(query.name, query.qtype, query.qclass)) else {
@@ -822,7 +808,7 @@ impl<N: Resolve> Resolve for Cache<N> {
     }
 
     async fn resolve(&self, query: &Query<'_>) -> Answer {
-        let Some(entries) = &self.store.entries else {
+        let Some(entries) = &self.fetch.store.entries else {
             let key: Key = (query.name.clone(), query.qtype, query.qclass);
             return self.fetch.coalesced(key, query).await;
         };
