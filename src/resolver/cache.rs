@@ -749,13 +749,7 @@ impl<N: Resolve> Cache<N> {
         let key: Key = (query.name.clone(), query.qtype, query.qclass);
         let entry = entry.clone();
         tokio::spawn(async move {
-            let query = Query {
-                name: &key.0,
-                qtype: key.1,
-                qclass: key.2,
-                client: std::net::Ipv4Addr::LOCALHOST.into(),
-                checking_disabled: false,
-            };
+            let query = query_for(&key, std::net::Ipv4Addr::LOCALHOST.into(), false);
             let mut answer = next.resolve(&query).await;
             let result = if usable(&answer) {
                 store.store(key, &mut answer);
@@ -771,6 +765,17 @@ impl<N: Resolve> Cache<N> {
                 .inc();
             drop(permit);
         });
+    }
+}
+
+/// The query for `key`, for a task that asks on its own.
+fn query_for(key: &Key, client: std::net::IpAddr, checking_disabled: bool) -> Query<'_> {
+    Query {
+        name: &key.0,
+        qtype: key.1,
+        qclass: key.2,
+        client,
+        checking_disabled,
     }
 }
 
@@ -843,13 +848,7 @@ impl<N: Resolve> Resolve for Cache<N> {
                 let fetch = self.fetch.clone();
                 let (client, checking_disabled) = (query.client, query.checking_disabled);
                 let refresh = tokio::spawn(async move {
-                    let query = Query {
-                        name: &key.0,
-                        qtype: key.1,
-                        qclass: key.2,
-                        client,
-                        checking_disabled,
-                    };
+                    let query = query_for(&key, client, checking_disabled);
                     fetch.coalesced(key.clone(), &query).await
                 });
                 let fresh = tokio::time::timeout(self.stale_timeout, refresh).await;
