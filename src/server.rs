@@ -170,7 +170,7 @@ impl<R: Resolve> Handler<R> {
         let client = self.clients.label(query.client);
         self.metrics.observe_client(&client, &answer.outcome);
         let max_size = max_size(reply.protocol(), edns_out.as_ref());
-        if let Some((header, bytes)) = answer
+        let from_cache = answer
             .wire
             .as_ref()
             .filter(|wire| encodes(&wire.sections, &answer))
@@ -182,28 +182,28 @@ impl<R: Resolve> Handler<R> {
                 );
                 let edns = edns_out.as_ref();
                 wire_reply(question, metadata, &wire.sections, wire.age, edns, max_size)
-            })
-        {
-            return match reply.deliver(bytes).await {
-                Ok(()) => ResponseInfo::from(header),
-                Err(error) => {
-                    tracing::debug!(%error, client = %request.src(), "could not send a response");
-                    failed(request, ResponseCode::ServFail)
+            });
+        let sent = match from_cache {
+            Some((header, bytes)) => reply
+                .deliver(bytes)
+                .await
+                .map(|()| ResponseInfo::from(header)),
+            None => {
+                let mut builder = MessageResponseBuilder::new(question, None);
+                if let Some(edns) = &edns_out {
+                    builder.edns(edns);
                 }
-            };
-        }
-        let mut builder = MessageResponseBuilder::new(question, None);
-        if let Some(edns) = &edns_out {
-            builder.edns(edns);
-        }
-        let response = builder.build(
-            metadata,
-            answer.answers.iter(),
-            answer.authorities.iter(),
-            [],
-            answer.additionals.iter(),
-        );
-        match send(response, &reply).await {
+                let response = builder.build(
+                    metadata,
+                    answer.answers.iter(),
+                    answer.authorities.iter(),
+                    [],
+                    answer.additionals.iter(),
+                );
+                send(response, &reply).await
+            }
+        };
+        match sent {
             Ok(info) => info,
             Err(error) => {
                 tracing::debug!(%error, client = %request.src(), "could not send a response");
