@@ -38,7 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BlockMode;
-use crate::resolver::{BlockPolicy, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, blocked_answer};
+use crate::resolver::{
+    BlockPolicy, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, blocked_answer, plain_name_end,
+};
 use crate::server::{Deliver, Handler, Protocol, opt_record, respond};
 
 /// The largest datagram read: the most a UDP payload can be.
@@ -300,18 +302,7 @@ fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
         return None;
     }
     // The name, label by label: no pointers, no extended label types.
-    let mut at = DNS_HEADER_LEN;
-    loop {
-        let len = usize::from(*packet.get(at)?);
-        if len == 0 {
-            at += 1;
-            break;
-        }
-        if len > 63 {
-            return None;
-        }
-        at += 1 + len;
-    }
+    let at = plain_name_end(packet, DNS_HEADER_LEN)?;
     if at - DNS_HEADER_LEN > 255 {
         return None;
     }

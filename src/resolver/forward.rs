@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{LowerName, Name, RData, RecordType};
 
-use super::{Answer, DNS_HEADER_LEN, Outcome, Query, Resolve, write_name};
+use super::{Answer, DNS_HEADER_LEN, Outcome, Query, Resolve, plain_name_end, write_name};
 use crate::config::{Config, Strategy, UpstreamAddr, parse_domain};
 use crate::metrics::Metrics;
 use crate::upstream::{AttemptError, Context, Upstream};
@@ -415,23 +415,10 @@ fn dname_targets_uncompressed(reply: &Message) -> bool {
         .chain(&reply.additionals)
         .all(|record| match &record.data {
             RData::Unknown { code, rdata } if *code == RecordType::DNAME => {
-                uncompressed_name(&rdata.anything)
+                plain_name_end(&rdata.anything, 0) == Some(rdata.anything.len())
             }
             _ => true,
         })
-}
-
-/// Whether `bytes` are exactly one name in wire form without pointers.
-fn uncompressed_name(bytes: &[u8]) -> bool {
-    let mut at = 0;
-    while let Some(&len) = bytes.get(at) {
-        match len {
-            0 => return at + 1 == bytes.len(),
-            1..=63 => at += 1 + usize::from(len),
-            _ => return false,
-        }
-    }
-    false
 }
 
 /// Whether `reply` is a response (QR=1) to a standard query (opcode QUERY).

@@ -31,6 +31,18 @@ pub(crate) fn write_name(name: &Name, out: &mut Vec<u8>) {
     out.push(0);
 }
 
+/// Where the name at `at` in `bytes` ends, if it is written out in full:
+/// labels of at most 63 bytes, no compression pointer, the root label last.
+pub(crate) fn plain_name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        match *bytes.get(at)? {
+            0 => return Some(at + 1),
+            len @ 1..=63 => at += 1 + usize::from(len),
+            _ => return None,
+        }
+    }
+}
+
 mod access;
 mod any;
 mod block;
