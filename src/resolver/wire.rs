@@ -25,7 +25,7 @@
 //! Anything else is encoded by hickory, as every answer that came over
 //! TCP, TLS or HTTPS is.
 
-use hickory_proto::rr::LowerName;
+use hickory_proto::rr::{LowerName, RecordType};
 
 use super::DNS_HEADER_LEN;
 
@@ -66,14 +66,14 @@ pub(crate) fn sections(reply: &[u8], name: &LowerName) -> Option<Sections> {
         let record = at;
         at = names.read(reply, at)?;
         let fixed = reply.get(at..at + 10)?;
-        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let rtype = RecordType::from(u16::from_be_bytes([fixed[0], fixed[1]]));
         let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
         let data = at + 10;
         let data_end = data + rdlen;
         if data_end > reply.len() {
             return None;
         }
-        if rtype == OPT {
+        if rtype == RecordType::OPT {
             // Only as the very last record, where hickory takes it out of
             // the additionals (nothing kept comes after it).
             if i + 1 != total || sizes[2] == 0 {
@@ -97,9 +97,6 @@ pub(crate) fn sections(reply: &[u8], name: &LowerName) -> Option<Sections> {
         ttls,
     })
 }
-
-/// The OPT pseudo-record's type (RFC 6891).
-const OPT: u16 = 41;
 
 /// The longest name, in wire form (RFC 1035 §3.1).
 const MAX_NAME: usize = 255;
@@ -181,29 +178,31 @@ impl Names {
     /// Reads the names in the data `data..end` of a record of type
     /// `rtype`, checking that it is laid out as the type says; `None` for
     /// a type whose layout is not known here.
-    fn data(&mut self, reply: &[u8], rtype: u16, data: usize, end: usize) -> Option<()> {
+    fn data(&mut self, reply: &[u8], rtype: RecordType, data: usize, end: usize) -> Option<()> {
         let fits = |at: usize| (at == end).then_some(());
         match rtype {
-            // A, AAAA: an address.
-            1 => fits(data + 4),
-            28 => fits(data + 16),
-            // TXT, CAA: no names (hickory reads CAA's from text, not wire).
-            16 | 257 => Some(()),
-            // NS, CNAME, PTR, DNAME: a name.
-            2 | 5 | 12 | 39 => fits(self.read(reply, data)?),
-            // MX: preference, exchange.
-            15 => fits(self.read(reply, data + 2)?),
-            // SRV: priority, weight, port, target.
-            33 => fits(self.read(reply, data + 6)?),
-            // SOA: two names, then five 32-bit numbers.
-            6 => {
+            RecordType::A => fits(data + 4),
+            RecordType::AAAA => fits(data + 16),
+            // No names (hickory reads CAA's from text, not wire).
+            RecordType::TXT | RecordType::CAA => Some(()),
+            // One name.
+            RecordType::NS | RecordType::CNAME | RecordType::PTR | RecordType::DNAME => {
+                fits(self.read(reply, data)?)
+            }
+            // Preference, exchange.
+            RecordType::MX => fits(self.read(reply, data + 2)?),
+            // Priority, weight, port, target.
+            RecordType::SRV => fits(self.read(reply, data + 6)?),
+            // Two names, then five 32-bit numbers.
+            RecordType::SOA => {
                 let mname_end = self.read(reply, data)?;
                 fits(self.read(reply, mname_end)? + 20)
             }
-            // SVCB, HTTPS: priority, target, then parameters, none of
-            // them names (RFC 9460 §2.2; hickory decodes them from the
-            // data alone).
-            64 | 65 => (self.read(reply, data + 2)? <= end).then_some(()),
+            // Priority, target, then parameters, none of them names (RFC
+            // 9460 §2.2; hickory decodes them from the data alone).
+            RecordType::SVCB | RecordType::HTTPS => {
+                (self.read(reply, data + 2)? <= end).then_some(())
+            }
             _ => None,
         }
     }
