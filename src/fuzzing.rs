@@ -36,7 +36,8 @@ use crate::config::{BlockMode, Config};
 use crate::lists::{BuildLimits, ListInput, ListKind, ListStore, Snapshot};
 use crate::metrics::Metrics;
 use crate::resolver::{
-    Answer, BlockPolicy, Outcome, Query, Resolve, answer_from_reply, chain_with, is_query_response,
+    Answer, BlockPolicy, Outcome, Query, Resolve, answer_from_reply, chain_with,
+    dname_targets_uncompressed, is_query_response,
 };
 use crate::server::{Handler, Protocol, answer_bytes};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
@@ -49,14 +50,15 @@ impl Resolve for FakeUpstream {
         match &self.0 {
             // As Forward: only a response to a standard query is accepted
             // (the ID and question checks need sockets, and are left out),
-            // and SERVFAIL and REFUSED mean "try the next one", of which
-            // there is none.
+            // SERVFAIL and REFUSED mean "try the next one", of which there
+            // is none, and so does a compressed DNAME target.
             Some((reply, bytes))
                 if is_query_response(reply)
                     && !matches!(
                         reply.metadata.response_code,
                         ResponseCode::ServFail | ResponseCode::Refused
-                    ) =>
+                    )
+                    && dname_targets_uncompressed(reply) =>
             {
                 answer_from_reply(reply.clone(), Some(bytes.clone()))
             }

@@ -407,7 +407,7 @@ impl Group {
 /// bytes, so a compressed target would be encoded again as the same
 /// pointer, into a message laid out differently: another name. Such a
 /// reply is treated as a failed attempt.
-fn dname_targets_uncompressed(reply: &Message) -> bool {
+pub(crate) fn dname_targets_uncompressed(reply: &Message) -> bool {
     reply
         .answers
         .iter()

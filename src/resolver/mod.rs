@@ -57,6 +57,7 @@ pub use access::{Access, is_allowed};
 pub use any::{AnyQuery, rfc8482_answer};
 pub use block::{Block, BlockPolicy, blocked_answer};
 pub use cache::{Cache, CacheHit, WireAnswer};
+pub(crate) use forward::dname_targets_uncompressed;
 pub use forward::{Forward, answer_from_reply, is_query_response};
 pub use local::{Local, LocalRecords};
 pub use ratelimit::RateLimit;
