@@ -104,13 +104,15 @@ pub fn parse_line<'a>(raw: &'a str, mut rule: impl FnMut(Rule<'a>)) -> Result<()
         });
         return Ok(());
     }
+    // A comment goes first: `0.0.0.0 ads.example ## tracker` is a hosts
+    // entry, while a cosmetic rule has no space before its marker.
+    let line = strip_inline_comment(line);
     if ["##", "#@#", "#?#", "#$#", "#%#"]
         .iter()
         .any(|m| line.contains(m))
     {
         return Err(Skip::Unsupported("cosmetic (element hiding) rule"));
     }
-    let line = strip_inline_comment(line);
     if line.starts_with("||")
         || line.starts_with("@@")
         || line.starts_with('|')
@@ -125,8 +127,12 @@ pub fn parse_line<'a>(raw: &'a str, mut rule: impl FnMut(Rule<'a>)) -> Result<()
         let mut any = false;
         for word in words {
             any = true;
+            // Before `normalize`, which turns down `0.0.0.0` as an address.
+            let bare = word.strip_suffix('.').unwrap_or(word);
+            if HOSTS_PREAMBLE.iter().any(|h| h.eq_ignore_ascii_case(bare)) {
+                continue;
+            }
             match normalize(word) {
-                Ok(name) if HOSTS_PREAMBLE.contains(&name.as_ref()) => {}
                 Ok(name) => rule(Rule {
                     action: Action::Block,
                     pattern: Pattern::Domain(name),
@@ -305,6 +311,12 @@ mod tests {
         assert_eq!(ok("127.0.0.1 localhost"), Vec::<String>::new());
         assert_eq!(ok("::1 ip6-localhost ip6-loopback"), Vec::<String>::new());
         assert_eq!(ok("fe80::1%lo0 localhost"), Vec::<String>::new());
+        // StevenBlack's hosts file opens with this line.
+        assert_eq!(ok("0.0.0.0 0.0.0.0"), Vec::<String>::new());
+        assert_eq!(ok("0.0.0.0 LocalHost."), Vec::<String>::new());
+        // `##` after a space is a comment, not a cosmetic rule.
+        assert_eq!(ok("0.0.0.0 ads.example ## tracker"), ["block ads.example"]);
+        assert_eq!(ok("ads.example ## tracker"), ["block ads.example"]);
         assert_eq!(ok(":: v6.example"), ["block v6.example"]);
         assert_eq!(ok("||ads.example^"), ["block ads.example"]);
         assert_eq!(ok("||ads.example^$important"), ["block ads.example"]);
