@@ -291,6 +291,16 @@ impl ListServer {
                             let big = "y.blocked.test\n".repeat(10_000);
                             format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{big}")
                         }
+                        // A captive portal's page, announced as one or not.
+                        "html" | "html-as-text" => {
+                            let page = "\r\n <!DOCTYPE html>\n<html><body>\nx.blocked.test\n</body></html>\n";
+                            let kind = if mode == "html" { "text/html; charset=utf-8" } else { "text/plain" };
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{page}",
+                                page.len()
+                            )
+                        }
+                        "empty" => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string(),
                         "huge" => {
                             let big = "x.blocked.test\n".repeat(10_000);
                             format!(
@@ -359,9 +369,10 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
     http_post(ts.http, "/api/reload").await;
     assert!(is_blocked(&ts, "new.blocked.test.").await);
 
-    // 500, a timeout and an oversized body (announced, or only counted as
-    // it arrives) all keep the previous copy.
-    for mode in ["error", "slow", "huge", "endless"] {
+    // 500, a timeout, an oversized body (announced, or only counted as it
+    // arrives), a web page and an empty body all keep the previous copy.
+    let failures = ["error", "slow", "huge", "endless", "html", "html-as-text", "empty"];
+    for mode in failures {
         server.set(mode);
         let (status, _) = http_post(ts.http, "/api/reload").await;
         assert_eq!(status, 200, "{mode}: the reload itself succeeds");
@@ -386,7 +397,7 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
             &m,
             "telesink_blocklist_reloads_total{list=\"remote\",result=\"failure\"}"
         ),
-        4.0,
+        failures.len() as f64,
         "{m}"
     );
     assert_eq!(

@@ -179,6 +179,11 @@ pub async fn download(
                 .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
                 .map(str::to_string)
         };
+        // A captive portal or a CDN's error page comes as 200 too; taken
+        // for the list it would block nothing and be kept as the copy.
+        if header(reqwest::header::CONTENT_TYPE).is_some_and(|t| is_web_page(&t)) {
+            return Err("the server sent a web page (text/html), not a list".to_string());
+        }
         let etag = header(reqwest::header::ETAG);
         let modified = header(reqwest::header::LAST_MODIFIED);
         let cannot_store = |e: std::io::Error| {
@@ -188,6 +193,7 @@ pub async fn download(
         // in memory; the part file is removed if anything below fails.
         let mut part = Part::create(paths).await.map_err(cannot_store)?;
         let mut written = 0u64;
+        let mut text_seen = false;
         while let Some(chunk) = response
             .chunk()
             .await
@@ -197,7 +203,24 @@ pub async fn download(
             if written > max_bytes {
                 return Err(format!("larger than download_max_bytes ({max_bytes})"));
             }
+            if !text_seen {
+                match chunk
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace() && !UTF8_BOM.contains(b))
+                {
+                    // No list format has a line that starts with `<`.
+                    Some(b'<') => {
+                        return Err("the download is a web page (it starts with `<`), not a list"
+                            .to_string());
+                    }
+                    Some(_) => text_seen = true,
+                    None => {}
+                }
+            }
             part.file.write_all(&chunk).await.map_err(cannot_store)?;
+        }
+        if !text_seen {
+            return Err("the download is empty".to_string());
         }
         part.commit(paths, etag.as_deref(), modified.as_deref())
             .await
@@ -207,6 +230,15 @@ pub async fn download(
     tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| format!("timed out after {}", humantime::format_duration(timeout)))?
+}
+
+/// The bytes of a UTF-8 byte order mark, which may open a list.
+const UTF8_BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
+
+/// Whether a `Content-Type` is a web page's.
+fn is_web_page(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    media.eq_ignore_ascii_case("text/html") || media.eq_ignore_ascii_case("application/xhtml+xml")
 }
 
 /// A download being written beside the copy it will replace. Dropped
