@@ -103,6 +103,33 @@ async fn negative_answers_pass_through_with_soa_and_are_cached() {
 }
 
 #[tokio::test]
+async fn answers_asked_with_cd_never_reach_clients_without_it() {
+    // The stub answers `bogus.test` as a validating resolver does: SERVFAIL,
+    // or with CD set the data that failed validation.
+    let (stub, ts, _dir) = plain().await;
+    let mut cd = request("bogus.test.", RecordType::A, true);
+    cd.metadata.checking_disabled = true;
+    let r = udp(ts.udp, &cd).await;
+    assert_eq!(addresses(&r), ["203.0.113.66"]);
+    assert!(r.metadata.checking_disabled, "CD echoed");
+    for _ in 0..2 {
+        let r = ask(ts.udp, "bogus.test.", RecordType::A).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    }
+    // Not cached either way: each CD query asks again.
+    let r = tcp(ts.tcp, &cd).await;
+    assert_eq!(addresses(&r), ["203.0.113.66"]);
+    assert_eq!(stub.count("bogus.test.", RecordType::A), 4);
+    // A validated answer in the cache serves CD queries too.
+    ask(ts.udp, "a.test.", RecordType::A).await;
+    let mut cd = request("a.test.", RecordType::A, true);
+    cd.metadata.checking_disabled = true;
+    assert_eq!(addresses(&udp(ts.udp, &cd).await), ["192.0.2.1"]);
+    assert_eq!(stub.count("a.test.", RecordType::A), 1);
+    ts.stop().await;
+}
+
+#[tokio::test]
 async fn second_query_is_a_cache_hit_with_a_lower_ttl() {
     let (stub, ts, _dir) = plain().await;
     let first = ask(ts.udp, "a.test.", RecordType::A).await;

@@ -813,18 +813,34 @@ impl<N: Resolve> Resolve for Cache<N> {
     }
 
     async fn resolve(&self, query: &Query<'_>) -> Answer {
+        // An upstream that validates answers a CD=1 query with data that
+        // failed validation (RFC 4035 §3.2.2). Such an answer is neither
+        // stored nor shared with identical queries in flight, so it never
+        // reaches a client that did not set CD; fresh answers, fetched
+        // without CD, serve both.
         let Some(entries) = &self.fetch.store.entries else {
+            if query.checking_disabled {
+                return self.fetch.limited(query).await;
+            }
             let key: Key = (query.name.clone(), query.qtype, query.qclass);
             return self.fetch.coalesced(key, query).await;
         };
-        let mut stale = None;
-        if let Some(entry) = entries.get(&KeyRef(query.name, query.qtype, query.qclass)) {
+        let found = entries.get(&KeyRef(query.name, query.qtype, query.qclass));
+        if let Some(entry) = &found {
             let age = entry.age();
             if age < entry.ttl {
                 self.metrics.cache_hits.inc();
-                self.maybe_prefetch(query, &entry, age);
+                self.maybe_prefetch(query, entry, age);
                 return entry.answer(query.name, Outcome::Cached, age, None);
             }
+        }
+        self.metrics.cache_misses.inc();
+        if query.checking_disabled {
+            return self.fetch.limited(query).await;
+        }
+        let mut stale = None;
+        if let Some(entry) = found {
+            let age = entry.age();
             if age < entry.ttl.saturating_add(self.serve_stale) {
                 if entry.recently_failed(age) {
                     return entry.answer(query.name, Outcome::Stale, age, Some(STALE_TTL));
@@ -836,7 +852,6 @@ impl<N: Resolve> Resolve for Cache<N> {
             }
         }
         let key: Key = (query.name.clone(), query.qtype, query.qclass);
-        self.metrics.cache_misses.inc();
         match stale {
             None => self.fetch.coalesced(key, query).await,
             Some(entry) => {

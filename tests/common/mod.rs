@@ -450,8 +450,20 @@ fn answer(
     if silent {
         return None;
     }
-    let (rcode, answers, authorities, ad, tc) = zone_answer(&q, tcp);
+    // `bogus.test` fails validation: SERVFAIL, or the data when the query
+    // sets CD, as a validating resolver answers (RFC 4035 §3.2.2).
+    let (rcode, answers, authorities, ad, tc) = if q.name().to_lowercase().to_ascii() == "bogus.test." {
+        if req.metadata.checking_disabled {
+            let a = Record::from_rdata(q.name().clone(), 300, RData::A(A::new(203, 0, 113, 66)));
+            (ResponseCode::NoError, vec![a], vec![], false, false)
+        } else {
+            (ResponseCode::ServFail, vec![], vec![], false, false)
+        }
+    } else {
+        zone_answer(&q, tcp)
+    };
     let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+    resp.metadata.checking_disabled = req.metadata.checking_disabled;
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.recursion_available = true;
     resp.metadata.response_code = rcode;
