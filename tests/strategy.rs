@@ -116,3 +116,37 @@ async fn round_robin_spreads_queries() {
     assert_eq!((one.total(), two.total()), (3, 3));
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn a_recovered_upstream_is_asked_again() {
+    let one = Stub::start().await;
+    let two = Stub::silent().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(&config("round_robin", "300ms"), &[&one, &two], dir.path()).await;
+    // Every other query starts at `two`: two timeouts put it in backoff.
+    for _ in 0..4 {
+        ask(ts.udp, "a.test.", RecordType::A).await;
+    }
+    assert_eq!(two.total(), 2);
+    two.set_silent(false);
+    // Once the backoff (5 s) is over, a query probes it; queries that
+    // start at `one` must not hold that probe while `one` answers them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while two.total() == 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the recovered upstream was never probed"
+        );
+        ask(ts.udp, "a.test.", RecordType::A).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = two.total();
+    for _ in 0..10 {
+        ask(ts.udp, "a.test.", RecordType::A).await;
+    }
+    assert_eq!(two.total() - before, 5, "back in the rotation");
+    let text = ts.metrics().await;
+    let healthy = format!("telesink_upstream_healthy{{upstream=\"{}\"}}", two.addr);
+    assert_eq!(metric(&text, &healthy), 1.0, "{text}");
+    ts.stop().await;
+}

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
@@ -193,9 +193,11 @@ struct Health {
     /// Milliseconds after the group's epoch until which it is skipped; 0
     /// when healthy.
     down_until: AtomicU64,
-    /// Set while one query probes an upstream whose backoff has expired;
-    /// the others keep skipping it until the probe answers.
-    probing: AtomicBool,
+    /// Milliseconds after the group's epoch until which one query holds
+    /// the probe of an upstream whose backoff is over; the others skip it
+    /// meanwhile. A lease, not a flag: a probe whose query is dropped
+    /// (`fastest`'s loser, the total timeout) frees it by expiring.
+    probe_until: AtomicU64,
     /// Smoothed round-trip time in microseconds; 0 until measured.
     latency_us: AtomicU64,
 }
@@ -208,6 +210,8 @@ enum Attempt {
     Failed,
     /// A timeout or a network/TLS error.
     Unreachable,
+    /// Not asked: another query is probing it.
+    Skipped,
 }
 
 impl Health {
@@ -250,42 +254,79 @@ impl Group {
     }
 
     /// Whether `m` may be asked now: healthy, or its backoff is over and
-    /// this query is the one probe.
+    /// no other query holds its probe.
     fn available(&self, m: &Member) -> bool {
         let until = m.health.down_until.load(Ordering::Relaxed);
-        until == 0
-            || (self.now_ms() >= until
-                && m.health
-                    .probing
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok())
+        until == 0 || {
+            let now = self.now_ms();
+            now >= until && now >= m.health.probe_until.load(Ordering::Relaxed)
+        }
     }
 
-    /// The upstreams to ask, in order, as the strategy says. When every
-    /// upstream is in backoff they are all tried anyway: an answer late is
-    /// better than none.
-    fn order(&self) -> Vec<usize> {
+    /// Takes the probe of `m` if it is in backoff: `false` if it is still
+    /// in backoff, or another query took the probe since [`Self::order`].
+    /// Taken only right before asking, so an upstream put in the order but
+    /// never reached (another answered first) is probed by a later query.
+    fn claim(&self, m: &Member) -> bool {
+        let h = &m.health;
+        let until = h.down_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now = self.now_ms();
+        let lease = h.probe_until.load(Ordering::Relaxed);
+        now >= until
+            && now >= lease
+            && h.probe_until
+                .compare_exchange(
+                    lease,
+                    now + self.probe_lease_ms(),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// How long a probe is held: its attempt's timeout, and a margin.
+    fn probe_lease_ms(&self) -> u64 {
+        u64::try_from(self.timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(100)
+    }
+
+    /// The upstreams to ask, in order, as the strategy says, and whether
+    /// each must first [`Self::claim`] its probe. When every upstream is in
+    /// backoff they are all tried anyway: an answer late is better than
+    /// none.
+    fn order(&self) -> Vec<(usize, bool)> {
         let n = self.upstreams.len();
         let start = match self.strategy {
             Strategy::RoundRobin => self.turn.fetch_add(1, Ordering::Relaxed) % n,
             Strategy::Failover | Strategy::Fastest => 0,
         };
-        let mut order: Vec<usize> = (0..n)
+        let mut order: Vec<(usize, bool)> = (0..n)
             .map(|i| (start + i) % n)
             .filter(|&i| self.available(&self.upstreams[i]))
+            .map(|i| (i, true))
             .collect();
         if order.is_empty() {
-            order.extend((0..n).map(|i| (start + i) % n));
+            order.extend((0..n).map(|i| ((start + i) % n, false)));
         }
         if self.strategy == Strategy::Fastest {
             // Unmeasured upstreams (0) come first, so each gets measured.
-            order.sort_by_key(|&i| self.upstreams[i].health.latency_us.load(Ordering::Relaxed));
+            order
+                .sort_by_key(|&(i, _)| self.upstreams[i].health.latency_us.load(Ordering::Relaxed));
         }
         order
     }
 
-    /// One attempt at `m`, with its metrics and health bookkeeping.
-    async fn attempt(&self, m: &Member, query: &Query<'_>) -> Attempt {
+    /// One attempt at `m`, with its metrics and health bookkeeping; first
+    /// its probe, if `claim` (see [`Self::order`]).
+    async fn attempt(&self, (i, claim): (usize, bool), query: &Query<'_>) -> Attempt {
+        let m = &self.upstreams[i];
+        if claim && !self.claim(m) {
+            return Attempt::Skipped;
+        }
         let upstream = &m.upstream;
         let started = Instant::now();
         let mut lost = Lost {
@@ -340,7 +381,7 @@ impl Group {
     fn healthy(&self, m: &Member, elapsed: Duration) {
         let h = &m.health;
         h.failures.store(0, Ordering::Relaxed);
-        h.probing.store(false, Ordering::Relaxed);
+        h.probe_until.store(0, Ordering::Relaxed);
         if h.down_until.swap(0, Ordering::Relaxed) != 0 {
             tracing::info!(upstream = %m.upstream.label, "upstream answers again");
             self.metrics
@@ -354,7 +395,7 @@ impl Group {
     fn unhealthy(&self, m: &Member) {
         let h = &m.health;
         let failures = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        h.probing.store(false, Ordering::Relaxed);
+        h.probe_until.store(0, Ordering::Relaxed);
         if failures < FAILS_BEFORE_BACKOFF {
             return;
         }
@@ -378,8 +419,8 @@ impl Group {
         if self.strategy == Strategy::Fastest && order.len() >= 2 {
             // The two best at once; the first good answer wins and the
             // other request is dropped.
-            let a = self.attempt(&self.upstreams[order[0]], query);
-            let b = self.attempt(&self.upstreams[order[1]], query);
+            let a = self.attempt(order[0], query);
+            let b = self.attempt(order[1], query);
             tokio::pin!(a, b);
             let (mut a_done, mut b_done) = (false, false);
             while !(a_done && b_done) {
@@ -394,7 +435,7 @@ impl Group {
             rest = &order[2..];
         }
         for &i in rest {
-            if let Attempt::Answer(reply, bytes) = self.attempt(&self.upstreams[i], query).await {
+            if let Attempt::Answer(reply, bytes) = self.attempt(i, query).await {
                 return answer_from_reply(reply, bytes);
             }
         }
