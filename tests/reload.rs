@@ -294,7 +294,11 @@ impl ListServer {
                         // A captive portal's page, announced as one or not.
                         "html" | "html-as-text" => {
                             let page = "\r\n <!DOCTYPE html>\n<html><body>\nx.blocked.test\n</body></html>\n";
-                            let kind = if mode == "html" { "text/html; charset=utf-8" } else { "text/plain" };
+                            let kind = if mode == "html" {
+                                "text/html; charset=utf-8"
+                            } else {
+                                "text/plain"
+                            };
                             format!(
                                 "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{page}",
                                 page.len()
@@ -371,7 +375,15 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
 
     // 500, a timeout, an oversized body (announced, or only counted as it
     // arrives), a web page and an empty body all keep the previous copy.
-    let failures = ["error", "slow", "huge", "endless", "html", "html-as-text", "empty"];
+    let failures = [
+        "error",
+        "slow",
+        "huge",
+        "endless",
+        "html",
+        "html-as-text",
+        "empty",
+    ];
     for mode in failures {
         server.set(mode);
         let (status, _) = http_post(ts.http, "/api/reload").await;

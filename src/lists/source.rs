@@ -210,8 +210,10 @@ pub async fn download(
                 {
                     // No list format has a line that starts with `<`.
                     Some(b'<') => {
-                        return Err("the download is a web page (it starts with `<`), not a list"
-                            .to_string());
+                        return Err(
+                            "the download is a web page (it starts with `<`), not a list"
+                                .to_string(),
+                        );
                     }
                     Some(_) => text_seen = true,
                     None => {}

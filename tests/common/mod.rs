@@ -452,7 +452,9 @@ fn answer(
     }
     // `bogus.test` fails validation: SERVFAIL, or the data when the query
     // sets CD, as a validating resolver answers (RFC 4035 §3.2.2).
-    let (rcode, answers, authorities, ad, tc) = if q.name().to_lowercase().to_ascii() == "bogus.test." {
+    let (rcode, answers, authorities, ad, tc) = if q.name().to_lowercase().to_ascii()
+        == "bogus.test."
+    {
         if req.metadata.checking_disabled {
             let a = Record::from_rdata(q.name().clone(), 300, RData::A(A::new(203, 0, 113, 66)));
             (ResponseCode::NoError, vec![a], vec![], false, false)
