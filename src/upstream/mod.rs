@@ -54,6 +54,9 @@ pub struct Context {
     tls: Option<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)>,
     bootstrap: Arc<Bootstrap>,
     idle_timeout: Duration,
+    /// The attempt timeout: a pooled connection with a query unanswered
+    /// this long, and nothing read meanwhile, is closed.
+    timeout: Duration,
     edns_udp_size: u16,
 }
 
@@ -80,6 +83,7 @@ impl Context {
                 config.timeout,
             )),
             idle_timeout: config.idle_timeout,
+            timeout: config.timeout,
             edns_udp_size: edns_udp_size.max(512),
         }
     }
@@ -118,7 +122,7 @@ impl Upstream {
             tls: tls.then(|| (ctx.tls.as_ref().map(|t| t.0.clone()), addr.server_name())),
             bootstrap: ctx.bootstrap.clone(),
         };
-        let pool = |tls: bool| stream::Pool::new(target(tls), ctx.idle_timeout);
+        let pool = |tls: bool| stream::Pool::new(target(tls), ctx.idle_timeout, ctx.timeout);
         let transport = match addr.protocol {
             UpstreamProtocol::Udp => {
                 let ip = match addr.host {

@@ -4,8 +4,10 @@
 //! one task that owns the stream: it writes queries as they come (giving
 //! each an ID unique on the connection), reads replies in whatever order
 //! the server sends them, and hands each to the query that waits for it.
-//! A connection closes itself after `idle_timeout` without queries, and a
-//! closed one is replaced at the next query. The fast path (a live
+//! A connection closes itself after `idle_timeout` without queries, and
+//! when a query has waited longer than the attempt timeout while nothing at
+//! all came back (a server that hangs, or state lost on the way that drops
+//! packets silently); a closed one is replaced at the next query. The fast path (a live
 //! connection) takes no lock: the connection handle is an `ArcSwapOption`.
 
 use std::collections::HashMap;
@@ -13,6 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use hickory_proto::op::Message;
@@ -29,6 +33,12 @@ pub(super) const POOL_SIZE: usize = 2;
 
 /// Queries waiting to be written to one connection.
 const QUEUE: usize = 64;
+
+/// Queries written to one connection and not yet answered; more are
+/// turned down until replies come. A server that answers keeps far fewer
+/// waiting; the bound keeps one that drops queries from filling memory
+/// (and from using up the 65,536 IDs).
+const MAX_WAITING: usize = 1024;
 
 /// Where and how to connect.
 #[derive(Debug)]
@@ -72,16 +82,20 @@ pub(super) struct Pool {
     connecting: [tokio::sync::Mutex<()>; POOL_SIZE],
     next: AtomicUsize,
     idle_timeout: Duration,
+    /// How long a query may go unanswered, with nothing read meanwhile,
+    /// before the connection is taken for dead: the attempt timeout.
+    unanswered: Duration,
 }
 
 impl Pool {
-    pub(super) fn new(target: Target, idle_timeout: Duration) -> Self {
+    pub(super) fn new(target: Target, idle_timeout: Duration, unanswered: Duration) -> Self {
         Self {
             target: Arc::new(target),
             slots: Default::default(),
             connecting: Default::default(),
             next: AtomicUsize::new(0),
             idle_timeout,
+            unanswered,
         }
     }
 
@@ -137,13 +151,13 @@ impl Pool {
             }
         }
         let (jobs, rx) = mpsc::channel(QUEUE);
-        let idle = self.idle_timeout;
+        let limits = (self.idle_timeout, self.unanswered);
         match self.target.connect().await {
             Ok(Stream::Tcp(s)) => {
-                tokio::spawn(run(s, rx, idle));
+                tokio::spawn(run(s, rx, limits));
             }
             Ok(Stream::Tls(s)) => {
-                tokio::spawn(run(*s, rx, idle));
+                tokio::spawn(run(*s, rx, limits));
             }
             Err(error) => {
                 tracing::warn!(upstream = %self.target.label, %error, "cannot connect to upstream");
@@ -204,29 +218,59 @@ impl Target {
     }
 }
 
+/// Forgets the queries whose caller gave up (timed out), keeping in
+/// `abandoned` when the earliest of them was sent.
+fn forget_abandoned(waiting: &mut HashMap<u16, Waiting>, abandoned: &mut Option<Instant>) {
+    waiting.retain(|_, w| {
+        let gone = w.reply.is_closed();
+        if gone {
+            *abandoned = Some(abandoned.map_or(w.sent, |a| a.min(w.sent)));
+        }
+        !gone
+    });
+}
+
 /// A query written and waiting for its reply.
 struct Waiting {
     request: Message,
     reply: oneshot::Sender<Result<Message, AttemptError>>,
+    sent: Instant,
 }
 
-/// The task of one connection: until the server closes it, it breaks, or
-/// it has been idle for `idle`.
+/// The task of one connection: until the server closes it, it breaks, it
+/// has been idle for `idle`, or it looks dead (a query unanswered for
+/// `unanswered` with nothing read since it was sent).
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     mut jobs: mpsc::Receiver<Job>,
-    idle: Duration,
+    (idle, unanswered): (Duration, Duration),
 ) {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut waiting: HashMap<u16, Waiting> = HashMap::new();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut next_id: u16 = rand::random();
+    let mut last_read = Instant::now();
+    // When the earliest query forgotten since the last read was sent: its
+    // caller gave up, but it still tells how long the server has been
+    // silent.
+    let mut abandoned: Option<Instant> = None;
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    let mut check = tokio::time::interval(unanswered.max(Duration::from_millis(100)) / 2);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let error = loop {
         tokio::select! {
             job = jobs.recv() => {
                 let Some(mut job) = job else { break None };
+                if waiting.len() >= MAX_WAITING {
+                    forget_abandoned(&mut waiting, &mut abandoned);
+                    if waiting.len() >= MAX_WAITING {
+                        let _ = job.reply.send(Err(AttemptError::Io(std::io::Error::other(
+                            "too many queries unanswered on the connection",
+                        ))));
+                        continue;
+                    }
+                }
                 // An ID not in use on this connection; the caller's own
                 // ID is put back into the reply.
                 while waiting.contains_key(&next_id) {
@@ -246,14 +290,17 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     let _ = job.reply.send(Err(closed()));
                     break Some("write failed");
                 }
-                waiting.insert(id, Waiting { request: job.request, reply: job.reply });
-                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                waiting.insert(id, Waiting { request: job.request, reply: job.reply, sent: Instant::now() });
+                idle_timer.as_mut().reset(Instant::now() + idle);
             }
             read = rd.read_buf(&mut buf) => {
                 match read {
                     Ok(0) => break Some("closed by the upstream"),
                     Err(_) => break Some("read failed"),
-                    Ok(_) => {}
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        abandoned = None;
+                    }
                 }
                 // Every complete frame in the buffer.
                 while buf.len() >= 2 {
@@ -273,13 +320,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     let _ = w.reply.send(result);
                 }
             }
+            _ = check.tick() => {
+                forget_abandoned(&mut waiting, &mut abandoned);
+                let oldest = waiting.values().map(|w| w.sent).chain(abandoned).min();
+                if oldest.is_some_and(|sent| sent.elapsed() >= unanswered && last_read < sent) {
+                    break Some("no reply within the timeout; reconnecting");
+                }
+            }
             () = &mut idle_timer => {
-                // Queries whose caller gave up (timed out) are forgotten.
-                waiting.retain(|_, w| !w.reply.is_closed());
+                forget_abandoned(&mut waiting, &mut abandoned);
                 if waiting.is_empty() {
                     break None;
                 }
-                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                idle_timer.as_mut().reset(Instant::now() + idle);
             }
         }
     };
@@ -295,4 +348,105 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = job.reply.send(Err(closed()));
     }
     let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RecordType};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server that takes connections and reads queries but never
+    /// answers; its port and how many connections it took.
+    async fn mute_server() -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let count = taken.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        (port, taken)
+    }
+
+    fn pool(port: u16, unanswered: Duration) -> Pool {
+        let target = Target {
+            label: "mute".into(),
+            host: UpstreamHost::Ip([127, 0, 0, 1].into()),
+            port,
+            tls: None,
+            bootstrap: Arc::new(Bootstrap::new([], Duration::from_secs(1))),
+        };
+        Pool::new(target, Duration::from_secs(30), unanswered)
+    }
+
+    fn query() -> (Message, Vec<u8>) {
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_str("a.example.").unwrap(),
+            RecordType::A,
+        ));
+        let bytes = m.to_vec().unwrap();
+        (m, bytes)
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_stops_answering_is_replaced() {
+        let (port, taken) = mute_server().await;
+        let pool = pool(port, Duration::from_millis(200));
+        let (m, bytes) = query();
+        let timeout =
+            |ms| tokio::time::timeout(Duration::from_millis(ms), pool.exchange(&m, &bytes));
+        for _ in 0..POOL_SIZE {
+            assert!(timeout(200).await.is_err(), "never answered");
+        }
+        assert_eq!(taken.load(Ordering::SeqCst), POOL_SIZE);
+        // Queries keep coming, so no connection is ever idle; once a query
+        // has gone unanswered for the timeout with nothing read, its
+        // connection is closed and the next query there opens another.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while taken.load(Ordering::SeqCst) == POOL_SIZE {
+            assert!(Instant::now() < deadline, "the silent connection was kept");
+            assert!(timeout(50).await.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn queries_unanswered_on_a_connection_are_bounded() {
+        let (port, _) = mute_server().await;
+        // Not taken for dead within the test.
+        let pool = Arc::new(pool(port, Duration::from_secs(60)));
+        let (m, bytes) = query();
+        let over = 50;
+        let tasks: Vec<_> = (0..POOL_SIZE * MAX_WAITING + over)
+            .map(|_| {
+                let (pool, m, bytes) = (pool.clone(), m.clone(), bytes.clone());
+                tokio::spawn(async move {
+                    let asked = pool.exchange(&m, &bytes);
+                    tokio::time::timeout(Duration::from_secs(2), asked).await
+                })
+            })
+            .collect();
+        let mut turned_down = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(Err(AttemptError::Io(e))) if e.to_string().contains("too many") => {
+                    turned_down += 1;
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(_elapsed) => {}
+            }
+        }
+        assert_eq!(turned_down, over);
+    }
 }
