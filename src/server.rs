@@ -526,7 +526,11 @@ pub(crate) async fn respond<R: Resolve>(
     if header.metadata.message_type == MessageType::Response {
         return;
     }
-    let request = counts_fit(&header, bytes.len())
+    // More than one question is an error (RFC 9619) answered without
+    // reading them: a 64 KiB query can hold 13,000, which hickory would
+    // parse and echo back.
+    let one_question = header.metadata.op_code != OpCode::Query || header.counts.queries <= 1;
+    let request = (one_question && counts_fit(&header, bytes.len()))
         .then(|| Request::from_bytes(bytes, src, protocol).ok())
         .flatten();
     match request {

@@ -245,6 +245,30 @@ async fn every_malformed_packet_gets_its_rfc_answer_over_udp_and_tcp() {
 }
 
 #[tokio::test]
+async fn many_questions_get_a_formerr_that_does_not_echo_them() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(CONFIG, &[&stub], dir.path()).await;
+    // 13,000 root questions fill a 64 KiB TCP message; echoed back with the
+    // FORMERR, each query would cost as much again in the reply.
+    let n: u16 = 13_000;
+    let mut query = vec![0x12, 0x34, 0x01, 0x00];
+    query.extend_from_slice(&n.to_be_bytes());
+    query.extend_from_slice(&[0; 6]);
+    for _ in 0..n {
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    }
+    let mut stream = TcpStream::connect(ts.tcp).await.unwrap();
+    stream.write_all(&framed(&query)).await.unwrap();
+    let reply = read_frame(&mut stream).await.expect("a reply");
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    assert!(m.metadata.recursion_desired, "RD copied");
+    assert_eq!(reply.len(), 12, "{} questions echoed", m.queries.len());
+    ts.stop().await;
+}
+
+#[tokio::test]
 async fn tcp_framing_abuse_does_not_hold_the_server() {
     let stub = Stub::start().await;
     let dir = dir_with(&[]);
