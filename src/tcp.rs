@@ -161,19 +161,32 @@ async fn connection<R: Resolve>(
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_pipelined.max(1));
-    let write = async move {
-        while let Some(reply) = rx.recv().await {
-            let Ok(len) = u16::try_from(reply.len()) else {
-                continue;
-            };
-            let mut framed = Vec::with_capacity(reply.len() + 2);
-            framed.extend_from_slice(&len.to_be_bytes());
-            framed.extend_from_slice(&reply);
-            if writer.write_all(&framed).await.is_err() {
-                return;
+    // Cancelled when the writer gives up, so the reader stops too.
+    let stuck = CancellationToken::new();
+    let write = {
+        let stuck = stuck.clone();
+        async move {
+            while let Some(reply) = rx.recv().await {
+                let Ok(len) = u16::try_from(reply.len()) else {
+                    continue;
+                };
+                let mut framed = Vec::with_capacity(reply.len() + 2);
+                framed.extend_from_slice(&len.to_be_bytes());
+                framed.extend_from_slice(&reply);
+                // A client that stops reading fills its window and would
+                // hold the connection, its queries and their replies for
+                // good: it gets as long as an idle one.
+                let written =
+                    tokio::time::timeout(limits.idle_timeout, writer.write_all(&framed)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    // Dropping `rx` fails the replies still to come, which
+                    // frees their queries.
+                    stuck.cancel();
+                    return;
+                }
             }
+            let _ = writer.shutdown().await;
         }
-        let _ = writer.shutdown().await;
     };
     let in_flight = Arc::new(Semaphore::new(limits.max_pipelined.max(1)));
     let queries = tokio_util::task::TaskTracker::new();
@@ -192,6 +205,7 @@ async fn connection<R: Resolve>(
                     _ => break,
                 },
                 _ = shutdown.cancelled() => break,
+                _ = stuck.cancelled() => break,
             };
             first = false;
             if len == 0 {
@@ -205,8 +219,12 @@ async fn connection<R: Resolve>(
             }
             // Waits for a free slot: a client that pipelines more than
             // `max_pipelined` queries is simply read more slowly.
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                break;
+            let permit = tokio::select! {
+                permit = in_flight.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = stuck.cancelled() => break,
             };
             let handler = handler.clone();
             let reply = Reply { tx: tx.clone() };

@@ -175,3 +175,54 @@ async fn silent_and_stalled_clients_are_disconnected() {
     assert_eq!(addresses(&r), ["192.0.2.1"]);
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(
+        &config("max_tcp_connections = 1\ntcp_timeout = \"300ms\""),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    // Queries for a large answer, written and never read: the replies fill
+    // the client's small window and then the server's send buffer.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.40:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(ts.tcp).await.unwrap();
+    let (_unread, mut w) = stream.into_split();
+    let query = frame(&request("big.test.", RecordType::A, false));
+    let flood = tokio::spawn(async move {
+        for _ in 0..20_000 {
+            let sent = tokio::time::timeout(Duration::from_secs(1), w.write_all(&query)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                break;
+            }
+        }
+        w
+    });
+    // It held the only connection slot. Once it has been stuck for
+    // tcp_timeout, another client gets in and is answered.
+    let tcp = ts.tcp;
+    eventually("another client answered", || async move {
+        let Ok(mut s) = TcpStream::connect(tcp).await else {
+            return false;
+        };
+        let q = frame(&request("a.test.", RecordType::A, false));
+        if s.write_all(&q).await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), s.read_u16()).await,
+            Ok(Ok(_))
+        )
+    })
+    .await;
+    let _still_open = flood.await.unwrap();
+    // Shutdown does not wait on it either.
+    tokio::time::timeout(DEADLINE, ts.stop())
+        .await
+        .expect("shutdown finished");
+}
