@@ -101,8 +101,8 @@ pub struct ServerConfig {
     /// telesink is never an open resolver. Defaults to loopback, RFC 1918,
     /// CGNAT (100.64.0.0/10), link-local and ULA (fc00::/7).
     pub allow_clients: Vec<IpNet>,
-    /// How long a TCP client may stay idle between queries before the
-    /// connection is closed.
+    /// How long a TCP client may stay idle between queries, or take to
+    /// read an answer, before the connection is closed.
     #[serde(with = "humantime_serde")]
     pub tcp_timeout: Duration,
     /// How long a new TCP connection may take to send its first query, so
