@@ -118,6 +118,27 @@ async fn dot_by_ip_address_and_by_name_through_bootstrap() {
 }
 
 #[tokio::test]
+async fn a_dead_bootstrap_resolver_is_passed_over() {
+    let ca = TestCa::new();
+    let dead = Stub::silent().await;
+    let good = Stub::start().await;
+    let stub = Stub::tls(ca.server(&["dot.upstream.test"], &[b"dot"])).await;
+    let (ts, _dir) = telesink(
+        &format!("tls://dot.upstream.test:{}", stub.addr.port()),
+        &format!("bootstrap = [\"{}\", \"{}\"]", dead.addr, good.addr),
+        &ca,
+    )
+    .await;
+    // The first resolver never answers; within one attempt the second is
+    // asked and its addresses serve.
+    let r = ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&r), ["192.0.2.1"]);
+    assert_eq!(good.count("dot.upstream.test.", RecordType::A), 1);
+    ts.stop().await;
+}
+
+#[tokio::test]
 async fn doh_forwards_real_answers_over_http2() {
     let ca = TestCa::new();
     // The stub speaks HTTP/2 only.

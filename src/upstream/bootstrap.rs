@@ -24,7 +24,8 @@ pub struct Bootstrap {
 }
 
 impl Bootstrap {
-    /// Resolves through `servers`, waiting `timeout` for each.
+    /// Resolves through `servers`; `timeout` is the connection attempt's,
+    /// of which each resolver gets a quarter.
     pub fn new(servers: impl IntoIterator<Item = SocketAddr>, timeout: Duration) -> Self {
         Self {
             servers: servers.into_iter().collect(),
@@ -34,20 +35,39 @@ impl Bootstrap {
     }
 
     /// The addresses of `host` (IPv4 first, then IPv6).
-    pub async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
+    ///
+    /// The lookup runs as a task of its own: a connection attempt that
+    /// gives up (its timeout is the same as the resolvers') does not stop
+    /// it, so the next attempt finds the addresses it stored.
+    pub async fn lookup(self: &Arc<Self>, host: &str) -> std::io::Result<Vec<IpAddr>> {
         if let Some((ips, until)) = self.known.lock().expect("not poisoned").get(host) {
             if *until > Instant::now() {
                 return Ok(ips.clone());
             }
         }
+        let (me, host) = (self.clone(), host.to_string());
+        tokio::spawn(async move { me.resolve(&host).await })
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Asks the resolvers in turn for the addresses of `host`, and stores
+    /// them.
+    async fn resolve(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
         let name = Name::from_ascii(format!("{host}."))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let mut last = std::io::Error::other(format!("no bootstrap resolver for {host}"));
         for &server in &self.servers {
             let mut ips = Vec::new();
             let mut ttl = u32::MAX;
-            for qtype in [RecordType::A, RecordType::AAAA] {
-                match self.ask(server, &name, qtype).await {
+            // Both at once, and either is enough: some home routers never
+            // answer AAAA queries.
+            let (a, aaaa) = tokio::join!(
+                self.ask(server, &name, RecordType::A),
+                self.ask(server, &name, RecordType::AAAA)
+            );
+            for result in [a, aaaa] {
+                match result {
                     Ok((found, t)) => {
                         ttl = ttl.min(t);
                         ips.extend(found);
@@ -80,8 +100,10 @@ impl Bootstrap {
         request.metadata.recursion_desired = true;
         request.add_query(Query::query(name.clone(), qtype));
         let bytes = request.to_vec().map_err(std::io::Error::other)?;
+        // A quarter of the timeout, so a dead resolver leaves time to ask
+        // the next within one connection attempt.
         let reply = tokio::time::timeout(
-            self.timeout,
+            self.timeout / 4,
             super::udp::once(server, &bytes, &request, 1232),
         )
         .await
