@@ -460,6 +460,7 @@ async fn send<'a>(
     reply: &impl Deliver,
 ) -> Result<ResponseInfo, NetError> {
     let id = response.metadata().id;
+    let payload = response.edns().map(Edns::max_payload);
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
     encoder.set_max_size(max_size(reply.protocol(), response.edns()));
@@ -470,7 +471,12 @@ async fn send<'a>(
             // message ends at the offset.
             let end = encoder.offset();
             bytes.truncate(end);
-            info
+            // hickory then adds OPT only if it still fits, and often it
+            // does not.
+            match payload.filter(|_| info.truncation) {
+                Some(payload) => truncated_with_opt(&mut bytes, payload).unwrap_or(info),
+                None => info,
+            }
         }
         Err(_) => {
             bytes.clear();
@@ -486,6 +492,38 @@ async fn send<'a>(
     };
     reply.deliver(bytes).await?;
     Ok(info)
+}
+
+/// Cuts a truncated reply to an EDNS query down to its header, question
+/// and OPT, which RFC 6891 §7 requires even in a truncated reply; the
+/// client retries over TCP for the records anyway. `None` (and `reply`
+/// untouched) if it does not hold one plain question.
+fn truncated_with_opt(reply: &mut Vec<u8>, payload: u16) -> Option<ResponseInfo> {
+    let header = Header::read(&mut BinDecoder::new(reply)).ok()?;
+    if header.counts.queries != 1 {
+        return None;
+    }
+    let question_end = crate::resolver::plain_name_end(reply, DNS_HEADER_LEN)? + 4;
+    if reply.len() < question_end {
+        return None;
+    }
+    reply.truncate(question_end);
+    // No answer, authority or additional records; one OPT.
+    reply[6..DNS_HEADER_LEN].copy_from_slice(&[0, 0, 0, 0, 0, 1]);
+    let mut opt = opt_record(payload);
+    // The extended RCODE's high bits.
+    opt[5] = u8::try_from(u16::from(header.metadata.response_code) >> 4).unwrap_or(0);
+    reply.extend_from_slice(&opt);
+    let counts = HeaderCounts {
+        queries: 1,
+        answers: 0,
+        authorities: 0,
+        additionals: 1,
+    };
+    Some(ResponseInfo::from(Header {
+        metadata: header.metadata,
+        counts,
+    }))
 }
 
 /// Runs one request packet through the whole server path without sockets

@@ -130,6 +130,35 @@ async fn answers_asked_with_cd_never_reach_clients_without_it() {
 }
 
 #[tokio::test]
+async fn a_truncated_reply_to_an_edns_query_keeps_its_opt() {
+    let (_stub, ts, _dir) = plain().await;
+    // 40 A records do not fit any of these sizes; without care the OPT
+    // would be dropped for some of them (RFC 6891 §7 wants it kept).
+    for payload in 512..=600u16 {
+        let mut q = request("big.test.", RecordType::A, true);
+        q.edns.as_mut().unwrap().set_max_payload(payload);
+        let raw = udp_raw_from("127.0.0.1:0", ts.udp, &q.to_vec().unwrap())
+            .await
+            .unwrap();
+        let r = Message::from_vec(&raw).unwrap();
+        assert!(r.metadata.truncation, "{payload}: TC");
+        assert!(r.edns.is_some(), "{payload}: no OPT");
+        assert!(
+            raw.len() <= usize::from(payload),
+            "{payload}: {} bytes",
+            raw.len()
+        );
+        assert_eq!(r.queries.len(), 1, "{payload}: question kept");
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    }
+    // Over TCP the whole answer comes.
+    let r = tcp(ts.tcp, &request("big.test.", RecordType::A, true)).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(r.answers.len(), 40);
+    ts.stop().await;
+}
+
+#[tokio::test]
 async fn second_query_is_a_cache_hit_with_a_lower_ttl() {
     let (stub, ts, _dir) = plain().await;
     let first = ask(ts.udp, "a.test.", RecordType::A).await;
