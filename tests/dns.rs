@@ -159,6 +159,17 @@ async fn a_truncated_reply_to_an_edns_query_keeps_its_opt() {
 }
 
 #[tokio::test]
+async fn an_upstream_reply_larger_than_asked_for_is_fetched_over_tcp() {
+    let (_stub, ts, _dir) = plain().await;
+    // The upstream sends 100 records over UDP, past the 1,232 bytes
+    // telesink advertised, so the datagram arrives cut short.
+    let r = tcp(ts.tcp, &request("huge.test.", RecordType::A, true)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(r.answers.len(), 100);
+    ts.stop().await;
+}
+
+#[tokio::test]
 async fn second_query_is_a_cache_hit_with_a_lower_ttl() {
     let (stub, ts, _dir) = plain().await;
     let first = ask(ts.udp, "a.test.", RecordType::A).await;

@@ -44,6 +44,10 @@ pub enum AttemptError {
     /// A reply that is not a DNS answer to the question.
     #[error("malformed reply: {0}")]
     Malformed(String),
+    /// A UDP reply larger than the EDNS size telesink advertised, so cut
+    /// short on receipt: asked again over TCP, as a truncated one is.
+    #[error("reply larger than the advertised EDNS size")]
+    TooBig,
 }
 
 /// What every transport needs: TLS settings, the bootstrap resolvers and
@@ -153,9 +157,12 @@ impl Upstream {
     ) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
         let reply = match &self.transport {
             Transport::Udp(addr, pool) => {
-                let (reply, wire) = udp::exchange(*addr, bytes, request, self.udp_size).await?;
-                if !reply.metadata.truncation {
-                    return Ok((reply, Some(wire)));
+                match udp::exchange(*addr, bytes, request, self.udp_size).await {
+                    Ok((reply, wire)) if !reply.metadata.truncation => {
+                        return Ok((reply, Some(wire)));
+                    }
+                    Ok(_) | Err(AttemptError::TooBig) => {}
+                    Err(e) => return Err(e),
                 }
                 pool.exchange(request, bytes).await
             }

@@ -116,11 +116,19 @@ async fn query(
     size: usize,
 ) -> Result<(Message, Vec<u8>), AttemptError> {
     socket.send(bytes).await?;
-    let mut buf = vec![0u8; size];
+    // One byte more than advertised, to tell a datagram the kernel cut to
+    // the buffer from one that fits.
+    let mut buf = vec![0u8; size + 1];
     loop {
         // A connected socket only receives from the upstream; anything
         // that does not match the request is a stray or spoofed packet.
         let n = socket.recv(&mut buf).await?;
+        if n > size {
+            if buf[..2] == bytes[..2] {
+                return Err(AttemptError::TooBig);
+            }
+            continue;
+        }
         if let Ok(reply) = Message::from_vec(&buf[..n]) {
             if matches(request, &reply) {
                 buf.truncate(n);

@@ -77,6 +77,11 @@ fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>,
         ("big.test.", RecordType::A) => ok((1..=40u8)
             .map(|i| a("big.test.", [198, 51, 100, i]))
             .collect()),
+        // Sent whole over UDP too (about 1,650 bytes), whatever size the
+        // query advertised, as a misbehaving upstream does.
+        ("huge.test.", RecordType::A) => ok((1..=100u8)
+            .map(|i| a("huge.test.", [198, 51, 100, i]))
+            .collect()),
         ("ad.test.", RecordType::A) => (
             ResponseCode::NoError,
             vec![a("ad.test.", [192, 0, 2, 9])],
