@@ -165,6 +165,23 @@ async fn doh_forwards_real_answers_over_http2() {
     ts.stop().await;
 }
 
+#[tokio::test]
+async fn doh_turns_down_what_is_not_one_dns_message() {
+    let ca = TestCa::new();
+    let stub = Stub::https(ca.server(&["doh.example"], &[b"h2"])).await;
+    for path in ["web-page", "padded"] {
+        let (ts, _dir) = telesink(
+            &format!("https://{}/{path}#doh.example", stub.addr),
+            "",
+            &ca,
+        )
+        .await;
+        let r = ask(ts.udp, "a.test.", RecordType::A).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail, "{path}");
+        ts.stop().await;
+    }
+}
+
 /// `upstream` must fail: SERVFAIL, counted as an error, nothing answered.
 async fn fails_closed(stub: &Stub, upstream: &str, ca: &TestCa) {
     let (ts, _dir) = telesink(upstream, "", ca).await;

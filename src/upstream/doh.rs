@@ -81,10 +81,32 @@ impl Doh {
         if !status.is_success() {
             return Err(AttemptError::Malformed(format!("HTTP status {status}")));
         }
-        let body = response
-            .bytes()
+        // RFC 8484 §4.2.1: the answer is a DNS message, at most 65,535
+        // bytes; anything else (an error page from a proxy) is read no
+        // further.
+        let kind = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim());
+        if !kind.is_some_and(|k| k.eq_ignore_ascii_case(DNS_MESSAGE)) {
+            return Err(AttemptError::Malformed(format!(
+                "content type {}, not {DNS_MESSAGE}",
+                kind.unwrap_or("missing")
+            )));
+        }
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| AttemptError::Io(std::io::Error::other(error_chain(&e))))?;
+            .map_err(|e| AttemptError::Io(std::io::Error::other(error_chain(&e))))?
+        {
+            if body.len() + chunk.len() > usize::from(u16::MAX) {
+                return Err(AttemptError::Malformed("larger than a DNS message".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
         let mut reply =
             Message::from_vec(&body).map_err(|e| AttemptError::Malformed(e.to_string()))?;
         if !same_question(request, &reply) {

@@ -372,8 +372,21 @@ async fn doh_answer(
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap())
     };
-    if req.uri().path() != "/dns-query" || req.method() != hyper::Method::POST {
+    // Besides /dns-query, two ways to answer wrongly: an error page, and
+    // the right answer followed by 70,000 bytes no DNS message can hold.
+    let path = req.uri().path().to_string();
+    if !["/dns-query", "/web-page", "/padded"].contains(&path.as_str())
+        || req.method() != hyper::Method::POST
+    {
         return status(404);
+    }
+    if path == "/web-page" {
+        return Ok(hyper::Response::builder()
+            .header("content-type", "text/html")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                "<html></html>",
+            )))
+            .unwrap());
     }
     if req
         .headers()
@@ -386,9 +399,14 @@ async fn doh_answer(
         return status(400);
     };
     match answer(&body.to_bytes(), true, &log, false) {
-        Some((reply, _)) => Ok(hyper::Response::builder()
+        Some((mut reply, _)) => Ok(hyper::Response::builder()
             .header("content-type", "application/dns-message")
-            .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
+            .body(http_body_util::Full::new(bytes::Bytes::from({
+                if path == "/padded" {
+                    reply.resize(reply.len() + 70_000, 0);
+                }
+                reply
+            })))
             .unwrap()),
         None => status(400),
     }
