@@ -292,10 +292,27 @@ async fn servfail_fails_over_and_all_failing_gives_servfail() {
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(a.count("servfail.test.", RecordType::A), 1);
     assert_eq!(b.count("servfail.test.", RecordType::A), 1);
+    // FORMERR and NOTIMP from an upstream speak of telesink's query, not
+    // the client's: the next upstream is asked, and the client is not
+    // told its query was wrong.
+    for (name, result) in [("formerr.test.", "formerr"), ("notimp.test.", "notimp")] {
+        let r = ask(ts.udp, name, RecordType::A).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail, "{name}");
+        assert_eq!(
+            (a.count(name, RecordType::A), b.count(name, RecordType::A)),
+            (1, 1)
+        );
+        let m = ts.metrics().await;
+        let series = format!(
+            "telesink_upstream_requests_total{{result=\"{result}\",upstream=\"{}\"}}",
+            b.addr
+        );
+        assert_eq!(metric(&m, &series), 1.0, "{m}");
+    }
     let m = ts.metrics().await;
     assert_eq!(
         metric(&m, "telesink_queries_total{outcome=\"error\",qtype=\"A\"}"),
-        1.0,
+        3.0,
         "{m}"
     );
     ts.stop().await;

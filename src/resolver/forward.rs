@@ -206,7 +206,7 @@ struct Health {
 enum Attempt {
     /// A reply to pass on, and its bytes if the transport keeps them.
     Answer(Message, Option<Vec<u8>>),
-    /// SERVFAIL or REFUSED: ask another upstream.
+    /// SERVFAIL, REFUSED, FORMERR or NOTIMP: ask another upstream.
     Failed,
     /// A timeout or a network/TLS error.
     Unreachable,
@@ -342,6 +342,8 @@ impl Group {
                 ResponseCode::NXDomain => "nxdomain",
                 ResponseCode::ServFail => "servfail",
                 ResponseCode::Refused => "refused",
+                ResponseCode::FormErr => "formerr",
+                ResponseCode::NotImp => "notimp",
                 _ => "other",
             },
             Err(AttemptError::Timeout) => "timeout",
@@ -360,7 +362,15 @@ impl Group {
                     .observe(elapsed.as_secs_f64());
                 self.healthy(m, elapsed);
                 let rcode = reply.metadata.response_code;
-                if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused) {
+                // FORMERR and NOTIMP speak of telesink's own query (its
+                // EDNS, a type the server does not know), not the client's.
+                if matches!(
+                    rcode,
+                    ResponseCode::ServFail
+                        | ResponseCode::Refused
+                        | ResponseCode::FormErr
+                        | ResponseCode::NotImp
+                ) {
                     tracing::debug!(upstream = %upstream.label, %rcode, "upstream failed, trying the next");
                     return Attempt::Failed;
                 }

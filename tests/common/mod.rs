@@ -107,6 +107,8 @@ fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>,
         )]),
         ("nas.lan.", RecordType::A) => ok(vec![a("nas.lan.", [10, 0, 0, 2])]),
         ("servfail.test.", _) => (ResponseCode::ServFail, vec![], vec![], false, false),
+        ("formerr.test.", _) => (ResponseCode::FormErr, vec![], vec![], false, false),
+        ("notimp.test.", _) => (ResponseCode::NotImp, vec![], vec![], false, false),
         ("cloaked.test.", RecordType::A) => ok(vec![
             rec(
                 "cloaked.test.",
