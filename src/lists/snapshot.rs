@@ -158,7 +158,31 @@ impl ListText {
     }
 }
 
-/// One list's regular expressions, compiled into one automaton.
+/// `patterns` compiled into as few sets as the regex crate's size limit
+/// allows: all in one when they fit, else halves, and so on. Patterns
+/// that compile alone can still be too big together (a thousand with
+/// Unicode `\w` are); a pattern too big even alone goes to `skip`.
+fn regex_sets(
+    patterns: Vec<String>,
+    skip: &mut impl FnMut(&str, regex::Error),
+) -> Vec<(Vec<String>, RegexSet)> {
+    match RegexSet::new(&patterns) {
+        Ok(set) => vec![(patterns, set)],
+        Err(error) if patterns.len() == 1 => {
+            skip(&patterns[0], error);
+            Vec::new()
+        }
+        Err(_) => {
+            let mut first = patterns;
+            let second = first.split_off(first.len() / 2);
+            let mut sets = regex_sets(first, skip);
+            sets.extend(regex_sets(second, skip));
+            sets
+        }
+    }
+}
+
+/// Some of one list's regular expressions, compiled into one automaton.
 #[derive(Debug, Clone)]
 struct ListRegexes {
     list: usize,
@@ -541,19 +565,17 @@ impl Snapshot {
                     false
                 }
             });
-            match RegexSet::new(&patterns) {
-                Ok(set) => {
-                    meta.regexes += patterns.len();
-                    self.regexes.push(ListRegexes {
-                        list: index,
-                        action,
-                        patterns,
-                        set,
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(list = %meta.name, "{}: regular expressions not used: {error}", meta.origin);
-                }
+            for (patterns, set) in regex_sets(patterns, &mut |p, error| {
+                tracing::warn!(list = %meta.name, "{}: skipped regular expression /{p}/: {error}", meta.origin);
+                meta.invalid_lines += 1;
+            }) {
+                meta.regexes += patterns.len();
+                self.regexes.push(ListRegexes {
+                    list: index,
+                    action,
+                    patterns,
+                    set,
+                });
             }
         }
         Ok(())
@@ -943,6 +965,19 @@ mod tests {
         assert_eq!(s.lists[0].regexes, 2);
         assert_eq!(blocked(&s, "b.example."), Some(0));
         assert_eq!(blocked(&s, "c.example."), None);
+    }
+
+    #[test]
+    fn regexes_too_big_for_one_set_are_all_used() {
+        // Each compiles alone; with Unicode `\w` 300 together pass the
+        // regex crate's size limit for one set.
+        let text: String = (0..300).map(|i| format!("/^ad\\w*{i}[_.-]/\n")).collect();
+        let s = build(vec![ListInput::from_text("b", ListKind::Block, text)]);
+        let m = &s.lists[0];
+        assert_eq!((m.regexes, m.invalid_lines), (300, 0));
+        assert_eq!(blocked(&s, "adx0.example."), Some(0));
+        assert_eq!(blocked(&s, "ad299-x.example."), Some(0));
+        assert_eq!(blocked(&s, "bd299-x.example."), None);
     }
 
     proptest::proptest! {
