@@ -133,35 +133,74 @@ impl ListText {
     /// the file (from the page cache, as it was just written) costs far
     /// less than a set doubling, which briefly holds two copies.
     fn size(&mut self) -> std::io::Result<(usize, usize)> {
+        let mut count = RuleLines::default();
         match self {
-            Self::Memory(text) => {
-                Ok((text.bytes().filter(|&b| b == b'\n').count() + 1, text.len()))
-            }
+            Self::Memory(text) => count.feed(text.as_bytes()),
             Self::File(file) => {
                 let mut buf = vec![0; READ_BUFFER];
-                let (mut lines, mut bytes) = (1, 0);
                 loop {
                     match file.read(&mut buf) {
                         Ok(0) => break,
-                        Ok(n) => {
-                            lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
-                            bytes += n;
-                        }
+                        Ok(n) => count.feed(&buf[..n]),
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
                     }
                 }
                 file.rewind()?;
-                Ok((lines, bytes))
             }
+        }
+        Ok((count.lines, count.bytes))
+    }
+}
+
+/// Counts the lines of a list that may hold a rule, and their bytes: not
+/// blank, not a comment. What the sets reserve room for, so a file of
+/// blank lines or comments reserves nothing.
+struct RuleLines {
+    lines: usize,
+    bytes: usize,
+    /// Still in the leading whitespace of a line.
+    at_start: bool,
+    /// The current line is counted.
+    counting: bool,
+}
+
+impl Default for RuleLines {
+    fn default() -> Self {
+        Self {
+            lines: 0,
+            bytes: 0,
+            at_start: true,
+            counting: false,
+        }
+    }
+}
+
+impl RuleLines {
+    fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            if b == b'\n' {
+                self.at_start = true;
+                self.counting = false;
+                continue;
+            }
+            if self.at_start {
+                if b.is_ascii_whitespace() {
+                    continue;
+                }
+                self.at_start = false;
+                self.counting = b != b'#' && b != b'!';
+                self.lines += usize::from(self.counting);
+            }
+            self.bytes += usize::from(self.counting);
         }
     }
 }
 
 /// `patterns` compiled into as few sets as the regex crate's size limit
 /// allows: all in one when they fit, else halves, and so on. Patterns
-/// that compile alone can still be too big together (a thousand with
-/// Unicode `\w` are); a pattern too big even alone goes to `skip`.
+/// that compile alone can still be too big together (300 with Unicode
+/// `\w` are); a pattern too big even alone goes to `skip`.
 fn regex_sets(
     patterns: Vec<String>,
     skip: &mut impl FnMut(&str, regex::Error),
@@ -965,6 +1004,25 @@ mod tests {
         assert_eq!(s.lists[0].regexes, 2);
         assert_eq!(blocked(&s, "b.example."), Some(0));
         assert_eq!(blocked(&s, "c.example."), None);
+    }
+
+    #[test]
+    fn room_is_reserved_for_rule_lines_only() {
+        let text = "a.example\n\n  # c\n! x\n   b.example  \n\r\n\t\n0.0.0.0 c.example";
+        let want = (
+            3,
+            "a.example".len() + "b.example  ".len() + "0.0.0.0 c.example".len(),
+        );
+        // Whole, and cut into chunks at every place.
+        for cut in 0..=text.len() {
+            let mut count = RuleLines::default();
+            count.feed(&text.as_bytes()[..cut]);
+            count.feed(&text.as_bytes()[cut..]);
+            assert_eq!((count.lines, count.bytes), want, "cut at {cut}");
+        }
+        // A file of blank lines reserves nothing.
+        let mut blank = ListText::Memory("\n".repeat(1 << 20).into());
+        assert_eq!(blank.size().unwrap(), (0, 0));
     }
 
     #[test]
