@@ -9,7 +9,7 @@
 //! whole; a list that fails to read keeps its previous entries, and an
 //! invalid config keeps the running one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,6 +26,11 @@ use crate::metrics::Metrics;
 /// Quiet time after the last file event before a rebuild starts: editors
 /// write a file in several steps, and a checkout touches many files.
 const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// How often the watched directories are checked: a directory that was
+/// missing, or was replaced (deleted and made again, or renamed over),
+/// is watched anew, and the lists re-read.
+const REWATCH: Duration = Duration::from_secs(5);
 
 /// Why a reload was asked for.
 #[derive(Debug)]
@@ -75,9 +80,16 @@ pub struct Reloader {
     tx: mpsc::Sender<Trigger>,
     rx: mpsc::Receiver<Trigger>,
     watcher: Option<notify::RecommendedWatcher>,
-    watched_dirs: HashSet<PathBuf>,
+    /// The directories to watch, each with the identity (device, inode)
+    /// of the directory watched under that path, `None` while it cannot
+    /// be watched (missing).
+    watched_dirs: HashMap<PathBuf, Option<(u64, u64)>>,
     /// Absolute paths whose changes matter.
     watched_files: Arc<std::sync::Mutex<HashSet<PathBuf>>>,
+    /// Paths removed or renamed since the last [`Self::rewatch`], as the
+    /// watcher saw them: a watched directory among them is watched anew
+    /// even if a new one took its inode number.
+    removed: Arc<std::sync::Mutex<HashSet<PathBuf>>>,
     /// Cancels the background downloaders of the current configuration.
     downloads: CancellationToken,
     http: reqwest::Client,
@@ -113,8 +125,9 @@ impl Reloader {
             tx: tx.clone(),
             rx,
             watcher: None,
-            watched_dirs: HashSet::new(),
+            watched_dirs: HashMap::new(),
             watched_files: Arc::new(std::sync::Mutex::new(HashSet::new())),
+            removed: Arc::new(std::sync::Mutex::new(HashSet::new())),
             downloads: CancellationToken::new(),
             http: http_client(timeout),
         };
@@ -125,12 +138,21 @@ impl Reloader {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.watch();
         self.start_downloads(&shutdown);
+        let mut rewatch = tokio::time::interval(REWATCH);
+        rewatch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let trigger = tokio::select! {
                 t = self.rx.recv() => match t {
                     Some(t) => t,
                     None => return,
                 },
+                _ = rewatch.tick() => {
+                    if self.rewatch() {
+                        Trigger::Files
+                    } else {
+                        continue;
+                    }
+                }
                 _ = shutdown.cancelled() => break,
             };
             let mut reply = None;
@@ -263,12 +285,19 @@ impl Reloader {
     fn watch(&mut self) {
         let config = self.config.load();
         let mut files = HashSet::new();
-        if let Some(p) = &self.config_path {
+        let mut add = |p: &Path| {
             files.insert(absolute(p));
+            // A symbolic link's target changes where it is.
+            if let Ok(target) = std::fs::canonicalize(p) {
+                files.insert(target);
+            }
+        };
+        if let Some(p) = &self.config_path {
+            add(p);
         }
         for list in config.blocking.lists.iter().chain(&config.blocking.allow) {
             if let ListSource::File(p) = list.resolved_source(&config.base_dir) {
-                files.insert(absolute(&p));
+                add(&p);
             }
         }
         let dirs: HashSet<PathBuf> = files
@@ -279,11 +308,22 @@ impl Reloader {
         if self.watcher.is_none() {
             let tx = self.tx.clone();
             let files = self.watched_files.clone();
+            let removed = self.removed.clone();
             let watcher =
                 notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                     let Ok(event) = event else { return };
                     if matches!(event.kind, notify::EventKind::Access(_)) {
                         return;
+                    }
+                    if matches!(
+                        event.kind,
+                        notify::EventKind::Remove(_)
+                            | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                    ) {
+                        removed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(event.paths.iter().cloned());
                     }
                     let files = files.lock().unwrap_or_else(|e| e.into_inner());
                     if event.paths.iter().any(|p| files.contains(p)) {
@@ -302,15 +342,43 @@ impl Reloader {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
-        for gone in self.watched_dirs.difference(&dirs) {
-            let _ = watcher.unwatch(gone);
-        }
-        for dir in dirs.difference(&self.watched_dirs) {
-            if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), %error, "cannot watch this directory for changes");
+        self.watched_dirs.retain(|dir, _| {
+            let keep = dirs.contains(dir);
+            if !keep {
+                let _ = watcher.unwatch(dir);
+            }
+            keep
+        });
+        for dir in dirs {
+            if !self.watched_dirs.contains_key(&dir) {
+                let watched = watch_dir(watcher, &dir, true);
+                self.watched_dirs.insert(dir, watched);
             }
         }
-        self.watched_dirs = dirs;
+    }
+
+    /// Watches anew each directory that could not be watched, or that is
+    /// no longer the one watched under its path; `true` if any was, as
+    /// its files may have changed unseen.
+    fn rewatch(&mut self) -> bool {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return false;
+        };
+        let removed = std::mem::take(&mut *self.removed.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut changed = false;
+        for (dir, watched) in &mut self.watched_dirs {
+            let now = identity(dir);
+            if now == *watched && !removed.contains(dir) {
+                continue;
+            }
+            let _ = watcher.unwatch(dir);
+            *watched = now.and_then(|_| watch_dir(watcher, dir, false));
+            if watched.is_some() {
+                tracing::info!(dir = %dir.display(), "watching this directory again");
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// (Re)starts one background downloader per `url` list.
@@ -400,6 +468,32 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                 .set(secs);
         }
     }
+}
+
+/// Watches `dir`; its identity if that worked. A failure is logged when
+/// `loud` (the first try); later tries stay quiet until one works.
+fn watch_dir(
+    watcher: &mut notify::RecommendedWatcher,
+    dir: &Path,
+    loud: bool,
+) -> Option<(u64, u64)> {
+    let before = identity(dir);
+    match watcher.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => before,
+        Err(error) => {
+            if loud {
+                tracing::warn!(dir = %dir.display(), %error, "cannot watch this directory for changes; trying again every few seconds");
+            }
+            None
+        }
+    }
+}
+
+/// The device and inode of `dir`: another after it is deleted and made
+/// again, or another directory is renamed over it.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn absolute(p: &Path) -> PathBuf {

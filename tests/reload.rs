@@ -556,3 +556,41 @@ async fn a_corrupt_list_copy_on_disk_is_survived() {
     assert!(is_blocked(&ts, "kept.blocked.test.").await);
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_directory_missing_or_made_anew_is_watched_again() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let lists = dir.path().join("lists");
+    let config = config_text("[[blocking.lists]]\nname = \"mine\"\npath = \"lists/block.txt\"");
+    // The directory does not exist yet.
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    // Found within the rewatch period (5 s) and the debounce.
+    let within = |secs| tokio::time::Instant::now() + Duration::from_secs(secs);
+    let wait = |name: &'static str, deadline: tokio::time::Instant| {
+        let ts = &ts;
+        async move {
+            while !is_blocked(ts, name).await {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name} never blocked"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    std::fs::create_dir(&lists).unwrap();
+    std::fs::write(lists.join("block.txt"), "one.blocked.test\n").unwrap();
+    wait("one.blocked.test.", within(10)).await;
+    // Replaced whole, as a deploy script or a checkout does.
+    std::fs::remove_dir_all(&lists).unwrap();
+    std::fs::create_dir(&lists).unwrap();
+    std::fs::write(lists.join("block.txt"), "two.blocked.test\n").unwrap();
+    wait("two.blocked.test.", within(10)).await;
+    // Watched again: later edits apply too. (The events of the removal
+    // may already have brought in "two"; only a watch on the new
+    // directory sees this.)
+    std::fs::write(lists.join("block.txt"), "three.blocked.test\n").unwrap();
+    wait("three.blocked.test.", within(10)).await;
+    ts.stop().await;
+}
