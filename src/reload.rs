@@ -3,7 +3,8 @@
 //! One task owns the running configuration and is the only code that
 //! stores a new [`Snapshot`]. It wakes on file changes (notify watches the
 //! directories of the config file and of every local list, so editors that
-//! save by rename and `sed -i` are caught), on SIGHUP, on `POST
+//! save by rename and `sed -i` are caught; a directory missing or replaced
+//! is watched anew within [`REWATCH`]), on SIGHUP, on `POST
 //! /api/reload`, and when a downloaded list changed. Bursts of file events
 //! are debounced. Each rebuild runs on the blocking pool and is swapped in
 //! whole; a list that fails to read keeps its previous entries, and an
@@ -350,9 +351,9 @@ impl Reloader {
             keep
         });
         for dir in dirs {
-            if !self.watched_dirs.contains_key(&dir) {
-                let watched = watch_dir(watcher, &dir, true);
-                self.watched_dirs.insert(dir, watched);
+            if let std::collections::hash_map::Entry::Vacant(entry) = self.watched_dirs.entry(dir) {
+                let watched = watch_dir(watcher, entry.key(), true);
+                entry.insert(watched);
             }
         }
     }
