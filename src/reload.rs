@@ -4,7 +4,7 @@
 //! stores a new [`Snapshot`]. It wakes on file changes (notify watches the
 //! directories of the config file and of every local list, so editors that
 //! save by rename and `sed -i` are caught; a directory missing or replaced
-//! is watched anew within [`REWATCH`]), on SIGHUP, on `POST
+//! is watched anew within 5 seconds), on SIGHUP, on `POST
 //! /api/reload`, and when a downloaded list changed. Bursts of file events
 //! are debounced. Each rebuild runs on the blocking pool and is swapped in
 //! whole; a list that fails to read keeps its previous entries, and an
