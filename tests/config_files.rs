@@ -8,7 +8,7 @@ use telesink::config::{Config, ConfigError};
 
 fn config_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<PathBuf> = ["config", "deploy/config"]
+    let mut files: Vec<PathBuf> = ["config", "deploy/config", "deploy/docker/config"]
         .iter()
         .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
         .flatten()
