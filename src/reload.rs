@@ -97,13 +97,13 @@ pub struct Reloader {
 }
 
 /// An HTTP client for list downloads: rustls with the ring provider and
-/// the platform's trust store.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
+/// the platform's trust store. Each download is bounded by the
+/// `download_timeout` of the configuration at the time, not by the client.
+pub fn http_client() -> reqwest::Client {
     // Installing the process-wide provider fails harmlessly if one is set.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .user_agent(concat!("telesink/", env!("CARGO_PKG_VERSION")))
-        .timeout(timeout)
         .build()
         .unwrap_or_default()
 }
@@ -117,7 +117,6 @@ impl Reloader {
         metrics: Arc<Metrics>,
     ) -> (Self, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
-        let timeout = config.load().blocking.download_timeout;
         let me = Self {
             config_path,
             config,
@@ -130,7 +129,7 @@ impl Reloader {
             watched_files: Arc::new(std::sync::Mutex::new(HashSet::new())),
             removed: Arc::new(std::sync::Mutex::new(HashSet::new())),
             downloads: CancellationToken::new(),
-            http: http_client(timeout),
+            http: http_client(),
         };
         (me, ReloadHandle { tx })
     }
@@ -220,10 +219,19 @@ impl Reloader {
                     let sources_changed = new.blocking.lists != config.blocking.lists
                         || new.blocking.allow != config.blocking.allow
                         || new.blocking.cache_dir != config.blocking.cache_dir;
+                    // The downloaders hold the settings they were started
+                    // with.
+                    let downloads_changed = sources_changed
+                        || new.blocking.download_timeout != config.blocking.download_timeout
+                        || new.blocking.download_max_bytes != config.blocking.download_max_bytes;
                     config.blocking = new.blocking;
-                    if sources_changed {
+                    if downloads_changed {
                         self.config.store(Arc::new(config.clone()));
+                    }
+                    if sources_changed {
                         self.watch();
+                    }
+                    if downloads_changed {
                         self.start_downloads(shutdown);
                     }
                 }

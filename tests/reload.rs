@@ -286,6 +286,14 @@ impl ListServer {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                             return;
                         }
+                        // The list, after 1.5 s.
+                        "late" => {
+                            tokio::time::sleep(Duration::from_millis(1500)).await;
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                        }
                         // No Content-Length: the size shows only as it arrives.
                         "endless" => {
                             let big = "y.blocked.test\n".repeat(10_000);
@@ -592,5 +600,46 @@ async fn a_list_directory_missing_or_made_anew_is_watched_again() {
     // directory sees this.)
     std::fs::write(lists.join("block.txt"), "three.blocked.test\n").unwrap();
     wait("three.blocked.test.", within(10)).await;
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_download_timeout_applies_without_a_restart() {
+    let stub = Stub::start().await;
+    let server = ListServer::start("remote.blocked.test\n").await;
+    let dir = dir_with(&[]);
+    let text = |timeout: &str| {
+        config_text(&format!(
+            "[blocking]\ncache_dir = \"cache\"\ndownload_timeout = \"{timeout}\"\n\
+             [[blocking.lists]]\nname = \"remote\"\nurl = \"http://{}/list.txt\"\nrefresh = \"1h\"",
+            server.addr
+        ))
+    };
+    let ts = start_from_file(dir.path(), &text("1s"), &stub).await;
+    let udp = ts.udp;
+    eventually("downloaded list blocks", || async move {
+        addresses(&ask(udp, "remote.blocked.test.", RecordType::A).await) == ["0.0.0.0"]
+    })
+    .await;
+    // The server now takes 1.5 s: longer than download_timeout.
+    *server.body.lock().unwrap() = "remote.blocked.test\nlate.blocked.test\n".into();
+    server.set("late");
+    http_post(ts.http, "/api/reload").await;
+    assert!(!is_blocked(&ts, "late.blocked.test.").await, "timed out");
+    // A longer timeout, edited in the config file, applies to the next
+    // download.
+    std::fs::write(
+        dir.path().join("telesink.toml"),
+        text("5s").replace("{upstreams}", &format!("\"{}\"", stub.addr)),
+    )
+    .unwrap();
+    let http = ts.http;
+    eventually("config edit applied", || async move {
+        let m = http_get(http, "/metrics").await.unwrap();
+        metric(&m, "telesink_config_reloads_total{result=\"success\"}") >= 1.0
+    })
+    .await;
+    http_post(ts.http, "/api/reload").await;
+    assert!(is_blocked(&ts, "late.blocked.test.").await);
     ts.stop().await;
 }
