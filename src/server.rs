@@ -102,6 +102,8 @@ impl<R: Resolve> Handler<R> {
             // advertise; answers that do not fit are truncated (TC) so the
             // client retries over TCP.
             ours.set_max_payload(edns.max_payload().clamp(512, self.edns_udp_size));
+            // RFC 3225 §3: the DO bit is copied into the response.
+            ours.set_dnssec_ok(edns.flags().dnssec_ok);
             edns_out = Some(ours);
         }
         let info = match reject(request) {
@@ -260,17 +262,17 @@ fn wire_reply(
     bytes.extend_from_slice(question);
     wire.write(&mut bytes, age);
     if let Some(edns) = edns {
-        bytes.extend_from_slice(&opt_record(edns.max_payload()));
+        bytes.extend_from_slice(&opt_record(edns.max_payload(), edns.flags().dnssec_ok));
     }
     Some((header, bytes))
 }
 
-/// The OPT record the handler's `Edns` (a payload size, nothing else)
-/// encodes to: root owner, type OPT, `payload` as its class, no extended
-/// RCODE, version 0, no flags, no options.
-pub(crate) fn opt_record(payload: u16) -> [u8; 11] {
+/// The OPT record the handler's `Edns` (a payload size and the DO bit,
+/// nothing else) encodes to: root owner, type OPT, `payload` as its class,
+/// no extended RCODE, version 0, DO as given, no options.
+pub(crate) fn opt_record(payload: u16, dnssec_ok: bool) -> [u8; 11] {
     let [high, low] = payload.to_be_bytes();
-    [0, 0, 41, high, low, 0, 0, 0, 0, 0, 0]
+    [0, 0, 41, high, low, 0, 0, u8::from(dnssec_ok) << 7, 0, 0, 0]
 }
 
 /// Whether `wire` can stand for `answer`: a cheap check of what a link
@@ -460,7 +462,9 @@ async fn send<'a>(
     reply: &impl Deliver,
 ) -> Result<ResponseInfo, NetError> {
     let id = response.metadata().id;
-    let payload = response.edns().map(Edns::max_payload);
+    let edns = response
+        .edns()
+        .map(|e| (e.max_payload(), e.flags().dnssec_ok));
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
     encoder.set_max_size(max_size(reply.protocol(), response.edns()));
@@ -473,8 +477,8 @@ async fn send<'a>(
             bytes.truncate(end);
             // hickory then adds OPT only if it still fits, and often it
             // does not.
-            match payload.filter(|_| info.truncation) {
-                Some(payload) => truncated_with_opt(&mut bytes, payload).unwrap_or(info),
+            match edns.filter(|_| info.truncation) {
+                Some(edns) => truncated_with_opt(&mut bytes, edns).unwrap_or(info),
                 None => info,
             }
         }
@@ -498,7 +502,10 @@ async fn send<'a>(
 /// and OPT, which RFC 6891 §7 requires even in a truncated reply; the
 /// client retries over TCP for the records anyway. `None` (and `reply`
 /// untouched) if it does not hold one plain question.
-fn truncated_with_opt(reply: &mut Vec<u8>, payload: u16) -> Option<ResponseInfo> {
+fn truncated_with_opt(
+    reply: &mut Vec<u8>,
+    (payload, dnssec_ok): (u16, bool),
+) -> Option<ResponseInfo> {
     let header = Header::read(&mut BinDecoder::new(reply)).ok()?;
     if header.counts.queries != 1 {
         return None;
@@ -510,7 +517,7 @@ fn truncated_with_opt(reply: &mut Vec<u8>, payload: u16) -> Option<ResponseInfo>
     reply.truncate(question_end);
     // No answer, authority or additional records; one OPT.
     reply[6..DNS_HEADER_LEN].copy_from_slice(&[0, 0, 0, 0, 0, 1]);
-    let mut opt = opt_record(payload);
+    let mut opt = opt_record(payload, dnssec_ok);
     // The extended RCODE's high bits.
     opt[5] = u8::try_from(u16::from(header.metadata.response_code) >> 4).unwrap_or(0);
     reply.extend_from_slice(&opt);

@@ -266,8 +266,8 @@ struct Parsed<'a> {
     question: &'a [u8],
     name: LowerName,
     qtype: RecordType,
-    /// The client's EDNS UDP payload size, if it sent OPT.
-    edns_payload: Option<u16>,
+    /// The client's EDNS UDP payload size and DO bit, if it sent OPT.
+    edns: Option<(u16, bool)>,
 }
 
 impl Parsed<'_> {
@@ -325,7 +325,7 @@ fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
     }
     let end = at + 4;
     let question = packet.get(DNS_HEADER_LEN..end)?;
-    let edns_payload = if counts.3 == 1 {
+    let edns = if counts.3 == 1 {
         Some(opt_payload(packet, end)?)
     } else if end == packet.len() {
         None
@@ -338,14 +338,14 @@ fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
         question,
         name: LowerName::from(name),
         qtype,
-        edns_payload,
+        edns,
     })
 }
 
-/// The payload size of the EDNS(0) OPT record at `at`, the last thing in
-/// `packet`; `None` for anything else there (other versions get BADVERS
-/// from the full path).
-fn opt_payload(packet: &[u8], at: usize) -> Option<u16> {
+/// The payload size and DO bit of the EDNS(0) OPT record at `at`, the
+/// last thing in `packet`; `None` for anything else there (other versions
+/// get BADVERS from the full path).
+fn opt_payload(packet: &[u8], at: usize) -> Option<(u16, bool)> {
     let opt = packet.get(at..)?;
     // Root owner name, type OPT, payload size, extended RCODE, version.
     if opt.len() < 11 || opt[0] != 0 || u16_at(opt, 1)? != u16::from(RecordType::OPT) {
@@ -367,7 +367,7 @@ fn opt_payload(packet: &[u8], at: usize) -> Option<u16> {
             return None;
         }
     }
-    u16_at(opt, 3)
+    Some((u16_at(opt, 3)?, opt[7] & 0x80 != 0))
 }
 
 impl<R: Resolve> Handler<R> {
@@ -387,8 +387,8 @@ impl<R: Resolve> Handler<R> {
             checking_disabled: parsed.checking_disabled(),
         };
         let limit = parsed
-            .edns_payload
-            .map_or(512, |p| p.clamp(512, self.edns_udp_size()));
+            .edns
+            .map_or(512, |(p, _)| p.clamp(512, self.edns_udp_size()));
         let (outcome, rcode) = match self.chain().peek(&query) {
             Peek::Slow => return false,
             Peek::Blocked { policy, list } => match null_address(&policy, parsed.qtype) {
@@ -433,8 +433,9 @@ impl<R: Resolve> Handler<R> {
                 (Outcome::Cached, wire.rcode)
             }
         };
-        if let Some(payload) = parsed.edns_payload {
-            reply.extend_from_slice(&opt_record(payload.clamp(512, self.edns_udp_size())));
+        if let Some((payload, dnssec_ok)) = parsed.edns {
+            let payload = payload.clamp(512, self.edns_udp_size());
+            reply.extend_from_slice(&opt_record(payload, dnssec_ok));
             let additionals = u16::from_be_bytes([reply[10], reply[11]]);
             reply[10..12].copy_from_slice(&additionals.saturating_add(1).to_be_bytes());
         }

@@ -170,6 +170,26 @@ async fn an_upstream_reply_larger_than_asked_for_is_fetched_over_tcp() {
 }
 
 #[tokio::test]
+async fn the_do_bit_is_copied_into_the_reply() {
+    let (_stub, ts, _dir) = plain().await;
+    for dnssec_ok in [true, false, true] {
+        let mut q = request("a.test.", RecordType::A, true);
+        q.edns.as_mut().unwrap().set_dnssec_ok(dnssec_ok);
+        // A miss, then hits (the UDP fast path), and over TCP.
+        for r in [
+            udp(ts.udp, &q).await,
+            udp(ts.udp, &q).await,
+            tcp(ts.tcp, &q).await,
+        ] {
+            assert_eq!(addresses(&r), ["192.0.2.1"]);
+            let edns = r.edns.as_ref().expect("OPT");
+            assert_eq!(edns.flags().dnssec_ok, dnssec_ok, "RFC 3225 §3");
+        }
+    }
+    ts.stop().await;
+}
+
+#[tokio::test]
 async fn second_query_is_a_cache_hit_with_a_lower_ttl() {
     let (stub, ts, _dir) = plain().await;
     let first = ask(ts.udp, "a.test.", RecordType::A).await;
