@@ -837,7 +837,8 @@ pub enum RateLimitAction {
     /// Answer REFUSED.
     #[default]
     Refuse,
-    /// Send nothing.
+    /// Send nothing over UDP (a flood from forged sources gets no
+    /// replies to aim at them); REFUSED over TCP, where no source is forged.
     Drop,
 }
 

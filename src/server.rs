@@ -140,7 +140,15 @@ impl<R: Resolve> Handler<R> {
             client: request.src().ip(),
             checking_disabled: request.metadata.checking_disabled,
         };
-        let answer = self.chain.resolve(&query).await;
+        let mut answer = self.chain.resolve(&query).await;
+        if answer.outcome == crate::resolver::Outcome::Dropped && reply.protocol() != Protocol::Udp
+        {
+            // Dropping defends against replies sent to a forged source;
+            // over TCP there is none, and silence would only keep the
+            // client waiting on its connection: REFUSED, as with
+            // `action = "refuse"`.
+            answer.outcome = crate::resolver::Outcome::RateLimited;
+        }
         if answer.outcome == crate::resolver::Outcome::Dropped {
             // Rate limited with `action = "drop"`: no reply at all, so it
             // counts as a query but not as a response.
