@@ -116,8 +116,8 @@ pub struct ServerConfig {
     /// Queries of one TCP connection answered at once (RFC 7766
     /// pipelining; answers go out as they are ready, in any order).
     pub tcp_max_pipelined: usize,
-    /// The EDNS UDP payload size telesink advertises and honours (1232 avoids
-    /// IP fragmentation, per DNS Flag Day 2020).
+    /// The EDNS UDP payload size telesink advertises and honours, 512 to
+    /// 4096 (1232 avoids IP fragmentation, per DNS Flag Day 2020).
     pub edns_udp_size: u16,
     /// Threads serving each UDP listen address. Each answers blocked and
     /// cached names itself and runs the other queries on a runtime of its
@@ -999,6 +999,25 @@ impl Config {
                 "[server] udp_threads must be between 1 and 64".into(),
             ));
         }
+        // Below 512 EDNS means nothing (RFC 6891 §6.2.5); above 4096 a
+        // reply is fragmented on any path, and past 65,507 it cannot be
+        // sent at all.
+        if !(512..=4096).contains(&self.server.edns_udp_size) {
+            let message =
+                "[server] edns_udp_size must be between 512 and 4096 (1232 avoids fragmentation)";
+            return Err(match text.find("edns_udp_size") {
+                Some(at) => {
+                    let (line, column) = line_column(text, at);
+                    ConfigError::Parse {
+                        path: self.origin.clone(),
+                        line,
+                        column,
+                        message: message.into(),
+                    }
+                }
+                None => invalid(message.into()),
+            });
+        }
         if self.server.listen.is_empty() {
             return Err(invalid(
                 "[server] listen: at least one address is needed".into(),
@@ -1366,6 +1385,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("x:2:11:"), "{err}");
+    }
+
+    #[test]
+    fn edns_udp_size_is_bounded() {
+        for (size, ok) in [
+            (511, false),
+            (512, true),
+            (1232, true),
+            (4096, true),
+            (4097, false),
+        ] {
+            let text = format!("[server]\nedns_udp_size = {size}\n");
+            match Config::from_toml(&text, "x", Path::new(".")) {
+                Ok(_) => assert!(ok, "{size} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{size}: {e}");
+                    assert!(e.to_string().starts_with("x:2:1: "), "{e}");
+                }
+            }
+        }
     }
 
     #[test]
