@@ -219,11 +219,15 @@ impl Target {
 }
 
 /// Forgets the queries whose caller gave up (timed out), keeping in
-/// `abandoned` when the earliest of them was sent.
-fn forget_abandoned(waiting: &mut HashMap<u16, Waiting>, abandoned: &mut Option<Instant>) {
+/// `abandoned` when the earliest of those sent after `last_read` was.
+fn forget_abandoned(
+    waiting: &mut HashMap<u16, Waiting>,
+    abandoned: &mut Option<Instant>,
+    last_read: Instant,
+) {
     waiting.retain(|_, w| {
         let gone = w.reply.is_closed();
-        if gone {
+        if gone && w.sent > last_read {
             *abandoned = Some(abandoned.map_or(w.sent, |a| a.min(w.sent)));
         }
         !gone
@@ -250,9 +254,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut next_id: u16 = rand::random();
     let mut last_read = Instant::now();
-    // When the earliest query forgotten since the last read was sent: its
-    // caller gave up, but it still tells how long the server has been
-    // silent.
+    // When the earliest query sent since the last read, and forgotten
+    // since, was sent: its caller gave up, but it still tells how long the
+    // server has been silent. (A query sent before the last read and never
+    // answered says nothing of that: the server dropped that one query.)
     let mut abandoned: Option<Instant> = None;
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
@@ -263,7 +268,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             job = jobs.recv() => {
                 let Some(mut job) = job else { break None };
                 if waiting.len() >= MAX_WAITING {
-                    forget_abandoned(&mut waiting, &mut abandoned);
+                    forget_abandoned(&mut waiting, &mut abandoned, last_read);
                     if waiting.len() >= MAX_WAITING {
                         let _ = job.reply.send(Err(AttemptError::Io(std::io::Error::other(
                             "too many queries unanswered on the connection",
@@ -321,14 +326,20 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = check.tick() => {
-                forget_abandoned(&mut waiting, &mut abandoned);
-                let oldest = waiting.values().map(|w| w.sent).chain(abandoned).min();
-                if oldest.is_some_and(|sent| sent.elapsed() >= unanswered && last_read < sent) {
+                forget_abandoned(&mut waiting, &mut abandoned, last_read);
+                // The earliest query sent since anything was read.
+                let oldest = waiting
+                    .values()
+                    .map(|w| w.sent)
+                    .filter(|&sent| sent > last_read)
+                    .chain(abandoned)
+                    .min();
+                if oldest.is_some_and(|sent| sent.elapsed() >= unanswered) {
                     break Some("no reply within the timeout; reconnecting");
                 }
             }
             () = &mut idle_timer => {
-                forget_abandoned(&mut waiting, &mut abandoned);
+                forget_abandoned(&mut waiting, &mut abandoned, last_read);
                 if waiting.is_empty() {
                     break None;
                 }
@@ -363,6 +374,13 @@ mod tests {
     /// A server that takes connections and reads queries but never
     /// answers; its port and how many connections it took.
     async fn mute_server() -> (u16, Arc<AtomicUsize>) {
+        server_answering(&[]).await
+    }
+
+    /// A server that, on each connection, answers the queries whose entry
+    /// in `answers` is true and drops the others, then reads the rest and
+    /// answers nothing, as a path that lost its state drops packets.
+    async fn server_answering(answers: &'static [bool]) -> (u16, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let taken = Arc::new(AtomicUsize::new(0));
@@ -371,6 +389,24 @@ mod tests {
             while let Ok((mut s, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    for &answer in answers {
+                        let Ok(len) = s.read_u16().await else { return };
+                        let mut query = vec![0u8; usize::from(len)];
+                        if s.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        if !answer {
+                            continue;
+                        }
+                        let mut reply = Message::from_vec(&query).unwrap();
+                        reply.metadata.message_type = hickory_proto::op::MessageType::Response;
+                        let reply = reply.to_vec().unwrap();
+                        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&reply);
+                        if s.write_all(&framed).await.is_err() {
+                            return;
+                        }
+                    }
                     let mut buf = vec![0u8; 65_536];
                     while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
                 });
@@ -418,6 +454,26 @@ mod tests {
         while taken.load(Ordering::SeqCst) == POOL_SIZE {
             assert!(Instant::now() < deadline, "the silent connection was kept");
             assert!(timeout(50).await.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_goes_silent_under_steady_traffic_is_replaced() {
+        // The first query of a connection is dropped, the second answered:
+        // when that reply comes, the first is still waiting, unanswered.
+        // After it the server answers nothing more on that connection.
+        let (port, taken) = server_answering(&[false, true]).await;
+        let pool = Arc::new(pool(port, Duration::from_millis(200)));
+        let (m, bytes) = query();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while taken.load(Ordering::SeqCst) <= POOL_SIZE {
+            assert!(Instant::now() < deadline, "the silent connection was kept");
+            let (pool, m, bytes) = (pool.clone(), m.clone(), bytes.clone());
+            tokio::spawn(async move {
+                let asked = pool.exchange(&m, &bytes);
+                tokio::time::timeout(Duration::from_millis(150), asked).await
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
