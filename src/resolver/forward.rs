@@ -280,7 +280,7 @@ impl Group {
             && h.probe_until
                 .compare_exchange(
                     lease,
-                    now + self.probe_lease_ms(),
+                    now.saturating_add(self.probe_lease_ms()),
                     Ordering::AcqRel,
                     Ordering::Relaxed,
                 )
@@ -424,8 +424,29 @@ impl Group {
 
     /// Asks the upstreams as the strategy says until one answers.
     async fn resolve(&self, query: &Query<'_>) -> Answer {
-        let order = self.order();
-        let mut rest = &order[..];
+        self.resolve_in(&self.order(), query).await
+    }
+
+    /// [`Self::resolve`] with the order already made.
+    async fn resolve_in(&self, order: &[(usize, bool)], query: &Query<'_>) -> Answer {
+        let servfail = || Answer::empty(Outcome::Error, ResponseCode::ServFail);
+        match self.ask(order, query).await {
+            Ok(answer) => answer,
+            Err(Asked::Some) => servfail(),
+            // Every upstream of the order was being probed by other
+            // queries (they came out of backoff together): ask them all
+            // rather than fail without asking.
+            Err(Asked::None) => {
+                let all: Vec<_> = (0..self.upstreams.len()).map(|i| (i, false)).collect();
+                self.ask(&all, query).await.unwrap_or_else(|_| servfail())
+            }
+        }
+    }
+
+    /// Asks the upstreams of `order` until one answers.
+    async fn ask(&self, order: &[(usize, bool)], query: &Query<'_>) -> Result<Answer, Asked> {
+        let mut asked = Asked::None;
+        let mut rest = order;
         if self.strategy == Strategy::Fastest && order.len() >= 2 {
             // The two best at once; the first good answer wins and the
             // other request is dropped.
@@ -438,19 +459,29 @@ impl Group {
                     r = &mut a, if !a_done => { a_done = true; r }
                     r = &mut b, if !b_done => { b_done = true; r }
                 };
-                if let Attempt::Answer(reply, bytes) = result {
-                    return answer_from_reply(reply, bytes);
+                match result {
+                    Attempt::Answer(reply, bytes) => return Ok(answer_from_reply(reply, bytes)),
+                    Attempt::Skipped => {}
+                    Attempt::Failed | Attempt::Unreachable => asked = Asked::Some,
                 }
             }
             rest = &order[2..];
         }
         for &i in rest {
-            if let Attempt::Answer(reply, bytes) = self.attempt(i, query).await {
-                return answer_from_reply(reply, bytes);
+            match self.attempt(i, query).await {
+                Attempt::Answer(reply, bytes) => return Ok(answer_from_reply(reply, bytes)),
+                Attempt::Skipped => {}
+                Attempt::Failed | Attempt::Unreachable => asked = Asked::Some,
             }
         }
-        Answer::empty(Outcome::Error, ResponseCode::ServFail)
+        Err(asked)
     }
+}
+
+/// Whether a round of attempts asked any upstream.
+enum Asked {
+    None,
+    Some,
 }
 
 /// Whether every DNAME record in `reply` has its target written out in
@@ -537,6 +568,45 @@ mod tests {
         assert!(!dname_targets_uncompressed(&with_dname(
             b"\x04edge\x00\x00"
         )));
+    }
+
+    #[tokio::test]
+    async fn a_query_whose_probes_were_all_taken_still_asks() {
+        // An upstream that answers every query (no records, NOERROR).
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let mut reply = Message::from_vec(&buf[..n]).unwrap();
+                reply.metadata.message_type = MessageType::Response;
+                let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
+            }
+        });
+        let text = format!("[upstream]\nservers = [\"{addr}\"]\n");
+        let config = Config::from_toml(&text, "t", std::path::Path::new(".")).unwrap();
+        let forward = Forward::new(&config, Arc::new(Metrics::new()));
+        let group = &forward.default;
+        // Its backoff is over, so this query orders it as a probe...
+        let health = &group.upstreams[0].health;
+        health.down_until.store(1, Ordering::Relaxed);
+        while group.now_ms() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let order = group.order();
+        assert_eq!(order, [(0, true)]);
+        // ...and before it asks, another query takes the probe.
+        health.probe_until.store(u64::MAX, Ordering::Relaxed);
+        let name = LowerName::from(Name::from_ascii("a.test.").unwrap());
+        let query = Query {
+            name: &name,
+            qtype: RecordType::A,
+            qclass: DNSClass::IN,
+            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            checking_disabled: false,
+        };
+        let answer = group.resolve_in(&order, &query).await;
+        assert_eq!(answer.rcode, ResponseCode::NoError, "asked after all");
     }
 
     /// The hand-written query is byte for byte what hickory encodes, for
