@@ -304,7 +304,8 @@ fn encodes(wire: &crate::resolver::WireAnswer, answer: &crate::resolver::Answer)
 /// The response code for a request the chain must not see, or its one
 /// question. Checked in RFC order: the opcode first (NOTIMP), then the EDNS
 /// version (BADVERS, RFC 6891 §6.1.3), then the question count (FORMERR),
-/// then what is asked.
+/// then what is asked. (A request with more than one question never gets
+/// here: `respond` answers it from the header, NOTIMP or FORMERR.)
 fn reject(request: &Request) -> Result<hickory_server::server::RequestInfo<'_>, ResponseCode> {
     if request.metadata.op_code != OpCode::Query {
         return Err(ResponseCode::NotImp);
@@ -579,11 +580,19 @@ pub(crate) async fn respond<R: Resolve>(
     if header.metadata.message_type == MessageType::Response {
         return;
     }
-    // More than one question is an error (RFC 9619) answered without
-    // reading them: a 64 KiB query can hold 13,000, which hickory would
-    // parse and echo back.
-    let one_question = header.metadata.op_code != OpCode::Query || header.counts.queries <= 1;
-    let request = (one_question && counts_fit(&header, bytes.len()))
+    // More than one question is answered without reading them, with the
+    // code `reject` would give (NOTIMP for another opcode, else FORMERR,
+    // RFC 9619): a 64 KiB query can hold 13,000, which hickory would parse
+    // and echo back. So is a message that cannot hold what it counts.
+    let unread = if header.counts.queries > 1 {
+        Some(match header.metadata.op_code {
+            OpCode::Query => ResponseCode::FormErr,
+            _ => ResponseCode::NotImp,
+        })
+    } else {
+        None
+    };
+    let request = (unread.is_none() && counts_fit(&header, bytes.len()))
         .then(|| Request::from_bytes(bytes, src, protocol).ok())
         .flatten();
     match request {
@@ -591,13 +600,16 @@ pub(crate) async fn respond<R: Resolve>(
             handler.handle_request(&request, reply).await;
         }
         None => {
+            // Header only: no question, and no OPT (finding it would mean
+            // reading the questions).
+            let rcode = unread.unwrap_or(ResponseCode::FormErr);
             let Ok(no_questions) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
                 return;
             };
-            let formerr = MessageResponseBuilder::new(&no_questions, None)
-                .error_msg(&header.metadata, ResponseCode::FormErr);
-            if let Err(error) = send(formerr, &reply).await {
-                tracing::debug!(%error, client = %src, "could not send FORMERR");
+            let error =
+                MessageResponseBuilder::new(&no_questions, None).error_msg(&header.metadata, rcode);
+            if let Err(error) = send(error, &reply).await {
+                tracing::debug!(%error, client = %src, %rcode, "could not send an error reply");
             }
         }
     }

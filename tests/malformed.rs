@@ -258,13 +258,17 @@ async fn many_questions_get_a_formerr_that_does_not_echo_them() {
     for _ in 0..n {
         query.extend_from_slice(&[0, 0, 1, 0, 1]);
     }
-    let mut stream = TcpStream::connect(ts.tcp).await.unwrap();
-    stream.write_all(&framed(&query)).await.unwrap();
-    let reply = read_frame(&mut stream).await.expect("a reply");
-    let m = Message::from_vec(&reply).unwrap();
-    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
-    assert!(m.metadata.recursion_desired, "RD copied");
-    assert_eq!(reply.len(), 12, "{} questions echoed", m.queries.len());
+    // A standard query, and one with another opcode (STATUS).
+    for (opcode, rcode) in [(0x01, ResponseCode::FormErr), (0x11, ResponseCode::NotImp)] {
+        query[2] = opcode;
+        let mut stream = TcpStream::connect(ts.tcp).await.unwrap();
+        stream.write_all(&framed(&query)).await.unwrap();
+        let reply = read_frame(&mut stream).await.expect("a reply");
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.metadata.response_code, rcode);
+        assert!(m.metadata.recursion_desired, "RD copied");
+        assert_eq!(reply.len(), 12, "{} questions echoed", m.queries.len());
+    }
     ts.stop().await;
 }
 
