@@ -197,25 +197,34 @@ impl RuleLines {
     }
 }
 
+/// How many times a list's regular expressions may be halved to fit the
+/// regex crate's size limit: at most 2^3 = 8 sets per list, each matched
+/// against every query that reaches the lists, each at most that limit.
+const REGEX_SPLITS: u32 = 3;
+
 /// `patterns` compiled into as few sets as the regex crate's size limit
-/// allows: all in one when they fit, else halves, and so on. Patterns
-/// that compile alone can still be too big together (300 with Unicode
-/// `\w` are); a pattern too big even alone goes to `skip`.
+/// allows: all in one when they fit, else halves, and so on, at most
+/// [`REGEX_SPLITS`] times. Patterns that compile alone can still be too big
+/// together (300 with Unicode `\w` are); what does not fit even then goes
+/// to `skip`.
 fn regex_sets(
     patterns: Vec<String>,
+    splits: u32,
     skip: &mut impl FnMut(&str, regex::Error),
 ) -> Vec<(Vec<String>, RegexSet)> {
     match RegexSet::new(&patterns) {
         Ok(set) => vec![(patterns, set)],
-        Err(error) if patterns.len() == 1 => {
-            skip(&patterns[0], error);
+        Err(error) if patterns.len() == 1 || splits == 0 => {
+            for p in &patterns {
+                skip(p, error.clone());
+            }
             Vec::new()
         }
         Err(_) => {
             let mut first = patterns;
             let second = first.split_off(first.len() / 2);
-            let mut sets = regex_sets(first, skip);
-            sets.extend(regex_sets(second, skip));
+            let mut sets = regex_sets(first, splits - 1, skip);
+            sets.extend(regex_sets(second, splits - 1, skip));
             sets
         }
     }
@@ -604,7 +613,7 @@ impl Snapshot {
                     false
                 }
             });
-            for (patterns, set) in regex_sets(patterns, &mut |p, error| {
+            for (patterns, set) in regex_sets(patterns, REGEX_SPLITS, &mut |p, error| {
                 tracing::warn!(list = %meta.name, "{}: skipped regular expression /{p}/: {error}", meta.origin);
                 meta.invalid_lines += 1;
             }) {
@@ -1036,6 +1045,14 @@ mod tests {
         assert_eq!(blocked(&s, "adx0.example."), Some(0));
         assert_eq!(blocked(&s, "ad299-x.example."), Some(0));
         assert_eq!(blocked(&s, "bd299-x.example."), None);
+        // Halving stops after REGEX_SPLITS times; what still does not fit
+        // is skipped, each pattern counted.
+        let patterns: Vec<String> = (0..300).map(|i| format!("^ad\\w*{i}[_.-]")).collect();
+        let mut skipped = 0;
+        let sets = regex_sets(patterns.clone(), 0, &mut |_, _| skipped += 1);
+        assert_eq!((sets.len(), skipped), (0, 300));
+        let sets = regex_sets(patterns, REGEX_SPLITS, &mut |_, _| panic!("fits in 8"));
+        assert!((2..=8).contains(&sets.len()), "{}", sets.len());
     }
 
     proptest::proptest! {
