@@ -198,8 +198,8 @@ pub struct UpstreamConfig {
     pub max_in_flight: usize,
     /// Plain DNS resolvers (`"IP"` or `"IP:port"`) that resolve the host
     /// names of `tls://` and `https://` upstreams; never telesink itself.
-    /// Asked in order, each for a quarter of `timeout`. Needed only when
-    /// an upstream is given by name.
+    /// All are asked at once, the first to give addresses winning. Needed
+    /// only when an upstream is given by name.
     pub bootstrap: Vec<UpstreamAddr>,
     /// A PEM file of extra CA certificates trusted for `tls://` and
     /// `https://` upstreams, besides the system's CA store.

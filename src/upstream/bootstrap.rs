@@ -7,12 +7,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::broadcast;
+
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
 /// Addresses are kept at least this long, whatever the TTL, so a busy
 /// upstream costs no more than one bootstrap lookup a minute.
 const MIN_TTL: Duration = Duration::from_secs(60);
+
+/// What a lookup came to, for every attempt waiting on it.
+type Lookup = Result<Vec<IpAddr>, String>;
 
 /// The bootstrap resolvers and the addresses they gave, with expiry.
 #[derive(Debug)]
@@ -21,73 +26,122 @@ pub struct Bootstrap {
     timeout: Duration,
     /// Only touched when a connection is opened, never per query.
     known: Mutex<HashMap<String, (Vec<IpAddr>, Instant)>>,
+    /// The lookups running, one per host, however many connection
+    /// attempts wait for it.
+    running: Mutex<HashMap<String, broadcast::Sender<Lookup>>>,
 }
 
 impl Bootstrap {
-    /// Resolves through `servers`; `timeout` is the connection attempt's,
-    /// of which each resolver gets a quarter.
+    /// Resolves through `servers`, waiting `timeout` for each.
     pub fn new(servers: impl IntoIterator<Item = SocketAddr>, timeout: Duration) -> Self {
         Self {
             servers: servers.into_iter().collect(),
             timeout,
             known: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
         }
     }
 
     /// The addresses of `host` (IPv4 first, then IPv6).
     ///
-    /// The lookup runs as a task of its own: a connection attempt that
-    /// gives up (its timeout is the same as the resolvers') does not stop
-    /// it, so the next attempt finds the addresses it stored.
+    /// One lookup per host runs at a time, as a task of its own: a
+    /// connection attempt that gives up (its timeout is the resolvers')
+    /// does not stop it, so the next attempt finds the addresses it
+    /// stored, and attempts meanwhile wait for the same lookup.
     pub async fn lookup(self: &Arc<Self>, host: &str) -> std::io::Result<Vec<IpAddr>> {
         if let Some((ips, until)) = self.known.lock().expect("not poisoned").get(host) {
             if *until > Instant::now() {
                 return Ok(ips.clone());
             }
         }
-        let (me, host) = (self.clone(), host.to_string());
-        tokio::spawn(async move { me.resolve(&host).await })
-            .await
-            .map_err(std::io::Error::other)?
-    }
-
-    /// Asks the resolvers in turn for the addresses of `host`, and stores
-    /// them.
-    async fn resolve(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        let name = Name::from_ascii(format!("{host}."))
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let mut last = std::io::Error::other(format!("no bootstrap resolver for {host}"));
-        for &server in &self.servers {
-            let mut ips = Vec::new();
-            let mut ttl = u32::MAX;
-            // Both at once, and either is enough: some home routers never
-            // answer AAAA queries.
-            let (a, aaaa) = tokio::join!(
-                self.ask(server, &name, RecordType::A),
-                self.ask(server, &name, RecordType::AAAA)
-            );
-            for result in [a, aaaa] {
-                match result {
-                    Ok((found, t)) => {
-                        ttl = ttl.min(t);
-                        ips.extend(found);
-                    }
-                    Err(e) => last = e,
+        let mut done = {
+            let mut running = self.running.lock().expect("not poisoned");
+            match running.get(host) {
+                Some(tx) => tx.subscribe(),
+                None => {
+                    let (tx, rx) = broadcast::channel(1);
+                    running.insert(host.to_string(), tx);
+                    let (me, host) = (self.clone(), host.to_string());
+                    tokio::spawn(async move {
+                        let result = me.clone().resolve(&host).await.map_err(|e| e.to_string());
+                        let tx = me.running.lock().expect("not poisoned").remove(&host);
+                        if let Some(tx) = tx {
+                            let _ = tx.send(result);
+                        }
+                    });
+                    rx
                 }
             }
-            if !ips.is_empty() {
-                let keep = Duration::from_secs(u64::from(ttl)).max(MIN_TTL);
-                self.known
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(host.to_string(), (ips.clone(), Instant::now() + keep));
-                return Ok(ips);
+        };
+        done.recv()
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)
+    }
+
+    /// Asks every resolver at once for the addresses of `host`, and stores
+    /// the first that has some: a dead or slow resolver delays nothing.
+    async fn resolve(self: Arc<Self>, host: &str) -> std::io::Result<Vec<IpAddr>> {
+        let name = Name::from_ascii(format!("{host}."))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let mut asks = tokio::task::JoinSet::new();
+        for &server in &self.servers {
+            let (me, name) = (self.clone(), name.clone());
+            asks.spawn(async move { me.addresses(server, &name).await });
+        }
+        let mut last = std::io::Error::other(format!("no bootstrap resolver for {host}"));
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok(Ok((ips, ttl))) => {
+                    let keep = Duration::from_secs(u64::from(ttl)).max(MIN_TTL);
+                    self.known
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(host.to_string(), (ips.clone(), Instant::now() + keep));
+                    return Ok(ips);
+                }
+                Ok(Err(e)) => last = e,
+                Err(e) => last = std::io::Error::other(e),
             }
         }
         Err(std::io::Error::new(
             last.kind(),
             format!("cannot resolve {host} through [upstream] bootstrap: {last}"),
         ))
+    }
+
+    /// The addresses `server` gives for `name`, and their lowest TTL; an
+    /// error unless it gives some. A and AAAA are asked at once, and either
+    /// is enough: some home routers never answer AAAA queries.
+    async fn addresses(
+        &self,
+        server: SocketAddr,
+        name: &Name,
+    ) -> std::io::Result<(Vec<IpAddr>, u32)> {
+        let (a, aaaa) = tokio::join!(
+            self.ask(server, name, RecordType::A),
+            self.ask(server, name, RecordType::AAAA)
+        );
+        let mut ips = Vec::new();
+        let mut ttl = u32::MAX;
+        let mut last = None;
+        for result in [a, aaaa] {
+            match result {
+                Ok((found, t)) => {
+                    if !found.is_empty() {
+                        ttl = ttl.min(t);
+                    }
+                    ips.extend(found);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if ips.is_empty() {
+            return Err(last.unwrap_or_else(|| {
+                std::io::Error::other(format!("{server} has no address for {name}"))
+            }));
+        }
+        Ok((ips, ttl))
     }
 
     async fn ask(
@@ -100,10 +154,8 @@ impl Bootstrap {
         request.metadata.recursion_desired = true;
         request.add_query(Query::query(name.clone(), qtype));
         let bytes = request.to_vec().map_err(std::io::Error::other)?;
-        // A quarter of the timeout, so a dead resolver leaves time to ask
-        // the next within one connection attempt.
         let reply = tokio::time::timeout(
-            self.timeout / 4,
+            self.timeout,
             super::udp::once(server, &bytes, &request, 1232),
         )
         .await
@@ -148,5 +200,82 @@ impl reqwest::dns::Resolve for Shared {
                 Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::A;
+
+    use super::*;
+
+    /// A resolver that answers A queries with 192.0.2.1 after `delay`
+    /// (AAAA with nothing), or never if `None`; and how many A queries it
+    /// was sent.
+    async fn resolver(delay: Option<Duration>) -> (SocketAddr, Arc<AtomicUsize>) {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let mut reply = Message::from_vec(&buf[..n]).unwrap();
+                let q = reply.queries[0].clone();
+                if q.query_type() == RecordType::A {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    reply.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        300,
+                        RData::A(A::new(192, 0, 2, 1)),
+                    ));
+                }
+                reply.metadata.message_type = MessageType::Response;
+                let Some(delay) = delay else { continue };
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
+                });
+            }
+        });
+        (addr, asked)
+    }
+
+    #[tokio::test]
+    async fn attempts_at_once_share_one_lookup() {
+        let (server, asked) = resolver(Some(Duration::from_millis(200))).await;
+        let bootstrap = Arc::new(Bootstrap::new([server], Duration::from_secs(2)));
+        let lookups: Vec<_> = (0..10)
+            .map(|_| {
+                let b = bootstrap.clone();
+                tokio::spawn(async move { b.lookup("dot.example").await.unwrap() })
+            })
+            .collect();
+        for l in lookups {
+            assert_eq!(l.await.unwrap(), [IpAddr::from([192, 0, 2, 1])]);
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Then kept: no more queries.
+        bootstrap.lookup("dot.example").await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dead_resolver_delays_nothing_and_a_slow_one_still_counts() {
+        let (dead, _) = resolver(None).await;
+        let (slow, _) = resolver(Some(Duration::from_millis(700))).await;
+        let bootstrap = Arc::new(Bootstrap::new([dead, slow], Duration::from_secs(2)));
+        let started = Instant::now();
+        let ips = bootstrap.lookup("dot.example").await.unwrap();
+        assert_eq!(ips, [IpAddr::from([192, 0, 2, 1])]);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
