@@ -116,16 +116,13 @@ async fn answers_asked_with_cd_never_reach_clients_without_it() {
         let r = ask(ts.udp, "bogus.test.", RecordType::A).await;
         assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     }
-    // Not cached either way: each CD query asks again.
-    let r = tcp(ts.tcp, &cd).await;
-    assert_eq!(addresses(&r), ["203.0.113.66"]);
-    assert_eq!(stub.count("bogus.test.", RecordType::A), 4);
-    // A validated answer in the cache serves CD queries too.
-    ask(ts.udp, "a.test.", RecordType::A).await;
-    let mut cd = request("a.test.", RecordType::A, true);
-    cd.metadata.checking_disabled = true;
-    assert_eq!(addresses(&udp(ts.udp, &cd).await), ["192.0.2.1"]);
-    assert_eq!(stub.count("a.test.", RecordType::A), 1);
+    assert_eq!(stub.count("bogus.test.", RecordType::A), 3);
+    // Cached apart: CD queries are answered from the cache (over UDP, the
+    // fast path; over TCP, the full path).
+    for r in [udp(ts.udp, &cd).await, tcp(ts.tcp, &cd).await] {
+        assert_eq!(addresses(&r), ["203.0.113.66"]);
+    }
+    assert_eq!(stub.count("bogus.test.", RecordType::A), 3);
     ts.stop().await;
 }
 

@@ -29,17 +29,43 @@ use crate::config::{CacheConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
 
-type Key = (LowerName, RecordType, DNSClass);
+/// The question, and whether it was asked with CD (checking disabled). An
+/// upstream that validates answers a CD query with data that failed
+/// validation (RFC 4035 §3.2.2): kept apart, such an answer never reaches
+/// a client that did not set CD, whether from the cache or from a request
+/// in flight.
+type Key = (LowerName, RecordType, DNSClass, bool);
 
 /// A borrowed [`Key`] for lookups, so a cache hit does not clone the name.
 /// It hashes exactly as the tuple does (its fields in order).
 #[derive(Hash)]
-struct KeyRef<'a>(&'a LowerName, RecordType, DNSClass);
+struct KeyRef<'a>(&'a LowerName, RecordType, DNSClass, bool);
+
+impl<'a> KeyRef<'a> {
+    fn of(query: &Query<'a>) -> Self {
+        Self(
+            query.name,
+            query.qtype,
+            query.qclass,
+            query.checking_disabled,
+        )
+    }
+}
 
 impl quick_cache::Equivalent<Key> for KeyRef<'_> {
     fn equivalent(&self, key: &Key) -> bool {
-        *self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+        *self.0 == key.0 && self.1 == key.1 && self.2 == key.2 && self.3 == key.3
     }
+}
+
+/// The [`Key`] of `query`.
+fn key_of(query: &Query<'_>) -> Key {
+    (
+        query.name.clone(),
+        query.qtype,
+        query.qclass,
+        query.checking_disabled,
+    )
 }
 
 /// Prefetches running at once.
@@ -746,10 +772,10 @@ impl<N: Resolve> Cache<N> {
         };
         let store = self.fetch.store.clone();
         let next = self.fetch.next.clone();
-        let key: Key = (query.name.clone(), query.qtype, query.qclass);
+        let key = key_of(query);
         let entry = entry.clone();
         tokio::spawn(async move {
-            let query = query_for(&key, std::net::Ipv4Addr::LOCALHOST.into(), false);
+            let query = query_for(&key, std::net::Ipv4Addr::LOCALHOST.into());
             let mut answer = next.resolve(&query).await;
             let result = if usable(&answer) {
                 store.store(key, &mut answer);
@@ -769,13 +795,13 @@ impl<N: Resolve> Cache<N> {
 }
 
 /// The query for `key`, for a task that asks on its own.
-fn query_for(key: &Key, client: std::net::IpAddr, checking_disabled: bool) -> Query<'_> {
+fn query_for(key: &Key, client: std::net::IpAddr) -> Query<'_> {
     Query {
         name: &key.0,
         qtype: key.1,
         qclass: key.2,
         client,
-        checking_disabled,
+        checking_disabled: key.3,
     }
 }
 
@@ -790,7 +816,7 @@ impl<N: Resolve> Resolve for Cache<N> {
         let Some(entries) = &self.fetch.store.entries else {
             return Peek::Slow;
         };
-        let Some(entry) = entries.get(&KeyRef(query.name, query.qtype, query.qclass)) else {
+        let Some(entry) = entries.get(&KeyRef::of(query)) else {
             return Peek::Slow;
         };
         let age = entry.age();
@@ -813,45 +839,29 @@ impl<N: Resolve> Resolve for Cache<N> {
     }
 
     async fn resolve(&self, query: &Query<'_>) -> Answer {
-        // An upstream that validates answers a CD=1 query with data that
-        // failed validation (RFC 4035 §3.2.2). Such an answer is neither
-        // stored nor shared with identical queries in flight, so it never
-        // reaches a client that did not set CD; fresh answers, fetched
-        // without CD, serve both.
         let Some(entries) = &self.fetch.store.entries else {
-            if query.checking_disabled {
-                return self.fetch.limited(query).await;
-            }
-            let key: Key = (query.name.clone(), query.qtype, query.qclass);
-            return self.fetch.coalesced(key, query).await;
+            return self.fetch.coalesced(key_of(query), query).await;
         };
-        let found = entries.get(&KeyRef(query.name, query.qtype, query.qclass));
-        if let Some(entry) = &found {
+        let mut stale = None;
+        if let Some(entry) = entries.get(&KeyRef::of(query)) {
             let age = entry.age();
             if age < entry.ttl {
                 self.metrics.cache_hits.inc();
-                self.maybe_prefetch(query, entry, age);
+                self.maybe_prefetch(query, &entry, age);
                 return entry.answer(query.name, Outcome::Cached, age, None);
             }
-        }
-        self.metrics.cache_misses.inc();
-        if query.checking_disabled {
-            return self.fetch.limited(query).await;
-        }
-        let mut stale = None;
-        if let Some(entry) = found {
-            let age = entry.age();
             if age < entry.ttl.saturating_add(self.serve_stale) {
                 if entry.recently_failed(age) {
                     return entry.answer(query.name, Outcome::Stale, age, Some(STALE_TTL));
                 }
                 stale = Some(entry);
             } else {
-                entries.remove(&KeyRef(query.name, query.qtype, query.qclass));
+                entries.remove(&KeyRef::of(query));
                 self.metrics.cache_entries.set(entries.len() as i64);
             }
         }
-        let key: Key = (query.name.clone(), query.qtype, query.qclass);
+        self.metrics.cache_misses.inc();
+        let key = key_of(query);
         match stale {
             None => self.fetch.coalesced(key, query).await,
             Some(entry) => {
@@ -861,9 +871,9 @@ impl<N: Resolve> Resolve for Cache<N> {
                 // resolution continues in the background), so an upstream
                 // slower than that still refreshes the entry.
                 let fetch = self.fetch.clone();
-                let (client, checking_disabled) = (query.client, query.checking_disabled);
+                let client = query.client;
                 let refresh = tokio::spawn(async move {
-                    let query = query_for(&key, client, checking_disabled);
+                    let query = query_for(&key, client);
                     fetch.coalesced(key.clone(), &query).await
                 });
                 let fresh = tokio::time::timeout(self.stale_timeout, refresh).await;
