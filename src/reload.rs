@@ -180,6 +180,9 @@ impl Reloader {
                 }
             }
             let result = self.reload(refresh_urls, &shutdown).await;
+            // A symbolic link may point elsewhere now: its target's
+            // directory is the one to watch.
+            self.watch();
             match &result {
                 Ok(summary) => tracing::info!("reloaded: {summary}"),
                 Err(error) => tracing::error!(
@@ -227,9 +230,6 @@ impl Reloader {
                     config.blocking = new.blocking;
                     if downloads_changed {
                         self.config.store(Arc::new(config.clone()));
-                    }
-                    if sources_changed {
-                        self.watch();
                     }
                     if downloads_changed {
                         self.start_downloads(shutdown);

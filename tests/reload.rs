@@ -643,3 +643,31 @@ async fn a_new_download_timeout_applies_without_a_restart() {
     assert!(is_blocked(&ts, "late.blocked.test.").await);
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_that_is_a_symbolic_link_is_watched_where_it_points() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    std::fs::write(a.join("list.txt"), "one.blocked.test\n").unwrap();
+    std::fs::write(b.join("list.txt"), "two.blocked.test\n").unwrap();
+    let link = dir.path().join("list.txt");
+    std::os::unix::fs::symlink(a.join("list.txt"), &link).unwrap();
+    let config = config_text("[[blocking.lists]]\nname = \"mine\"\npath = \"list.txt\"");
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    assert!(is_blocked(&ts, "one.blocked.test.").await);
+    // An edit where it points applies.
+    std::fs::write(a.join("list.txt"), "one.blocked.test\nx.blocked.test\n").unwrap();
+    wait_blocked(&ts, "x.blocked.test.", true).await;
+    // Pointed elsewhere at once, as `ln -sfn` does...
+    let tmp = dir.path().join("list.txt.new");
+    std::os::unix::fs::symlink(b.join("list.txt"), &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    wait_blocked(&ts, "two.blocked.test.", true).await;
+    // ...and an edit there applies too.
+    std::fs::write(b.join("list.txt"), "three.blocked.test\n").unwrap();
+    wait_blocked(&ts, "three.blocked.test.", true).await;
+    ts.stop().await;
+}
