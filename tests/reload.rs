@@ -313,6 +313,12 @@ impl ListServer {
                             )
                         }
                         "empty" => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string(),
+                        // The list, announced as a web page by a server
+                        // that gets the type wrong.
+                        "ok-as-html" => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        ),
                         "huge" => {
                             let big = "x.blocked.test\n".repeat(10_000);
                             format!(
@@ -420,6 +426,11 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
         failures.len() as f64,
         "{m}"
     );
+    // A list is taken by its text, whatever its Content-Type says.
+    *server.body.lock().unwrap() = "new.blocked.test\nhtml.blocked.test\n".into();
+    server.set("ok-as-html");
+    http_post(ts.http, "/api/reload").await;
+    assert!(is_blocked(&ts, "html.blocked.test.").await);
     assert_eq!(
         metric(&m, "telesink_blocklist_refresh_seconds{list=\"remote\"}"),
         3600.0

@@ -179,11 +179,6 @@ pub async fn download(
                 .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
                 .map(str::to_string)
         };
-        // A captive portal or a CDN's error page comes as 200 too; taken
-        // for the list it would block nothing and be kept as the copy.
-        if header(reqwest::header::CONTENT_TYPE).is_some_and(|t| is_web_page(&t)) {
-            return Err("the server sent a web page (text/html), not a list".to_string());
-        }
         let etag = header(reqwest::header::ETAG);
         let modified = header(reqwest::header::LAST_MODIFIED);
         let cannot_store = |e: std::io::Error| {
@@ -203,6 +198,10 @@ pub async fn download(
             if written > max_bytes {
                 return Err(format!("larger than download_max_bytes ({max_bytes})"));
             }
+            // A captive portal or a CDN's error page comes as 200 too;
+            // taken for the list it would block nothing and be kept as the
+            // copy. Told by its first text, not by its Content-Type, which
+            // some servers get wrong for plain lists.
             if !text_seen {
                 match chunk
                     .iter()
@@ -236,12 +235,6 @@ pub async fn download(
 
 /// The bytes of a UTF-8 byte order mark, which may open a list.
 const UTF8_BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
-
-/// Whether a `Content-Type` is a web page's.
-fn is_web_page(content_type: &str) -> bool {
-    let media = content_type.split(';').next().unwrap_or_default().trim();
-    media.eq_ignore_ascii_case("text/html") || media.eq_ignore_ascii_case("application/xhtml+xml")
-}
 
 /// A download being written beside the copy it will replace. Dropped
 /// before [`Part::commit`] (an error, a timeout), it removes its file.
