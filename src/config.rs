@@ -1005,7 +1005,17 @@ impl Config {
         if !(512..=4096).contains(&self.server.edns_udp_size) {
             let message =
                 "[server] edns_udp_size must be between 512 and 4096 (1232 avoids fragmentation)";
-            return Err(match text.find("edns_udp_size") {
+            // The key's line, not a comment that names it.
+            let key_at = text
+                .match_indices("edns_udp_size")
+                .map(|(at, _)| at)
+                .find(|&at| {
+                    text[..at]
+                        .rsplit('\n')
+                        .next()
+                        .is_some_and(|before| before.trim().is_empty())
+                });
+            return Err(match key_at {
                 Some(at) => {
                     let (line, column) = line_column(text, at);
                     ConfigError::Parse {
@@ -1396,12 +1406,13 @@ mod tests {
             (4096, true),
             (4097, false),
         ] {
-            let text = format!("[server]\nedns_udp_size = {size}\n");
+            let text =
+                format!("[server]\n# edns_udp_size: see the README\nedns_udp_size = {size}\n");
             match Config::from_toml(&text, "x", Path::new(".")) {
                 Ok(_) => assert!(ok, "{size} accepted"),
                 Err(e) => {
                     assert!(!ok, "{size}: {e}");
-                    assert!(e.to_string().starts_with("x:2:1: "), "{e}");
+                    assert!(e.to_string().starts_with("x:3:1: "), "{e}");
                 }
             }
         }
