@@ -167,6 +167,7 @@ impl<R: Resolve> Handler<R> {
         metadata.recursion_available = true;
         metadata.authentic_data = answer.authentic_data;
         metadata.authoritative = answer.authoritative;
+        metadata.truncation = answer.truncated;
         let reencoded = reencoded_question(request);
         let question = reencoded.as_ref().unwrap_or(&request.queries);
         // Counted before the reply leaves, as the UDP fast path does, so a
@@ -846,6 +847,7 @@ mod tests {
                 rcode: ResponseCode::NoError,
                 authentic_data: false,
                 authoritative: false,
+                truncated: false,
                 answers,
                 authorities,
                 additionals: vec![],
