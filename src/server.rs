@@ -165,7 +165,11 @@ impl<R: Resolve> Handler<R> {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = answer.rcode;
         metadata.recursion_available = true;
-        metadata.authentic_data = answer.authentic_data;
+        // RFC 6840 §5.8: AD only for a client that set AD or DO, the ones
+        // that can tell what it means.
+        metadata.authentic_data = answer.authentic_data
+            && (request.metadata.authentic_data
+                || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok));
         metadata.authoritative = answer.authoritative;
         metadata.truncation = answer.truncated;
         let reencoded = reencoded_question(request);

@@ -278,6 +278,12 @@ impl Parsed<'_> {
     fn checking_disabled(&self) -> bool {
         self.head[3] & 0x10 != 0
     }
+
+    /// Whether the client can use the AD bit: it set AD or DO (RFC 6840
+    /// §5.8).
+    fn wants_authentic_data(&self) -> bool {
+        self.head[3] & 0x20 != 0 || self.edns.is_some_and(|(_, dnssec_ok)| dnssec_ok)
+    }
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
@@ -457,7 +463,9 @@ impl<R: Resolve> Handler<R> {
 /// counts zero) and the question as the client sent it.
 fn write_head(reply: &mut Vec<u8>, parsed: &Parsed<'_>, authentic_data: bool, rcode: ResponseCode) {
     reply.clear();
-    // QR, opcode QUERY, RD copied; RA, AD, CD copied, the RCODE's low bits.
+    // QR, opcode QUERY, RD copied; RA, AD (for a client that asked for
+    // it), CD copied, the RCODE's low bits.
+    let authentic_data = authentic_data && parsed.wants_authentic_data();
     let flags = [
         0x80 | u8::from(parsed.recursion_desired()),
         0x80 | u8::from(authentic_data) << 5

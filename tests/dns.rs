@@ -68,8 +68,24 @@ async fn forwards_common_types_faithfully() {
         other => panic!("expected TXT, got {other:?}"),
     }
 
-    let r = ask(ts.udp, "ad.test.", RecordType::A).await;
-    assert!(r.metadata.authentic_data, "AD flag from upstream is kept");
+    // The upstream's AD bit goes to a client that set AD or DO (RFC 6840
+    // §5.8), from a miss and from the cache alike, and to no other.
+    for _ in 0..2 {
+        let mut q = request("ad.test.", RecordType::A, true);
+        q.metadata.authentic_data = true;
+        assert!(
+            udp(ts.udp, &q).await.metadata.authentic_data,
+            "AD set: kept"
+        );
+        let mut q = request("ad.test.", RecordType::A, true);
+        q.edns.as_mut().unwrap().set_dnssec_ok(true);
+        assert!(
+            tcp(ts.tcp, &q).await.metadata.authentic_data,
+            "DO set: kept"
+        );
+        let r = ask(ts.udp, "ad.test.", RecordType::A).await;
+        assert!(!r.metadata.authentic_data, "neither: cleared");
+    }
     assert_eq!(stub.count("a.test.", RecordType::A), 1);
     ts.stop().await;
 }
