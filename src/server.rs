@@ -171,7 +171,6 @@ impl<R: Resolve> Handler<R> {
             && (request.metadata.authentic_data
                 || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok));
         metadata.authoritative = answer.authoritative;
-        metadata.truncation = answer.truncated;
         let reencoded = reencoded_question(request);
         let question = reencoded.as_ref().unwrap_or(&request.queries);
         // Counted before the reply leaves, as the UDP fast path does, so a
@@ -851,7 +850,6 @@ mod tests {
                 rcode: ResponseCode::NoError,
                 authentic_data: false,
                 authoritative: false,
-                truncated: false,
                 answers,
                 authorities,
                 additionals: vec![],

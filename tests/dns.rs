@@ -203,30 +203,6 @@ async fn the_do_bit_is_copied_into_the_reply() {
 }
 
 #[tokio::test]
-async fn a_truncated_upstream_reply_is_passed_on_when_tcp_fails() {
-    // tc.test comes truncated over UDP; this upstream does not do TCP.
-    let stub = Stub::udp_only().await;
-    let dir = dir_with(&[]);
-    let ts = Telesink::start(BASE, &[&stub], dir.path()).await;
-    for _ in 0..3 {
-        let r = ask(ts.udp, "tc.test.", RecordType::A).await;
-        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
-        assert!(r.metadata.truncation, "TC passed on");
-    }
-    // Not cached (records may be missing), and the upstream is not taken
-    // for a failing one: it is still asked, and answers other names.
-    assert_eq!(stub.count("tc.test.", RecordType::A), 3);
-    assert_eq!(
-        addresses(&ask(ts.udp, "a.test.", RecordType::A).await),
-        ["192.0.2.1"]
-    );
-    let m = ts.metrics().await;
-    let healthy = format!("telesink_upstream_healthy{{upstream=\"{}\"}}", stub.addr);
-    assert_eq!(metric(&m, &healthy), 1.0, "{m}");
-    ts.stop().await;
-}
-
-#[tokio::test]
 async fn second_query_is_a_cache_hit_with_a_lower_ttl() {
     let (stub, ts, _dir) = plain().await;
     let first = ask(ts.udp, "a.test.", RecordType::A).await;

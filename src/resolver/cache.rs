@@ -402,7 +402,6 @@ impl Entry {
             rcode: self.rcode,
             authentic_data: self.authentic_data,
             authoritative: false,
-            truncated: false,
             answers,
             authorities,
             additionals,
@@ -604,10 +603,6 @@ impl Store {
     /// How long `answer` may be cached, in seconds, with its records'
     /// TTLs clamped in place; `None` if it must not be cached.
     fn cacheable_ttl(&self, answer: &mut Answer) -> Option<u32> {
-        if answer.truncated {
-            // Records may be missing; the next query asks again.
-            return None;
-        }
         let (mut ttl, soa) = match answer.rcode {
             ResponseCode::NoError if !answer.answers.is_empty() => (u32::MAX, None),
             ResponseCode::NoError | ResponseCode::NXDomain => {

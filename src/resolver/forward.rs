@@ -524,7 +524,6 @@ pub fn answer_from_reply(mut reply: Message, bytes: Option<Vec<u8>>) -> Answer {
         rcode: reply.metadata.response_code,
         authentic_data: reply.metadata.authentic_data,
         authoritative: false,
-        truncated: reply.metadata.truncation,
         answers: std::mem::take(&mut reply.answers),
         authorities: std::mem::take(&mut reply.authorities),
         additionals: std::mem::take(&mut reply.additionals),

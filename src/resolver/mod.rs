@@ -159,10 +159,6 @@ pub struct Answer {
     pub authentic_data: bool,
     /// The AA bit: set for local answers, which telesink is the authority for.
     pub authoritative: bool,
-    /// The TC bit: an upstream's truncated UDP reply, passed on because it
-    /// could not be asked over TCP. Never cached; the client sees TC and
-    /// knows the records may be missing some.
-    pub truncated: bool,
     /// Answer section.
     pub answers: Vec<Record>,
     /// Authority section (the SOA of a negative answer, NS records).
@@ -235,7 +231,6 @@ impl Answer {
             rcode,
             authentic_data: false,
             authoritative: false,
-            truncated: false,
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),

@@ -157,26 +157,14 @@ impl Upstream {
     ) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
         let reply = match &self.transport {
             Transport::Udp(addr, pool) => {
-                let truncated = match udp::exchange(*addr, bytes, request, self.udp_size).await {
+                match udp::exchange(*addr, bytes, request, self.udp_size).await {
                     Ok((reply, wire)) if !reply.metadata.truncation => {
                         return Ok((reply, Some(wire)));
                     }
-                    Ok((reply, _)) => Some(reply),
-                    Err(AttemptError::TooBig) => None,
+                    Ok(_) | Err(AttemptError::TooBig) => {}
                     Err(e) => return Err(e),
-                };
-                match (pool.exchange(request, bytes).await, truncated) {
-                    // An upstream that answers over UDP but not over TCP (a
-                    // router's forwarder may not) still answered: its
-                    // truncated reply goes on with TC set, which tells the
-                    // client records may be missing, rather than SERVFAIL,
-                    // and the upstream is not counted as failing.
-                    (Err(error), Some(reply)) => {
-                        tracing::debug!(upstream = %self.label, %error, "truncated reply, and TCP failed; passing it on");
-                        Ok(reply)
-                    }
-                    (result, _) => result,
                 }
+                pool.exchange(request, bytes).await
             }
             Transport::Tcp(pool) | Transport::Tls(pool) => pool.exchange(request, bytes).await,
             Transport::Https(doh) => doh.exchange(request, bytes).await,

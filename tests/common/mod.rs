@@ -164,8 +164,6 @@ pub struct Stub {
     connections: Arc<AtomicUsize>,
     /// While set, questions are logged but never answered.
     silent: Arc<AtomicBool>,
-    /// While set, TCP connections are closed as soon as they are made.
-    tcp_closed: Arc<AtomicBool>,
     token: CancellationToken,
 }
 
@@ -198,14 +196,6 @@ impl Stub {
     /// A stub that answers UDP queries after `delay` (a distant upstream).
     pub async fn delayed(delay: Duration) -> Self {
         Self::start_delayed(false, delay).await
-    }
-
-    /// A stub that answers over UDP only: its TCP port is closed, as on
-    /// a router whose DNS forwarder does not do TCP.
-    pub async fn udp_only() -> Self {
-        let me = Self::start_delayed(false, Duration::ZERO).await;
-        me.tcp_closed.store(true, Ordering::SeqCst);
-        me
     }
 
     async fn start_delayed(silent: bool, delay: Duration) -> Self {
@@ -249,14 +239,10 @@ impl Stub {
             });
         }
         let silent = me.silent.clone();
-        let tcp_closed = me.tcp_closed.clone();
         me.accept(tcp, move |stream, log| {
             let silent = silent.clone();
-            let closed = tcp_closed.load(Ordering::SeqCst);
             async move {
-                if !closed {
-                    serve_stream(stream, log, silent).await;
-                }
+                serve_stream(stream, log, silent).await;
             }
         });
         me
@@ -268,7 +254,6 @@ impl Stub {
             log: Arc::new(Mutex::new(Vec::new())),
             connections: Arc::new(AtomicUsize::new(0)),
             silent: Arc::new(AtomicBool::new(false)),
-            tcp_closed: Arc::new(AtomicBool::new(false)),
             token: CancellationToken::new(),
         }
     }
