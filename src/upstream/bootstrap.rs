@@ -16,6 +16,34 @@ use hickory_proto::rr::{Name, RData, RecordType};
 /// upstream costs no more than one bootstrap lookup a minute.
 const MIN_TTL: Duration = Duration::from_secs(60);
 
+/// A lookup's entry in [`Bootstrap::running`], removed when the lookup
+/// ends, or when its task is dropped without ending (its runtime shut
+/// down, a panic): the waiters then see the channel closed instead of
+/// waiting for good, and the next attempt starts a new lookup.
+struct Running {
+    bootstrap: Arc<Bootstrap>,
+    /// `None` once removed.
+    host: Option<String>,
+}
+
+impl Running {
+    /// Removes the entry; its sender, to tell the waiters.
+    fn finish(&mut self) -> Option<broadcast::Sender<Lookup>> {
+        let host = self.host.take()?;
+        self.bootstrap
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// What a lookup came to, for every attempt waiting on it.
 type Lookup = Result<Vec<IpAddr>, String>;
 
@@ -61,12 +89,15 @@ impl Bootstrap {
                 None => {
                     let (tx, rx) = broadcast::channel(1);
                     running.insert(host.to_string(), tx);
-                    let (me, host) = (self.clone(), host.to_string());
+                    let mut entry = Running {
+                        bootstrap: self.clone(),
+                        host: Some(host.to_string()),
+                    };
                     tokio::spawn(async move {
-                        let result = me.clone().resolve(&host).await.map_err(|e| e.to_string());
-                        let tx = me.running.lock().expect("not poisoned").remove(&host);
-                        if let Some(tx) = tx {
-                            let _ = tx.send(result);
+                        let host = entry.host.clone().unwrap_or_default();
+                        let result = entry.bootstrap.clone().resolve(&host).await;
+                        if let Some(tx) = entry.finish() {
+                            let _ = tx.send(result.map_err(|e| e.to_string()));
                         }
                     });
                     rx
@@ -262,6 +293,42 @@ mod tests {
         // Then kept: no more queries.
         bootstrap.lookup("dot.example").await.unwrap();
         assert_eq!(asked.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_lookup_whose_runtime_ends_does_not_hold_up_the_next() {
+        // A resolver that never answers: queries wait in its socket.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = silent.local_addr().unwrap();
+        let bootstrap = Arc::new(Bootstrap::new([dead], Duration::from_millis(300)));
+        // A lookup starts on a runtime that shuts down while it waits.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let b = bootstrap.clone();
+        rt.block_on(async move {
+            drop(tokio::spawn(async move { b.lookup("dot.example").await }));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        assert_eq!(bootstrap.running.lock().unwrap().len(), 1, "still waiting");
+        drop(rt);
+        assert!(
+            bootstrap.running.lock().unwrap().is_empty(),
+            "entry left behind"
+        );
+        // The next lookup runs (and fails, the resolver being silent)
+        // within its timeout instead of waiting on the ended one.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let started = Instant::now();
+        let result = rt.block_on(bootstrap.lookup("dot.example"));
+        assert!(result.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(silent);
     }
 
     #[tokio::test]
