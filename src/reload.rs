@@ -180,9 +180,6 @@ impl Reloader {
                 }
             }
             let result = self.reload(refresh_urls, &shutdown).await;
-            // A symbolic link may point elsewhere now: its target's
-            // directory is the one to watch.
-            self.watch();
             match &result {
                 Ok(summary) => tracing::info!("reloaded: {summary}"),
                 Err(error) => tracing::error!(
@@ -246,6 +243,7 @@ impl Reloader {
                     if refresh_urls {
                         self.download_all(&config).await;
                     }
+                    self.watch();
                     self.rebuild(config).await;
                     return Err(error.to_string());
                 }
@@ -255,6 +253,9 @@ impl Reloader {
             self.download_all(&config).await;
         }
         self.config.store(Arc::new(config.clone()));
+        // Before the lists are read: a symbolic link may point elsewhere
+        // now, and an edit at its target while they are read is then seen.
+        self.watch();
         let snapshot = self.rebuild(config).await;
         Ok(format!(
             "{} lists, {} blocked domains, built in {:.0?}",
