@@ -613,10 +613,17 @@ impl Snapshot {
                     false
                 }
             });
-            for (patterns, set) in regex_sets(patterns, REGEX_SPLITS, &mut |p, error| {
-                tracing::warn!(list = %meta.name, "{}: skipped regular expression /{p}/: {error}", meta.origin);
-                meta.invalid_lines += 1;
-            }) {
+            // One line for all that do not fit, however many.
+            let mut too_big: Option<(usize, String)> = None;
+            let sets = regex_sets(patterns, REGEX_SPLITS, &mut |p, error| {
+                let (n, _) = too_big.get_or_insert_with(|| (0, format!("/{p}/: {error}")));
+                *n += 1;
+            });
+            if let Some((n, first)) = too_big {
+                tracing::warn!(list = %meta.name, "{}: {n} regular expressions skipped, too big together or alone; the first: {first}", meta.origin);
+                meta.invalid_lines += n;
+            }
+            for (patterns, set) in sets {
                 meta.regexes += patterns.len();
                 self.regexes.push(ListRegexes {
                     list: index,
