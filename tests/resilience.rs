@@ -225,21 +225,7 @@ async fn clients_over_their_rate_are_refused_or_dropped_but_exempt_ones_are_not(
     );
     // Over TCP nobody can forge the source: a REFUSED, not a silence the
     // client would wait out on an open connection.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.8:0".parse().unwrap()).unwrap();
-    let mut stream = socket.connect(ts.tcp).await.unwrap();
-    let bytes = q.to_vec().unwrap();
-    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&bytes);
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(&framed).await.unwrap();
-    let len = tokio::time::timeout(DEADLINE, stream.read_u16())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut reply = vec![0u8; usize::from(len)];
-    stream.read_exact(&mut reply).await.unwrap();
-    let r = hickory_proto::op::Message::from_vec(&reply).unwrap();
+    let r = tcp_from("127.0.0.8:0", ts.tcp, &q).await;
     assert_eq!(r.metadata.response_code, ResponseCode::Refused);
     ts.stop().await;
 }

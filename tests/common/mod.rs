@@ -646,7 +646,14 @@ pub async fn udp_from(from: &str, server: SocketAddr, msg: &Message) -> Message 
 
 /// Sends `msg` over TCP and returns the parsed reply.
 pub async fn tcp(server: SocketAddr, msg: &Message) -> Message {
-    let mut stream = TcpStream::connect(server).await.unwrap();
+    tcp_from("127.0.0.1:0", server, msg).await
+}
+
+/// [`tcp`] from the address `from` (`127.0.0.x:0`), as another client.
+pub async fn tcp_from(from: &str, server: SocketAddr, msg: &Message) -> Message {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(from.parse().unwrap()).unwrap();
+    let mut stream = socket.connect(server).await.unwrap();
     let bytes = msg.to_vec().unwrap();
     let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(&bytes);
