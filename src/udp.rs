@@ -332,7 +332,7 @@ fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
     let end = at + 4;
     let question = packet.get(DNS_HEADER_LEN..end)?;
     let edns = if counts.3 == 1 {
-        Some(opt_payload(packet, end)?)
+        Some(opt_edns(packet, end)?)
     } else if end == packet.len() {
         None
     } else {
@@ -351,7 +351,7 @@ fn parse(packet: &[u8]) -> Option<Parsed<'_>> {
 /// The payload size and DO bit of the EDNS(0) OPT record at `at`, the
 /// last thing in `packet`; `None` for anything else there (other versions
 /// get BADVERS from the full path).
-fn opt_payload(packet: &[u8], at: usize) -> Option<(u16, bool)> {
+fn opt_edns(packet: &[u8], at: usize) -> Option<(u16, bool)> {
     let opt = packet.get(at..)?;
     // Root owner name, type OPT, payload size, extended RCODE, version.
     if opt.len() < 11 || opt[0] != 0 || u16_at(opt, 1)? != u16::from(RecordType::OPT) {
@@ -392,9 +392,11 @@ impl<R: Resolve> Handler<R> {
             client: src.ip(),
             checking_disabled: parsed.checking_disabled(),
         };
-        let limit = parsed
+        // The client's payload size as the full path clamps it, and DO.
+        let edns = parsed
             .edns
-            .map_or(512, |(p, _)| p.clamp(512, self.edns_udp_size()));
+            .map(|(payload, dnssec_ok)| (payload.clamp(512, self.edns_udp_size()), dnssec_ok));
+        let limit = edns.map_or(512, |(payload, _)| payload);
         let (outcome, rcode) = match self.chain().peek(&query) {
             Peek::Slow => return false,
             Peek::Blocked { policy, list } => match null_address(&policy, parsed.qtype) {
@@ -439,8 +441,7 @@ impl<R: Resolve> Handler<R> {
                 (Outcome::Cached, wire.rcode)
             }
         };
-        if let Some((payload, dnssec_ok)) = parsed.edns {
-            let payload = payload.clamp(512, self.edns_udp_size());
+        if let Some((payload, dnssec_ok)) = edns {
             reply.extend_from_slice(&opt_record(payload, dnssec_ok));
             let additionals = u16::from_be_bytes([reply[10], reply[11]]);
             reply[10..12].copy_from_slice(&additionals.saturating_add(1).to_be_bytes());
