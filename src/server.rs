@@ -491,7 +491,7 @@ async fn send<'a>(
             // hickory then adds OPT only if it still fits, and often it
             // does not.
             match edns.filter(|_| info.truncation) {
-                Some(edns) => truncated_with_opt(&mut bytes, edns).unwrap_or(info),
+                Some(edns) => truncated_with_opt(&mut bytes, &info, edns).unwrap_or(info),
                 None => info,
             }
         }
@@ -513,14 +513,15 @@ async fn send<'a>(
 
 /// Cuts a truncated reply to an EDNS query down to its header, question
 /// and OPT, which RFC 6891 §7 requires even in a truncated reply; the
-/// client retries over TCP for the records anyway. `None` (and `reply`
-/// untouched) if it does not hold one plain question.
+/// client retries over TCP for the records anyway. `info` is what the
+/// encoder reported of `reply`. `None` (and `reply` untouched) if it does
+/// not hold one plain question.
 fn truncated_with_opt(
     reply: &mut Vec<u8>,
+    info: &ResponseInfo,
     (payload, dnssec_ok): (u16, bool),
 ) -> Option<ResponseInfo> {
-    let header = Header::read(&mut BinDecoder::new(reply)).ok()?;
-    if header.counts.queries != 1 {
+    if info.counts().queries != 1 {
         return None;
     }
     let question_end = crate::resolver::plain_name_end(reply, DNS_HEADER_LEN)? + 4;
@@ -532,7 +533,7 @@ fn truncated_with_opt(
     reply[6..DNS_HEADER_LEN].copy_from_slice(&[0, 0, 0, 0, 0, 1]);
     let mut opt = opt_record(payload, dnssec_ok);
     // The extended RCODE's high bits.
-    opt[5] = u8::try_from(u16::from(header.metadata.response_code) >> 4).unwrap_or(0);
+    opt[5] = info.response_code.high();
     reply.extend_from_slice(&opt);
     let counts = HeaderCounts {
         queries: 1,
@@ -541,7 +542,7 @@ fn truncated_with_opt(
         additionals: 1,
     };
     Some(ResponseInfo::from(Header {
-        metadata: header.metadata,
+        metadata: **info,
         counts,
     }))
 }
