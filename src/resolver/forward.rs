@@ -269,21 +269,15 @@ impl Group {
     /// never reached (another answered first) is probed by a later query.
     fn claim(&self, m: &Member) -> bool {
         let h = &m.health;
-        let until = h.down_until.load(Ordering::Relaxed);
-        if until == 0 {
+        if h.down_until.load(Ordering::Relaxed) == 0 {
             return true;
         }
-        let now = self.now_ms();
+        // The lease seen free, taken only if no other query took it since.
         let lease = h.probe_until.load(Ordering::Relaxed);
-        now >= until
-            && now >= lease
+        let until = self.now_ms().saturating_add(self.probe_lease_ms());
+        self.available(m)
             && h.probe_until
-                .compare_exchange(
-                    lease,
-                    now.saturating_add(self.probe_lease_ms()),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
+                .compare_exchange(lease, until, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
     }
 
