@@ -7,8 +7,9 @@
 //! A connection closes itself after `idle_timeout` without queries, and
 //! when a query has waited longer than the attempt timeout while nothing at
 //! all came back (a server that hangs, or state lost on the way that drops
-//! packets silently); a closed one is replaced at the next query. The fast path (a live
-//! connection) takes no lock: the connection handle is an `ArcSwapOption`.
+//! packets silently); a closed one is replaced at the next query. The fast
+//! path (a live connection) takes no lock: the connection handle is an
+//! `ArcSwapOption`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -218,27 +219,15 @@ impl Target {
     }
 }
 
-/// Forgets the queries whose caller gave up (timed out), keeping in
-/// `abandoned` when the earliest of those sent after `last_read` was.
-fn forget_abandoned(
-    waiting: &mut HashMap<u16, Waiting>,
-    abandoned: &mut Option<Instant>,
-    last_read: Instant,
-) {
-    waiting.retain(|_, w| {
-        let gone = w.reply.is_closed();
-        if gone && w.sent > last_read {
-            *abandoned = Some(abandoned.map_or(w.sent, |a| a.min(w.sent)));
-        }
-        !gone
-    });
+/// Forgets the queries whose caller gave up (timed out).
+fn forget_abandoned(waiting: &mut HashMap<u16, Waiting>) {
+    waiting.retain(|_, w| !w.reply.is_closed());
 }
 
 /// A query written and waiting for its reply.
 struct Waiting {
     request: Message,
     reply: oneshot::Sender<Result<Message, AttemptError>>,
-    sent: Instant,
 }
 
 /// The task of one connection: until the server closes it, it breaks, it
@@ -253,12 +242,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut waiting: HashMap<u16, Waiting> = HashMap::new();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut next_id: u16 = rand::random();
-    let mut last_read = Instant::now();
-    // When the earliest query sent since the last read, and forgotten
-    // since, was sent: its caller gave up, but it still tells how long the
-    // server has been silent. (A query sent before the last read and never
-    // answered says nothing of that: the server dropped that one query.)
-    let mut abandoned: Option<Instant> = None;
+    // When the first query written since anything was last read went out:
+    // how long the server has been silent while asked. (A query written
+    // before the last read and never answered says nothing of that: the
+    // server dropped that one query.)
+    let mut silent_since: Option<Instant> = None;
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
     let mut check = tokio::time::interval(unanswered.max(Duration::from_millis(100)) / 2);
@@ -268,7 +256,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             job = jobs.recv() => {
                 let Some(mut job) = job else { break None };
                 if waiting.len() >= MAX_WAITING {
-                    forget_abandoned(&mut waiting, &mut abandoned, last_read);
+                    forget_abandoned(&mut waiting);
                     if waiting.len() >= MAX_WAITING {
                         let _ = job.reply.send(Err(AttemptError::Io(std::io::Error::other(
                             "too many queries unanswered on the connection",
@@ -295,17 +283,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     let _ = job.reply.send(Err(closed()));
                     break Some("write failed");
                 }
-                waiting.insert(id, Waiting { request: job.request, reply: job.reply, sent: Instant::now() });
+                waiting.insert(id, Waiting { request: job.request, reply: job.reply });
+                silent_since.get_or_insert_with(Instant::now);
                 idle_timer.as_mut().reset(Instant::now() + idle);
             }
             read = rd.read_buf(&mut buf) => {
                 match read {
                     Ok(0) => break Some("closed by the upstream"),
                     Err(_) => break Some("read failed"),
-                    Ok(_) => {
-                        last_read = Instant::now();
-                        abandoned = None;
-                    }
+                    Ok(_) => silent_since = None,
                 }
                 // Every complete frame in the buffer.
                 while buf.len() >= 2 {
@@ -326,20 +312,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = check.tick() => {
-                forget_abandoned(&mut waiting, &mut abandoned, last_read);
-                // The earliest query sent since anything was read.
-                let oldest = waiting
-                    .values()
-                    .map(|w| w.sent)
-                    .filter(|&sent| sent > last_read)
-                    .chain(abandoned)
-                    .min();
-                if oldest.is_some_and(|sent| sent.elapsed() >= unanswered) {
+                forget_abandoned(&mut waiting);
+                if silent_since.is_some_and(|since| since.elapsed() >= unanswered) {
                     break Some("no reply within the timeout; reconnecting");
                 }
             }
             () = &mut idle_timer => {
-                forget_abandoned(&mut waiting, &mut abandoned, last_read);
+                forget_abandoned(&mut waiting);
                 if waiting.is_empty() {
                     break None;
                 }
