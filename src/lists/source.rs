@@ -203,16 +203,17 @@ pub async fn download(
             // copy. Told by its first text, not by its Content-Type, which
             // some servers get wrong for plain lists.
             if !text_seen {
-                match chunk
-                    .iter()
-                    .find(|b| !b.is_ascii_whitespace() && !UTF8_BOM.contains(b))
-                {
+                let first = written == chunk.len() as u64;
+                let text = match chunk.strip_prefix(&UTF8_BOM) {
+                    Some(rest) if first => rest,
+                    _ => &chunk[..],
+                };
+                match text.iter().find(|b| !b.is_ascii_whitespace()) {
                     // No list format has a line that starts with `<`.
                     Some(b'<') => {
-                        return Err(
-                            "the download is a web page (it starts with `<`), not a list"
-                                .to_string(),
-                        );
+                        return Err("the download is a web page, not a list (a captive portal, \
+                             or the server's error page? check the URL in a browser)"
+                            .to_string());
                     }
                     Some(_) => text_seen = true,
                     None => {}
@@ -221,7 +222,10 @@ pub async fn download(
             part.file.write_all(&chunk).await.map_err(cannot_store)?;
         }
         if !text_seen {
-            return Err("the download is empty".to_string());
+            return Err(
+                "the download is empty (to empty a list on purpose, remove it from the config)"
+                    .to_string(),
+            );
         }
         part.commit(paths, etag.as_deref(), modified.as_deref())
             .await
