@@ -249,7 +249,8 @@ impl Default for UpstreamConfig {
 /// How telesink talks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
-    /// Plain DNS over UDP, retried over TCP when truncated.
+    /// Plain DNS over UDP, retried over TCP when truncated (and over UDP
+    /// advertising 4,096 bytes if the upstream refuses TCP).
     Udp,
     /// Plain DNS over TCP only.
     Tcp,

@@ -290,6 +290,73 @@ async fn truncated_upstream_reply_is_retried_over_tcp() {
     ts.stop().await;
 }
 
+/// An upstream that serves UDP only, as the DNS proxy of some routers
+/// does: its TCP port is bound but not listening, so connections are
+/// refused. It answers `huge.test` A with 100 records (about 1,650 bytes),
+/// truncated to none when the query advertises less room. Returns its
+/// address and the EDNS sizes of the queries it received.
+async fn udp_only_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+) {
+    use hickory_proto::op::{Edns, MessageType};
+    use hickory_proto::rr::{Record, rdata::A};
+    let (udp, tcp) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        if tcp.bind(udp.local_addr().unwrap()).is_ok() {
+            break (udp, tcp);
+        }
+    };
+    let addr = udp.local_addr().unwrap();
+    let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = sizes.clone();
+    tokio::spawn(async move {
+        let _bound = tcp;
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let size = query.edns.as_ref().map_or(512, |e| e.max_payload());
+            seen.lock().unwrap().push(size);
+            let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+            reply.metadata.recursion_available = true;
+            reply.add_queries(query.queries.clone());
+            reply.add_answers((1..=100u8).map(|i| {
+                Record::from_rdata(name("huge.test."), 300, RData::A(A::new(198, 51, 100, i)))
+            }));
+            reply.set_edns(Edns::new());
+            let mut bytes = reply.to_vec().unwrap();
+            if bytes.len() > usize::from(size) {
+                reply.answers.clear();
+                reply.metadata.truncation = true;
+                bytes = reply.to_vec().unwrap();
+            }
+            let _ = udp.send_to(&bytes, from).await;
+        }
+    });
+    (addr, sizes)
+}
+
+#[tokio::test]
+async fn an_upstream_without_tcp_is_asked_again_over_udp_with_more_room() {
+    let (upstream, sizes) = udp_only_upstream().await;
+    let dir = dir_with(&[]);
+    let config = BASE.replace("{upstreams}", &format!("\"{upstream}\""));
+    let ts = Telesink::start(&config, &[], dir.path()).await;
+    // Over TCP, the client gets the whole answer.
+    let r = tcp(ts.tcp, &request("huge.test.", RecordType::A, true)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(r.answers.len(), 100);
+    assert_eq!(*sizes.lock().unwrap(), [1232, 4096]);
+    // The upstream still counts as healthy.
+    let metrics = ts.metrics().await;
+    let ok = format!("telesink_upstream_requests_total{{result=\"ok\",upstream=\"{upstream}\"}}");
+    assert_eq!(metric(&metrics, &ok), 1.0, "{metrics}");
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn upstream_timeout_fails_over_to_the_next() {
     let dead = Stub::silent().await;

@@ -164,13 +164,55 @@ impl Upstream {
                     Ok(_) | Err(AttemptError::TooBig) => {}
                     Err(e) => return Err(e),
                 }
-                pool.exchange(request, bytes).await
+                match pool.exchange(request, bytes).await {
+                    Err(AttemptError::Io(error)) if self.udp_size < LARGEST_UDP => {
+                        return udp_at_largest(*addr, bytes, request)
+                            .await
+                            .ok_or(AttemptError::Io(error));
+                    }
+                    other => other,
+                }
             }
             Transport::Tcp(pool) | Transport::Tls(pool) => pool.exchange(request, bytes).await,
             Transport::Https(doh) => doh.exchange(request, bytes).await,
         };
         reply.map(|reply| (reply, None))
     }
+}
+
+/// The largest EDNS size telesink advertises (`edns_udp_size` at most).
+const LARGEST_UDP: usize = 4096;
+
+/// A truncated answer from an upstream that refuses TCP connections (the
+/// DNS proxy of some routers listens on UDP only): asked once more over
+/// UDP, advertising [`LARGEST_UDP`] bytes, which fragments carry whole on
+/// a LAN. `None` if that is truncated or fails too. Only a refused or
+/// reset connection gets here: an upstream that lets TCP time out has
+/// used up the attempt's time.
+async fn udp_at_largest(
+    addr: SocketAddr,
+    bytes: &[u8],
+    request: &Message,
+) -> Option<(Message, Option<Vec<u8>>)> {
+    let mut bytes = bytes.to_vec();
+    set_opt_payload(&mut bytes, LARGEST_UDP as u16)?;
+    tracing::debug!(upstream = %addr, "TCP refused after a truncated answer; asking over UDP with a larger size");
+    match udp::exchange(addr, &bytes, request, LARGEST_UDP).await {
+        Ok((reply, wire)) if !reply.metadata.truncation => Some((reply, Some(wire))),
+        _ => None,
+    }
+}
+
+/// Sets the payload size of the OPT record that ends `query`, as the
+/// forwarder writes it (a root owner, no options); `None` if it does not
+/// end with one.
+fn set_opt_payload(query: &mut [u8], payload: u16) -> Option<()> {
+    let opt = query.len().checked_sub(11)?;
+    if query[opt..opt + 3] != [0, 0, 41] || query[opt + 9..] != [0, 0] {
+        return None;
+    }
+    query[opt + 3..opt + 5].copy_from_slice(&payload.to_be_bytes());
+    Some(())
 }
 
 /// Whether `reply` answers `request`: same ID, a response, same question.
