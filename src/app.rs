@@ -135,6 +135,7 @@ pub async fn serve(
         idle_timeout: config.server.tcp_timeout,
         max_pipelined: config.server.tcp_max_pipelined,
     };
+    let allowed: crate::tcp::Allowed = config.server.allow_clients.clone().into();
     let mut tcp_servers = Vec::new();
     for tcp in listeners.tcp {
         tracing::info!(addr = %tcp.local_addr()?, "listening for DNS over TCP");
@@ -142,6 +143,7 @@ pub async fn serve(
             tcp,
             handler.clone(),
             limits,
+            allowed.clone(),
             shutdown.clone(),
         )));
     }

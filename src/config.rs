@@ -97,8 +97,9 @@ pub struct ServerConfig {
     /// Addresses to serve DNS on, over both UDP and TCP (`"IP:port"`,
     /// `"[::1]:53"` for IPv6).
     pub listen: Vec<SocketAddr>,
-    /// Client networks allowed to query; everyone else gets REFUSED, so
-    /// telesink is never an open resolver. Defaults to loopback, RFC 1918,
+    /// Client networks allowed to query; everyone else gets REFUSED (over
+    /// TCP, its connection is closed before it takes a slot), so telesink
+    /// is never an open resolver. Defaults to loopback, RFC 1918,
     /// CGNAT (100.64.0.0/10), link-local and ULA (fc00::/7).
     pub allow_clients: Vec<IpNet>,
     /// How long a TCP client may stay idle between queries, or take to

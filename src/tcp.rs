@@ -41,6 +41,9 @@ pub struct TcpLimits {
     pub max_pipelined: usize,
 }
 
+/// Who may open a connection: `[server] allow_clients`.
+pub type Allowed = Arc<[ipnet::IpNet]>;
+
 /// Sends encoded replies to the connection's writer task.
 #[derive(Clone)]
 struct Reply {
@@ -104,6 +107,7 @@ pub async fn serve<R: Resolve>(
     listener: TcpListener,
     handler: Arc<Handler<R>>,
     limits: TcpLimits,
+    allowed: Allowed,
     shutdown: CancellationToken,
 ) {
     let total = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -124,6 +128,12 @@ pub async fn serve<R: Resolve>(
             },
             _ = shutdown.cancelled() => break,
         };
+        // A client outside `allow_clients` would only get REFUSED, and
+        // its open connection would hold a slot the LAN's clients need:
+        // it is closed before taking one.
+        if !crate::resolver::is_allowed(&allowed, peer.ip()) {
+            continue;
+        }
         let Ok(permit) = total.clone().try_acquire_owned() else {
             if let Some(suppressed) = refused_log.ready() {
                 tracing::warn!(

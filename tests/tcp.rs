@@ -226,3 +226,34 @@ async fn a_client_that_stops_reading_loses_its_connection() {
         .await
         .expect("shutdown finished");
 }
+
+#[tokio::test]
+async fn clients_outside_allow_clients_take_no_connection_slot() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(
+        &config("allow_clients = [\"127.0.0.2/32\"]\nmax_tcp_connections = 2"),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    // Outsiders open more connections than there are slots...
+    let mut outsiders = Vec::new();
+    for _ in 0..4 {
+        outsiders.push(connect_from("127.0.0.30", ts.tcp).await);
+    }
+    // ...but took none of them: the LAN's clients get every one.
+    let mut a = connect_from("127.0.0.2", ts.tcp).await;
+    let mut b = connect_from("127.0.0.2", ts.tcp).await;
+    for s in [&mut a, &mut b] {
+        s.write_all(&frame(&request("a.test.", RecordType::A, false)))
+            .await
+            .unwrap();
+        assert_eq!(addresses(&read_reply(s).await), ["192.0.2.1"]);
+    }
+    assert_eq!(stub.count("a.test.", RecordType::A), 1);
+    for s in &mut outsiders {
+        assert!(closed(s).await, "an outsider's connection is closed");
+    }
+    ts.stop().await;
+}
