@@ -996,8 +996,22 @@ impl Config {
             }
         };
         let invalid = |message: String| fail(None, message);
+        // A problem with one setting points at its key.
+        let at_key = |table: &str, key: &str, message: String| -> ConfigError {
+            match key_position(text, table, key) {
+                Some((line, column)) => ConfigError::Parse {
+                    path: self.origin.clone(),
+                    line,
+                    column,
+                    message,
+                },
+                None => invalid(message),
+            }
+        };
         if !(1..=64).contains(&self.server.udp_threads) {
-            return Err(invalid(
+            return Err(at_key(
+                "server",
+                "udp_threads",
                 "[server] udp_threads must be between 1 and 64".into(),
             ));
         }
@@ -1005,30 +1019,44 @@ impl Config {
         // reply is fragmented on any path, and past 65,507 it cannot be
         // sent at all.
         if !(512..=4096).contains(&self.server.edns_udp_size) {
-            let message =
-                "[server] edns_udp_size must be between 512 and 4096 (1232 avoids fragmentation)";
-            // The key's line, not a comment that names it.
-            let key_at = text
-                .match_indices("edns_udp_size")
-                .map(|(at, _)| at)
-                .find(|&at| {
-                    text[..at]
-                        .rsplit('\n')
-                        .next()
-                        .is_some_and(|before| before.trim().is_empty())
-                });
-            return Err(match key_at {
-                Some(at) => {
-                    let (line, column) = line_column(text, at);
-                    ConfigError::Parse {
-                        path: self.origin.clone(),
-                        line,
-                        column,
-                        message: message.into(),
-                    }
-                }
-                None => invalid(message.into()),
-            });
+            return Err(at_key(
+                "server",
+                "edns_udp_size",
+                "[server] edns_udp_size must be between 512 and 4096 (1232 avoids fragmentation)"
+                    .into(),
+            ));
+        }
+        // A zero duration here would fail every query or connection, or
+        // stop a periodic task, long after the config was accepted.
+        for (table, key, value) in [
+            ("server", "tcp_timeout", self.server.tcp_timeout),
+            (
+                "server",
+                "tcp_first_byte_timeout",
+                self.server.tcp_first_byte_timeout,
+            ),
+            ("upstream", "timeout", self.upstream.timeout),
+            ("upstream", "total_timeout", self.upstream.total_timeout),
+            (
+                "metrics",
+                "neighbour_refresh",
+                self.metrics.neighbour_refresh,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(at_key(
+                    table,
+                    key,
+                    format!("[{table}] {key} must be greater than 0"),
+                ));
+            }
+        }
+        if self.server.group.is_some() && self.server.user.is_none() {
+            return Err(at_key(
+                "server",
+                "group",
+                "[server] group applies only with [server] user (the user to switch to)".into(),
+            ));
         }
         if self.server.listen.is_empty() {
             return Err(invalid(
@@ -1074,9 +1102,6 @@ impl Config {
                 )));
             }
         }
-        if self.upstream.timeout.is_zero() {
-            return Err(invalid("[upstream] timeout must be greater than 0".into()));
-        }
         if let Err(message) = crate::resolver::LocalRecords::parse(&self.local) {
             let name = message.split('"').nth(1).map(str::to_string);
             return Err(fail(name.as_deref(), format!("[local] records: {message}")));
@@ -1104,7 +1129,11 @@ impl Config {
             }
         }
         if self.cache.min_ttl > self.cache.max_ttl {
-            return Err(invalid("[cache] min_ttl is greater than max_ttl".into()));
+            return Err(at_key(
+                "cache",
+                "min_ttl",
+                "[cache] min_ttl is greater than max_ttl".into(),
+            ));
         }
         let label_ok = |name: &str| {
             !name.is_empty()
@@ -1267,9 +1296,13 @@ impl Config {
                 && !addr.ip().is_loopback()
                 && self.http.token.as_deref().is_none_or(str::is_empty)
             {
-                return Err(invalid(format!(
-                    "[http] listen = \"{addr}\" is not a loopback address: set [http] token so the admin API is not open to the network, set [http] api = false, or listen on 127.0.0.1"
-                )));
+                return Err(at_key(
+                    "http",
+                    "listen",
+                    format!(
+                        "[http] listen = \"{addr}\" is not a loopback address: set [http] token so the admin API is not open to the network, set [http] api = false, or listen on 127.0.0.1"
+                    ),
+                ));
             }
         }
         let total = self.blocking.lists.len() + self.blocking.allow.len();
@@ -1294,6 +1327,19 @@ pub fn parse_domain(s: &str) -> Option<hickory_proto::rr::LowerName> {
     let mut name = hickory_proto::rr::Name::from_ascii(s).ok()?.to_lowercase();
     name.set_fqdn(true);
     Some(hickory_proto::rr::LowerName::from(name))
+}
+
+/// The line and column of `key` in `[table]` of `text`: the key itself,
+/// not a comment that names it. `None` if it is not there (a default).
+fn key_position(text: &str, table: &str, key: &str) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let (_, section) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == table)?;
+    let DeValue::Table(section) = section.get_ref() else {
+        return None;
+    };
+    let (k, _) = section.iter().find(|(k, _)| k.get_ref() == key)?;
+    Some(line_column(text, k.span().start))
 }
 
 /// 1-based line and column of a byte offset.
@@ -1418,6 +1464,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn zero_durations_are_refused_at_their_key() {
+        for (table, key) in [
+            ("server", "tcp_timeout"),
+            ("server", "tcp_first_byte_timeout"),
+            ("upstream", "timeout"),
+            ("upstream", "total_timeout"),
+            ("metrics", "neighbour_refresh"),
+        ] {
+            let text = format!("[{table}]\n# {key} = \"1s\"\n  {key} = \"0s\"\n");
+            let err = Config::from_toml(&text, "x", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("x:3:3: [{table}] {key} must be greater than 0")
+            );
+            let text = text.replace("\"0s\"", "\"1ms\"");
+            assert!(
+                Config::from_toml(&text, "x", Path::new(".")).is_ok(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_checked_after_parsing_name_their_line() {
+        for (text, at) in [
+            ("[server]\nudp_threads = 0\n", "x:2:1: "),
+            ("[cache]\nmax_ttl = \"1m\"\nmin_ttl = \"2m\"\n", "x:3:1: "),
+            ("[http]\napi = true\nlisten = \"0.0.0.0:9153\"\n", "x:3:1: "),
+            ("[server]\ngroup = \"telesink\"\n", "x:2:1: "),
+        ] {
+            let err = Config::from_toml(text, "x", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(at), "{text}: {err}");
+        }
+        let ok = "[server]\nuser = \"telesink\"\ngroup = \"telesink\"\n";
+        assert!(Config::from_toml(ok, "x", Path::new(".")).is_ok());
     }
 
     #[test]
