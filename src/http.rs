@@ -74,11 +74,59 @@ fn authorized(headers: &HeaderMap, expected: Option<&str>) -> bool {
 }
 
 async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    if authorized(request.headers(), state.token.as_deref()) {
-        next.run(request).await
-    } else {
-        unauthorized()
+    if !authorized(request.headers(), state.token.as_deref()) {
+        return unauthorized();
     }
+    if let Some(why) = from_a_web_page(request.headers(), state.token.is_some()) {
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
+    next.run(request).await
+}
+
+/// Why a request to the admin API without a token looks like a web
+/// page's, which it refuses: any page the browser shows could otherwise
+/// pause blocking with a cross-site form POST, or read the API after
+/// rebinding its own name to 127.0.0.1. With a token there is nothing to
+/// refuse: a page does not have it.
+///
+/// - A browser marks a request a page made with `Origin` (every POST) or
+///   `Sec-Fetch-Site`; curl, scripts and Prometheus send neither.
+/// - Without a token the API listens on loopback only, so the `Host` a
+///   client names is an address or `localhost`; a rebound page names its
+///   own domain.
+fn from_a_web_page(headers: &HeaderMap, has_token: bool) -> Option<&'static str> {
+    if has_token {
+        return None;
+    }
+    let site = headers.get("sec-fetch-site");
+    if headers.contains_key(header::ORIGIN) || site.is_some_and(|s| s != "none") {
+        return Some(
+            "without [http] token, the admin API does not answer requests made by web pages\n",
+        );
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if host.is_some_and(|h| !loopback_host(h)) {
+        return Some(
+            "without [http] token, the admin API answers only requests to 127.0.0.1, [::1] or localhost\n",
+        );
+    }
+    None
+}
+
+/// Whether a `Host` header names an IP address or `localhost`, with or
+/// without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn unauthorized() -> Response {

@@ -129,3 +129,60 @@ async fn api_off_serves_only_metrics_and_health() {
     assert_eq!(status, 200);
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn web_pages_cannot_use_the_admin_api() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "tracker.test\n")]);
+    let ts = Telesink::start(&config(""), &[&stub], dir.path()).await;
+    let pause = "/api/blocking?enabled=false&for=1h";
+    // A cross-site form POST carries the page's Origin...
+    let (status, body) = http_request_with(
+        ts.http,
+        "POST",
+        pause,
+        &[("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // ...and a fetch, Sec-Fetch-Site.
+    let (status, _) =
+        http_request_with(ts.http, "POST", pause, &[("Sec-Fetch-Site", "cross-site")]).await;
+    assert_eq!(status, 403);
+    // A page that rebound its own name to 127.0.0.1 names it in Host.
+    let (status, _) = http_request_with(
+        ts.http,
+        "GET",
+        "/api/blocking",
+        &[("Host", "evil.example:9153")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let blocked = addresses(&ask(ts.udp, "tracker.test.", RecordType::A).await);
+    assert_eq!(blocked, ["0.0.0.0"], "blocking was not paused");
+    // curl and scripts name an address or localhost.
+    for host in [
+        ts.http.to_string(),
+        "localhost:9153".into(),
+        "[::1]:9153".into(),
+    ] {
+        let (status, body) =
+            http_request_with(ts.http, "GET", "/api/blocking", &[("Host", &host)]).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    ts.stop().await;
+
+    // With a token, a LAN name in Host is fine.
+    let ts = Telesink::start(&config("token = \"s3cret\""), &[&stub], dir.path()).await;
+    let headers = [("Host", "pi.lan:9153"), ("Authorization", "Bearer s3cret")];
+    let (status, body) = http_request_with(ts.http, "GET", "/api/blocking", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    // A page of the owner's that holds the token may call it.
+    let headers = [
+        ("Origin", "http://pi.lan:3000"),
+        ("Authorization", "Bearer s3cret"),
+    ];
+    let (status, _) = http_request_with(ts.http, "POST", pause, &headers).await;
+    assert_eq!(status, 200);
+    ts.stop().await;
+}
