@@ -28,7 +28,7 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// Binds the configured addresses and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), Error> {
     let listeners = Listeners::bind(&config.server.listen, config.http.listen)?;
-    crate::privileges::drop_privileges(&config.server)?;
+    crate::privileges::drop_privileges(&config)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));
     serve(config, listeners, shutdown).await

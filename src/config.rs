@@ -613,8 +613,10 @@ pub struct BlockingConfig {
     /// (each costs matching time on every query).
     pub max_regex_per_list: usize,
     /// Where downloaded (`url`) lists are kept, so a reboot without
-    /// internet still blocks. Default: `$STATE_DIRECTORY` (set by systemd),
-    /// else `$XDG_CACHE_HOME/telesink`, else `~/.cache/telesink`.
+    /// internet still blocks. Default: `$STATE_DIRECTORY` (set by systemd);
+    /// else, started as root with `[server] user`, `/var/cache/telesink`
+    /// (made for that user before the switch); else
+    /// `$XDG_CACHE_HOME/telesink`, else `~/.cache/telesink`.
     pub cache_dir: Option<PathBuf>,
     /// How long one list download may take.
     #[serde(with = "humantime_serde")]
@@ -646,14 +648,32 @@ impl BlockingConfig {
                 .to_string();
             return PathBuf::from(first);
         }
+        // HOME and XDG_CACHE_HOME are still root's, which the user cannot
+        // write to.
+        if SWITCHED_USER.load(std::sync::atomic::Ordering::Relaxed) {
+            return PathBuf::from(SYSTEM_CACHE_DIR);
+        }
         if let Some(cache) = env("XDG_CACHE_HOME") {
             return cache.join("telesink");
         }
         if let Some(home) = env("HOME") {
             return home.join(".cache").join("telesink");
         }
-        PathBuf::from("/var/cache/telesink")
+        PathBuf::from(SYSTEM_CACHE_DIR)
     }
+}
+
+/// The cache directory of a system service.
+const SYSTEM_CACHE_DIR: &str = "/var/cache/telesink";
+
+/// Set once this process, started as root, is about to switch to
+/// `[server] user` (see [`BlockingConfig::cache_dir`]).
+static SWITCHED_USER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records that this process switches to `[server] user`; from now on
+/// [`BlockingConfig::cache_dir`] gives the directory for that user.
+pub(crate) fn note_switched_user() {
+    SWITCHED_USER.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Default for BlockingConfig {

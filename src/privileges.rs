@@ -2,12 +2,17 @@
 
 use nix::unistd::{Gid, Group, Uid, User, setgid, setgroups, setuid};
 
-use crate::config::ServerConfig;
+use crate::config::Config;
 
 /// Switches to `[server] user`/`group` when running as root. Call it after
 /// binding, before serving. Without `user`, running as root is allowed but
 /// warned about.
-pub fn drop_privileges(config: &ServerConfig) -> Result<(), String> {
+///
+/// The directory for downloaded lists is made first, and given to that
+/// user if it was just made: the user may not be able to make it (the
+/// default is then `/var/cache/telesink`), and every download would fail.
+pub fn drop_privileges(full: &Config) -> Result<(), String> {
+    let config = &full.server;
     if !Uid::effective().is_root() {
         if config.user.is_some() {
             tracing::debug!("not running as root; [server] user is not needed");
@@ -32,6 +37,20 @@ pub fn drop_privileges(config: &ServerConfig) -> Result<(), String> {
         }
         None => user.gid,
     };
+    crate::config::note_switched_user();
+    let cache = full.blocking.cache_dir(&full.base_dir);
+    if !cache.exists() {
+        std::fs::create_dir_all(&cache)
+            .and_then(|()| {
+                std::os::unix::fs::chown(&cache, Some(user.uid.as_raw()), Some(gid.as_raw()))
+            })
+            .map_err(|e| {
+                format!(
+                    "cannot make {} for user {name:?} (the downloaded lists' directory): {e}",
+                    cache.display()
+                )
+            })?;
+    }
     switch(user.uid, gid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
     tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(), "dropped root privileges");
     Ok(())

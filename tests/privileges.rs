@@ -8,18 +8,43 @@ use std::time::{Duration, Instant};
 
 use common::Binary;
 
-#[test]
-fn drops_root_after_binding() {
+/// The user `nobody`, or `None` (with a message) when the tests do not
+/// run as root.
+fn nobody(test: &str) -> Option<nix::unistd::User> {
     if !nix::unistd::Uid::effective().is_root() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI runs the tests as root"
         );
-        println!("SKIPPED drops_root_after_binding: needs root");
-        return;
+        println!("SKIPPED {test}: needs root");
+        return None;
     }
     let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
         panic!("no user 'nobody' on this machine");
+    };
+    Some(nobody)
+}
+
+/// Sends `query` to `server` and returns the reply.
+fn exchange(server: std::net::SocketAddr, query: &[u8]) -> Vec<u8> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send_to(query, server).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+/// `x.tracker.test` A, ID 0x1234.
+const QUERY: &[u8] =
+    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01x\x07tracker\x04test\x00\x00\x01\x00\x01";
+
+#[test]
+fn drops_root_after_binding() {
+    let Some(nobody) = nobody("drops_root_after_binding") else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("block.txt");
@@ -61,16 +86,73 @@ fn drops_root_after_binding() {
         .collect();
     assert!(uids.iter().all(|&u| u == nobody.uid.as_raw()), "{uid_line}");
     // And it still answers on the socket it bound as root.
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01x\x07tracker\x04test\x00\x00\x01\x00\x01";
-    socket.send_to(query, udp).unwrap();
-    let mut buf = [0u8; 512];
-    let (n, _) = socket.recv_from(&mut buf).unwrap();
-    assert_eq!(&buf[..2], b"\x12\x34");
-    assert_eq!(&buf[n - 4..n], &[0, 0, 0, 0], "sinkholed to 0.0.0.0");
+    let reply = exchange(udp, QUERY);
+    assert_eq!(&reply[..2], b"\x12\x34");
+    assert!(reply.ends_with(&[0, 0, 0, 0]), "sinkholed to 0.0.0.0");
+    bin.child.kill().unwrap();
+    bin.child.wait().unwrap();
+}
+
+#[test]
+fn downloads_are_kept_where_the_switched_user_can_write() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let Some(nobody) = nobody("downloads_are_kept_where_the_switched_user_can_write") else {
+        return;
+    };
+    // A list server that answers every request with the list.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/list.txt", server.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in server.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = stream.read(&mut buf);
+            let body = "tracker.test\n";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    // The directory for downloads does not exist yet, in a directory
+    // only root can write to.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n[upstream]\nservers = [\"127.0.0.1:9\"]\n\
+             [http]\nlisten = \"\"\n[blocking]\ncache_dir = \"downloads\"\n\
+             [[blocking.lists]]\nname = \"remote\"\nurl = \"{url}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut bin = Binary::start(&config);
+    let udp = bin.udp.expect("bound UDP address logged");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exchange(udp, QUERY).ends_with(&[0, 0, 0, 0]) {
+        assert!(
+            Instant::now() < deadline,
+            "the downloaded list never blocked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let downloads = dir.path().join("downloads");
+    assert_eq!(
+        std::fs::metadata(&downloads).unwrap().uid(),
+        nobody.uid.as_raw()
+    );
+    assert!(
+        std::fs::read_dir(&downloads).unwrap().count() > 0,
+        "the copy is kept"
+    );
     bin.child.kill().unwrap();
     bin.child.wait().unwrap();
 }
