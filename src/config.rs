@@ -513,7 +513,9 @@ pub struct ForwardConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Maximum number of cached answers (name, type, class); 0 turns the
-    /// cache off. About 10,000 covers a busy household.
+    /// cache off. An answer that takes more than 1 KiB of memory counts
+    /// once per KiB, so the cache never holds much more than `capacity`
+    /// KiB. About 10,000 covers a busy household.
     pub capacity: usize,
     /// Cached TTLs are raised to at least this.
     #[serde(with = "humantime_serde")]

@@ -4,7 +4,9 @@
 //! when stored and counted down on every hit, so a client never holds an
 //! answer longer than the upstream meant. Negative answers (NXDOMAIN and
 //! NODATA) are kept for the SOA's negative TTL (RFC 2308 §5). The cache is
-//! bounded by entry count and evicts with S3-FIFO (quick_cache), which keeps
+//! bounded by entry count, with an answer that holds more than a KiB
+//! counted once per KiB ([`Weight`]), so its memory stays bounded whatever
+//! the upstreams send; it evicts with S3-FIFO (quick_cache), which keeps
 //! popular names through a burst of one-off lookups.
 //!
 //! When the upstreams fail or stay silent, an expired answer up to
@@ -361,6 +363,55 @@ struct Entry {
     hits: AtomicU32,
     /// A prefetch of this entry is running.
     prefetching: AtomicBool,
+    /// The share of the cache's capacity it takes ([`Weight`]).
+    weight: u32,
+}
+
+/// Memory one entry takes besides its answer's own bytes: the entry, the
+/// encoded answer's fields, the key, and the cache's bookkeeping.
+const ENTRY_OVERHEAD: usize = size_of::<Entry>() + size_of::<WireAnswer>() + size_of::<Key>() + 64;
+
+/// Memory one record takes as hickory's structures (about 270 bytes
+/// measured for an A record, several times its encoded size).
+const RECORD_MEMORY: usize = 256;
+
+/// Memory one unit of `[cache] capacity` stands for.
+const SLOT_BYTES: usize = 1024;
+
+/// How much of the capacity an entry takes: one per KiB it holds, at
+/// least one. Nearly every answer takes one, so `capacity` still counts
+/// answers; one that holds 60 KiB (a TCP answer can) takes 60, so the
+/// cache never holds much more than `capacity` KiB. Counted by entries
+/// alone, 10,000 such answers would have held 600 MB.
+#[derive(Clone, Copy)]
+struct Weight;
+
+impl quick_cache::Weighter<Key, Arc<Entry>> for Weight {
+    fn weight(&self, _key: &Key, entry: &Arc<Entry>) -> u64 {
+        u64::from(entry.weight)
+    }
+}
+
+impl Stored {
+    /// The memory its records take, beyond [`ENTRY_OVERHEAD`].
+    fn memory(&self) -> usize {
+        match self {
+            Self::Wire(wire) => {
+                wire.bytes.len()
+                    + wire.ttls.len() * size_of::<(u16, u32)>()
+                    + wire.cname_targets.len() * size_of::<LowerName>()
+            }
+            Self::Records(sections) => {
+                sections.iter().map(Vec::len).sum::<usize>() * RECORD_MEMORY
+            }
+        }
+    }
+
+    /// Its share of the cache's capacity, for a key of `name_len` bytes.
+    fn weight(&self, name_len: usize) -> u32 {
+        let bytes = ENTRY_OVERHEAD + name_len + self.memory();
+        u32::try_from(bytes.div_ceil(SLOT_BYTES)).unwrap_or(u32::MAX)
+    }
 }
 
 impl Entry {
@@ -499,7 +550,7 @@ struct Fetch<N> {
 
 /// The cached answers and the TTL rules for storing one.
 struct Store {
-    entries: Option<quick_cache::sync::Cache<Key, Arc<Entry>>>,
+    entries: Option<quick_cache::sync::Cache<Key, Arc<Entry>, Weight>>,
     min_ttl: u32,
     max_ttl: u32,
     negative_max_ttl: u32,
@@ -572,7 +623,13 @@ impl<N: Resolve> Cache<N> {
     ) -> Self {
         let max_in_flight = upstream.max_in_flight;
         let store = Arc::new(Store {
-            entries: (config.capacity > 0).then(|| quick_cache::sync::Cache::new(config.capacity)),
+            entries: (config.capacity > 0).then(|| {
+                quick_cache::sync::Cache::with_weighter(
+                    config.capacity,
+                    config.capacity as u64,
+                    Weight,
+                )
+            }),
             min_ttl: secs(config.min_ttl),
             max_ttl: secs(config.max_ttl),
             negative_max_ttl: secs(config.negative_max_ttl),
@@ -669,9 +726,11 @@ impl Store {
                     answer.additionals.clone(),
                 ]),
             };
+            let weight = stored.weight(key.0.len());
             entries.insert(
                 key,
                 Arc::new(Entry {
+                    weight,
                     stored,
                     rcode: answer.rcode,
                     authentic_data: answer.authentic_data,
@@ -1194,6 +1253,88 @@ mod tests {
         answer.answers = vec![cname(7200)];
         assert_eq!(store.cacheable_ttl(&mut answer), Some(120));
         assert_eq!(answer.answers[0].ttl, 3600);
+    }
+
+    /// An A query for `QNAME`.
+    fn query() -> Query<'static> {
+        static QNAME_LOWER: std::sync::LazyLock<LowerName> =
+            std::sync::LazyLock::new(|| LowerName::from(name(QNAME)));
+        Query {
+            name: &QNAME_LOWER,
+            qtype: RecordType::A,
+            qclass: DNSClass::IN,
+            client: Ipv4Addr::LOCALHOST.into(),
+            checking_disabled: false,
+        }
+    }
+
+    /// An upstream that answers every query with this many A records.
+    struct Addresses(u32);
+
+    impl Resolve for Addresses {
+        async fn resolve(&self, query: &Query<'_>) -> Answer {
+            let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
+            answer.answers = (0..self.0)
+                .map(|i| {
+                    Record::from_rdata(
+                        Name::from(query.name.clone()),
+                        300,
+                        RData::A(A(Ipv4Addr::from(0xC000_0200 + i))),
+                    )
+                })
+                .collect();
+            answer
+        }
+    }
+
+    #[tokio::test]
+    async fn big_answers_take_capacity_by_their_size() {
+        // Most answers take one unit; 2,000 addresses (about 30 KiB) take
+        // one per KiB.
+        let small = Stored::Wire(Arc::new(
+            WireAnswer::encode(
+                &LowerName::from(name(QNAME)),
+                &Addresses(4).resolve(&query()).await,
+            )
+            .unwrap(),
+        ));
+        assert_eq!(small.weight(QNAME.len()), 1, "overhead {ENTRY_OVERHEAD}");
+        let config = CacheConfig {
+            capacity: 2000,
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(
+            &config,
+            &UpstreamConfig::default(),
+            Arc::new(Metrics::new()),
+            Addresses(2000),
+        );
+        let names: Vec<LowerName> = (0..100)
+            .map(|i| LowerName::from(name(&format!("r{i}.example.test."))))
+            .collect();
+        for n in &names {
+            cache.resolve(&Query { name: n, ..query() }).await;
+        }
+        let held: usize = names
+            .iter()
+            .filter_map(|n| match cache.peek(&Query { name: n, ..query() }) {
+                Peek::Cached(hit) => Some(hit.wire().len()),
+                _ => None,
+            })
+            .sum();
+        assert!(held > 0, "some are kept");
+        // Counted by entries, all 100 (3 MB) were kept.
+        assert!(
+            held <= 2000 * SLOT_BYTES,
+            "{held} bytes held for a capacity of 2000"
+        );
+        // hickory's records take several times the encoded size: weighed so.
+        let records = Stored::Records([
+            Addresses(2000).resolve(&query()).await.answers,
+            vec![],
+            vec![],
+        ]);
+        assert!(records.weight(QNAME.len()) >= 2000 * 256 / 1024);
     }
 
     /// Changes to an upstream reply: `(at, Some(byte), _)` writes a byte at
