@@ -660,15 +660,18 @@ impl Store {
     /// How long `answer` may be cached, in seconds, with its records'
     /// TTLs clamped in place; `None` if it must not be cached.
     fn cacheable_ttl(&self, answer: &mut Answer) -> Option<u32> {
-        let (mut ttl, soa) = match answer.rcode {
-            ResponseCode::NoError if !answer.answers.is_empty() => (u32::MAX, None),
-            ResponseCode::NoError | ResponseCode::NXDomain => {
-                // RFC 2308 §5: the negative TTL is the smaller of the SOA
-                // record's TTL and its MINIMUM field. No SOA, no caching.
-                let at = answer
-                    .authorities
-                    .iter()
-                    .position(|r| matches!(r.data, RData::SOA(_)))?;
+        if !matches!(answer.rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
+            return None;
+        }
+        // RFC 2308 §5: a denial (NXDOMAIN, or NODATA, also at the end of a
+        // CNAME chain) lasts the smaller of its SOA record's TTL and the
+        // SOA's MINIMUM field. A denial without an SOA is not cached.
+        let at = answer
+            .authorities
+            .iter()
+            .position(|r| matches!(r.data, RData::SOA(_)));
+        let (mut ttl, soa) = match at {
+            Some(at) => {
                 let record = &mut answer.authorities[at];
                 let RData::SOA(soa) = &record.data else {
                     unreachable!("found by its type")
@@ -676,7 +679,10 @@ impl Store {
                 record.ttl = record.ttl.min(soa.minimum).min(self.negative_max_ttl);
                 (record.ttl, Some(answer.answers.len() + at))
             }
-            _ => return None,
+            None if answer.rcode == ResponseCode::NoError && !answer.answers.is_empty() => {
+                (u32::MAX, None)
+            }
+            None => return None,
         };
         // The entry expires with the first of its records. All but a
         // denial's SOA are clamped, a denial's other records too (a CNAME
@@ -1253,6 +1259,49 @@ mod tests {
         answer.answers = vec![cname(7200)];
         assert_eq!(store.cacheable_ttl(&mut answer), Some(120));
         assert_eq!(answer.answers[0].ttl, 3600);
+    }
+
+    #[test]
+    fn nodata_behind_a_cname_lasts_as_long_as_its_denial() {
+        let store = Store {
+            entries: None,
+            min_ttl: 0,
+            max_ttl: 86_400,
+            negative_max_ttl: 30,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let soa = Record::from_rdata(
+            name("example.test."),
+            3600,
+            RData::SOA(SOA::new(
+                name("ns.test."),
+                name("h.test."),
+                1,
+                2,
+                3,
+                4,
+                3600,
+            )),
+        );
+        let cname = Record::from_rdata(
+            name(QNAME),
+            3600,
+            RData::CNAME(CNAME(name("v6less.example.test."))),
+        );
+        for rcode in [ResponseCode::NXDomain, ResponseCode::NoError] {
+            let mut answer = Answer::empty(Outcome::Forwarded, rcode);
+            answer.answers = vec![cname.clone()];
+            answer.authorities = vec![soa.clone()];
+            assert_eq!(store.cacheable_ttl(&mut answer), Some(30), "{rcode}");
+            assert_eq!(answer.authorities[0].ttl, 30, "{rcode}: the SOA as sent");
+        }
+        // A positive answer without an SOA is cached; a denial is not.
+        let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
+        answer.answers = vec![cname.clone()];
+        assert_eq!(store.cacheable_ttl(&mut answer), Some(3600));
+        let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NXDomain);
+        answer.answers = vec![cname];
+        assert_eq!(store.cacheable_ttl(&mut answer), None);
     }
 
     /// An A query for `QNAME`.
