@@ -421,6 +421,7 @@ impl<R: Resolve> Handler<R> {
                         answer.additionals.len(),
                     ];
                     if answer.emit_after_question(reply, |_| {}).is_none() {
+                        self.chain().declined(&query);
                         return false;
                     }
                     set_counts(reply, counts.map(|n| u16::try_from(n).unwrap_or(u16::MAX)));
@@ -432,6 +433,7 @@ impl<R: Resolve> Handler<R> {
                 if wire.question_len != parsed.question.len()
                     || DNS_HEADER_LEN + wire.question_len + wire.len() + 11 > usize::from(limit)
                 {
+                    self.chain().declined(&query);
                     return false;
                 }
                 write_head(reply, &parsed, wire.authentic_data, wire.rcode);
@@ -450,6 +452,7 @@ impl<R: Resolve> Handler<R> {
             // Too big for the client's buffer: the full path truncates.
             // Only a blocked answer can get here (cache hits are checked
             // before anything is counted), so nothing is counted twice.
+            self.chain().declined(&query);
             return false;
         }
         self.metrics()

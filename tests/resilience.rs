@@ -230,6 +230,34 @@ async fn clients_over_their_rate_are_refused_or_dropped_but_exempt_ones_are_not(
     ts.stop().await;
 }
 
+#[tokio::test]
+async fn an_answer_too_big_for_the_fast_path_costs_one_token() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let extra = "[security]\nrate_limit = { rate = 1, burst = 3, exempt = [] }";
+    let ts = Telesink::start(&config(extra), &[&stub], dir.path()).await;
+    // 40 addresses, more than the 512 bytes of a client without EDNS: the
+    // cached answer goes the full path, which truncates it.
+    let q = request("big.test.", RecordType::A, false);
+    for i in 0..3 {
+        let r = udp_from("127.0.0.9:0", ts.udp, &q).await;
+        assert_eq!(
+            r.metadata.response_code,
+            ResponseCode::NoError,
+            "query {i} within the burst"
+        );
+        assert!(r.metadata.truncation);
+    }
+    let r = udp_from("127.0.0.9:0", ts.udp, &q).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        stub.count("big.test.", RecordType::A),
+        1,
+        "the rest were hits"
+    );
+    ts.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn popular_answers_are_refreshed_before_they_expire() {
     let stub = Stub::start().await;

@@ -51,6 +51,10 @@ impl<N: Resolve> Resolve for Access<N> {
         }
         self.next.peek(query)
     }
+
+    fn declined(&self, query: &Query<'_>) {
+        self.next.declined(query);
+    }
 }
 
 #[cfg(test)]

@@ -401,9 +401,7 @@ impl Stored {
                     + wire.ttls.len() * size_of::<(u16, u32)>()
                     + wire.cname_targets.len() * size_of::<LowerName>()
             }
-            Self::Records(sections) => {
-                sections.iter().map(Vec::len).sum::<usize>() * RECORD_MEMORY
-            }
+            Self::Records(sections) => sections.iter().map(Vec::len).sum::<usize>() * RECORD_MEMORY,
         }
     }
 

@@ -301,6 +301,13 @@ pub trait Resolve: Send + Sync + Unpin + 'static {
     fn peek(&self, _query: &Query<'_>) -> Peek {
         Peek::Slow
     }
+
+    /// Tells the links that the caller did not send what [`Self::peek`]
+    /// answered for `query` (it did not fit the client's buffer), so the
+    /// query goes the full path: a link that counted it in `peek` takes
+    /// that back. Only the links down to the rate limit, which counts,
+    /// pass it on.
+    fn declined(&self, _query: &Query<'_>) {}
 }
 
 impl<R: Resolve> Resolve for Arc<R> {
@@ -310,6 +317,10 @@ impl<R: Resolve> Resolve for Arc<R> {
 
     fn peek(&self, query: &Query<'_>) -> Peek {
         (**self).peek(query)
+    }
+
+    fn declined(&self, query: &Query<'_>) {
+        (**self).declined(query);
     }
 }
 

@@ -113,6 +113,20 @@ impl<N: Resolve> RateLimit<N> {
     }
 }
 
+impl<N> RateLimit<N> {
+    /// Gives back the token [`RateLimit::allow`] just took for `client`.
+    fn refund(&self, client: IpAddr) {
+        if self.rate <= 0.0 || self.exempt.iter().any(|n| n.contains(&client)) {
+            return;
+        }
+        let shard = &self.shards[(self.hasher.hash_one(client) as usize) % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = shard.buckets.get_mut(&client) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
+    }
+}
+
 /// The address a client is limited by: an IPv4-mapped IPv6 address shares
 /// the bucket of its IPv4 address.
 fn bucket_key(client: IpAddr) -> IpAddr {
@@ -136,15 +150,21 @@ impl<N: Resolve> Resolve for RateLimit<N> {
 
     fn peek(&self, query: &Query<'_>) -> Peek {
         // The links below decide first, and a token is taken only for an
-        // answer the caller commits to. A client out of tokens goes the
+        // answer the caller can send. A client out of tokens goes the
         // full path, which finds the bucket still empty and refuses or
-        // drops as configured: one token per query either way.
+        // drops as configured; an answer the caller declines gives its
+        // token back (`declined`) before the full path takes one: one
+        // token per query either way.
         let peeked = self.next.peek(query);
         if matches!(peeked, Peek::Slow) || self.allow(bucket_key(query.client), Instant::now()) {
             peeked
         } else {
             Peek::Slow
         }
+    }
+
+    fn declined(&self, query: &Query<'_>) {
+        self.refund(bucket_key(query.client));
     }
 }
 
