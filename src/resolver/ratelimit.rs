@@ -5,7 +5,11 @@
 //! whole LAN, say) are never limited. Over the limit a query is answered
 //! REFUSED or dropped, as configured. Buckets live in sharded maps so
 //! clients rarely contend for a lock, and the maps are bounded: when a
-//! shard is full, buckets idle long enough to be full again are dropped.
+//! shard is full, buckets idle long enough to be full again are dropped,
+//! and if none is, a new address goes unlimited until one is.
+//!
+//! Each IPv6 address has its own bucket, not each /64: on a home network
+//! every device shares the one /64 the router hands out.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -92,9 +96,12 @@ impl<N: Resolve> RateLimit<N> {
                 shard.last_sweep = Some(now);
             }
             if shard.buckets.len() >= SHARD_CAPACITY {
-                // Every tracked client is busy: a flood of new sources.
-                // Limit the newcomer rather than grow without bound.
-                return false;
+                // Every tracked client is busy: a flood of new (likely
+                // forged) sources. The newcomer goes untracked rather than
+                // refused: refusing would cut off every phone that joins
+                // or wakes up during the flood, while each forged source
+                // is within its own limit anyway. The map stays bounded.
+                return true;
             }
         }
         let bucket = shard.buckets.entry(client).or_insert(Bucket {
@@ -219,6 +226,22 @@ mod tests {
         let off = limiter(0, 1, &[]);
         for _ in 0..100 {
             assert!(off.allow("10.0.0.1".parse().unwrap(), t0));
+        }
+    }
+
+    #[test]
+    fn a_full_table_does_not_refuse_newcomers() {
+        let l = limiter(1, 1, &[]);
+        let t0 = Instant::now();
+        // Forged sources, each within its limit, fill every shard.
+        for i in 0..(SHARDS * SHARD_CAPACITY * 2) as u32 {
+            l.allow(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), t0);
+        }
+        for phone in 1..=20u8 {
+            assert!(
+                l.allow(IpAddr::from([192, 168, 1, phone]), t0),
+                "a new client during the flood"
+            );
         }
     }
 
