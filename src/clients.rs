@@ -157,6 +157,17 @@ impl Clients {
     /// (or, with `client_label = "ip"`, the address itself for the first
     /// `max_clients` addresses and `other` after that).
     pub fn label(&self, ip: IpAddr) -> Arc<Device> {
+        self.label_as(ip, true)
+    }
+
+    /// The label of a client refused by `allow_clients`: as [`Self::label`]
+    /// gives, except that it never takes one of the `max_clients` address
+    /// labels, which are for the LAN's own devices.
+    pub fn outsider_label(&self, ip: IpAddr) -> Arc<Device> {
+        self.label_as(ip, false)
+    }
+
+    fn label_as(&self, ip: IpAddr, may_take_address: bool) -> Arc<Device> {
         let ip = normalize_ip(ip);
         let table = self.table.load();
         if let Some(name) = table.exact.get(&ip) {
@@ -171,7 +182,7 @@ impl Clients {
                 let mut seen = self.seen_ips.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(label) = seen.get(&ip) {
                     label.clone()
-                } else if seen.len() < self.max_clients {
+                } else if may_take_address && seen.len() < self.max_clients {
                     // Formatted once per address, not once per query.
                     let label = Device::new(ip.to_string());
                     seen.insert(ip, label.clone());

@@ -181,7 +181,10 @@ impl<R: Resolve> Handler<R> {
             answer.rcode,
             started.elapsed(),
         );
-        let client = self.clients.label(query.client);
+        let client = match answer.outcome {
+            crate::resolver::Outcome::Refused => self.clients.outsider_label(query.client),
+            _ => self.clients.label(query.client),
+        };
         self.metrics.observe_client(&client, &answer.outcome);
         let max_size = max_size(reply.protocol(), edns_out.as_ref());
         let from_cache = answer

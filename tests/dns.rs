@@ -422,7 +422,10 @@ async fn servfail_fails_over_and_all_failing_gives_servfail() {
 async fn clients_outside_allow_clients_are_refused() {
     let stub = Stub::start().await;
     let dir = dir_with(&[]);
-    let config = format!("{BASE}\n[server]\nallow_clients = [\"127.0.0.2/32\"]\n");
+    let config = format!(
+        "{BASE}\n[server]\nallow_clients = [\"127.0.0.2/32\"]\n\
+         [metrics]\nclient_label = \"ip\"\nmax_clients = 1\n"
+    );
     let ts = Telesink::start(&config, &[&stub], dir.path()).await;
     let q = request("a.test.", RecordType::A, true);
     let r = udp_from("127.0.0.1:0", ts.udp, &q).await;
@@ -435,6 +438,13 @@ async fn clients_outside_allow_clients_are_refused() {
         1,
         "the refused query never left"
     );
+    // The outsider took none of the address labels the LAN's devices get.
+    let m = ts.metrics().await;
+    let series = |client: &str, outcome: &str| {
+        format!("telesink_client_queries_total{{client=\"{client}\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(metric(&m, &series("other", "refused")), 1.0, "{m}");
+    assert_eq!(metric(&m, &series("127.0.0.2", "forwarded")), 1.0, "{m}");
     ts.stop().await;
 }
 
