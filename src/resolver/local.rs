@@ -43,6 +43,11 @@ impl LocalRecords {
         let mut names: HashMap<LowerName, Vec<Record>> = HashMap::new();
         let mut ptrs: Vec<(LowerName, Name)> = Vec::new();
         for (key, values) in &config.records {
+            if key.contains('*') {
+                return Err(format!(
+                    "\"{key}\": wildcards are not supported; give each name"
+                ));
+            }
             let owner = parse_domain(key).ok_or_else(|| format!("\"{key}\" is not a name"))?;
             let owner_name = Name::from(owner.clone());
             let reverse = owner_name.to_ascii().ends_with(".in-addr.arpa.")
@@ -59,9 +64,18 @@ impl LocalRecords {
                         IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
                     }
                 } else {
-                    let target = parse_domain(value).ok_or_else(|| {
-                        format!("\"{key}\": {value:?} is neither an IP address nor a name")
-                    })?;
+                    // "192.168.1.256" or "192.168.1.1O" is a mistyped
+                    // address, not a name to alias: no top-level domain
+                    // starts with a digit, and no name holds a ':'.
+                    let tld = value.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+                    if value.contains(':') || tld.starts_with(|c: char| c.is_ascii_digit()) {
+                        return Err(format!("\"{key}\": {value:?} is not a valid IP address"));
+                    }
+                    let target = parse_domain(value)
+                        .filter(|_| !value.contains('*'))
+                        .ok_or_else(|| {
+                            format!("\"{key}\": {value:?} is neither an IP address nor a name")
+                        })?;
                     let target = Name::from(target);
                     if reverse {
                         RData::PTR(PTR(target))
@@ -502,5 +516,20 @@ mod tests {
         );
         let err = LocalRecords::parse(&config(&["not a name!"])).unwrap_err();
         assert!(err.contains("neither"), "{err}");
+        // Mistyped addresses are not taken for names to alias.
+        for typo in ["192.168.1.256", "192.168.1.1O", "fe80::zz", "10.0.0.1."] {
+            let err = LocalRecords::parse(&config(&[typo])).unwrap_err();
+            assert!(err.contains("not a valid IP address"), "{typo}: {err}");
+        }
+        let err = LocalRecords::parse(&config(&["*.nas.lan"])).unwrap_err();
+        assert!(err.contains("neither"), "{err}");
+        // Names that merely start with a digit are fine.
+        assert!(LocalRecords::parse(&config(&["1password.lan"])).is_ok());
+        let wildcard = LocalConfig {
+            records: [("*.lan".to_string(), vec!["10.0.0.1".to_string()])].into(),
+            ..LocalConfig::default()
+        };
+        let err = LocalRecords::parse(&wildcard).unwrap_err();
+        assert!(err.contains("wildcards are not supported"), "{err}");
     }
 }
