@@ -115,6 +115,14 @@ impl LocalRecords {
         self.names.get(name).map(Vec::as_slice)
     }
 
+    /// Whether a local record is owned by a name below `name`, which then
+    /// exists without records of its own (RFC 8020: not NXDOMAIN).
+    fn has_below(&self, name: &LowerName) -> bool {
+        self.names
+            .keys()
+            .any(|owner| owner != name && name.zone_of(owner))
+    }
+
     /// Whether no records are configured.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
@@ -299,6 +307,11 @@ impl<N: Resolve> Local<N> {
                     self.negative(ResponseCode::NoError, apex)
                 }
             }
+            // A name with local records below it exists: the zone of
+            // 192.168.1.x when a PTR there is local.
+            Special::Private if self.records.has_below(query.name) => {
+                self.negative(ResponseCode::NoError, apex)
+            }
             Special::Private => self.negative(ResponseCode::NXDomain, apex),
         }
     }
@@ -314,10 +327,14 @@ impl<N: Resolve> Local<N> {
                 _ => None,
             });
             let Some(target) = cname else {
+                // ANY gets every record of a local name: telesink holds
+                // them all (RFC 8482 §4.2 allows the full set).
                 answer.answers.extend(
                     records
                         .iter()
-                        .filter(|r| r.record_type() == query.qtype)
+                        .filter(|r| {
+                            query.qtype == RecordType::ANY || r.record_type() == query.qtype
+                        })
                         .cloned(),
                 );
                 if answer.answers.is_empty() {
@@ -328,28 +345,36 @@ impl<N: Resolve> Local<N> {
             };
             answer.answers.extend(records.iter().cloned());
             owner = LowerName::from(target);
-            match self.records.get(&owner) {
-                Some(next) => records = next,
-                None => {
-                    // A target outside the local records: resolved by the
-                    // rest of the chain, so it is blocked, cached and
-                    // forwarded like any name.
-                    let hop = Query {
-                        name: &owner,
-                        ..query.clone()
-                    };
-                    let rest = self.next.resolve(&hop).await;
-                    answer.rcode = rest.rcode;
-                    answer.authentic_data = false;
-                    answer.outcome = match rest.outcome {
-                        Outcome::Forwarded | Outcome::Cached | Outcome::Local => Outcome::Local,
-                        other => other,
-                    };
-                    answer.answers.extend(rest.answers);
-                    answer.authorities = rest.authorities;
-                    return answer;
-                }
+            if let Some(next) = self.records.get(&owner) {
+                records = next;
+                continue;
             }
+            let hop = Query {
+                name: &owner,
+                ..query.clone()
+            };
+            // A target in a special-use zone (`printer.home.arpa`) is
+            // answered here too: it must not leak upstream.
+            if let Some((apex, kind)) = self.special_zone(&owner) {
+                let rest = self.special_answer(&hop, apex, kind);
+                answer.rcode = rest.rcode;
+                answer.answers.extend(rest.answers);
+                answer.authorities = rest.authorities;
+                return answer;
+            }
+            // A target outside the local records: resolved by the rest of
+            // the chain, so it is blocked, cached and forwarded like any
+            // name.
+            let rest = self.next.resolve(&hop).await;
+            answer.rcode = rest.rcode;
+            answer.authentic_data = false;
+            answer.outcome = match rest.outcome {
+                Outcome::Forwarded | Outcome::Cached | Outcome::Local => Outcome::Local,
+                other => other,
+            };
+            answer.answers.extend(rest.answers);
+            answer.authorities = rest.authorities;
+            return answer;
         }
         Answer::empty(Outcome::Error, ResponseCode::ServFail)
     }
@@ -531,5 +556,35 @@ mod tests {
         };
         let err = LocalRecords::parse(&wildcard).unwrap_err();
         assert!(err.contains("wildcards are not supported"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn cnames_into_private_zones_stay_local() {
+        // `Unreachable` panics if the target is asked of the next link.
+        let l = local(&[("tv.lan", &["printer.home.arpa"])], &[]);
+        let a = ask(&l, "tv.lan", RecordType::A).await;
+        assert_eq!(a.rcode, ResponseCode::NXDomain);
+        assert_eq!(a.answers.len(), 1, "the CNAME");
+        assert!(matches!(a.authorities[0].data, RData::SOA(_)));
+    }
+
+    #[tokio::test]
+    async fn names_above_local_records_exist() {
+        let l = local(&[("nas.x.home.arpa", &["192.168.1.10"])], &[]);
+        for name in ["x.home.arpa", "1.168.192.in-addr.arpa"] {
+            let a = ask(&l, name, RecordType::A).await;
+            assert_eq!(a.rcode, ResponseCode::NoError, "{name}: NODATA");
+            assert!(a.answers.is_empty(), "{name}");
+        }
+        let a = ask(&l, "y.home.arpa", RecordType::A).await;
+        assert_eq!(a.rcode, ResponseCode::NXDomain);
+    }
+
+    #[tokio::test]
+    async fn any_gets_every_record_of_a_local_name() {
+        let l = local(&[("printer.lan", &["192.168.1.11", "fd00::11"])], &[]);
+        let a = ask(&l, "printer.lan", RecordType::ANY).await;
+        let kinds: Vec<_> = a.answers.iter().map(Record::record_type).collect();
+        assert_eq!(kinds, [RecordType::A, RecordType::AAAA]);
     }
 }
