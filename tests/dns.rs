@@ -357,6 +357,60 @@ async fn an_upstream_without_tcp_is_asked_again_over_udp_with_more_room() {
     ts.stop().await;
 }
 
+/// A TCP-only upstream that answers every query with `n` A records whose
+/// owners point at the question (16 bytes a record), written by hand: the
+/// compact form a real server sends.
+async fn compressed_tcp_upstream(n: u16) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Ok(len) = stream.read_u16().await {
+                    let mut query = vec![0u8; usize::from(len)];
+                    if stream.read_exact(&mut query).await.is_err() {
+                        return;
+                    }
+                    // Header and question as asked, OPT dropped.
+                    let question_end = 12 + query[12..].iter().position(|&b| b == 0).unwrap() + 5;
+                    let mut reply = query[..question_end].to_vec();
+                    reply[2] |= 0x80;
+                    reply[3] = 0x80;
+                    reply[6..8].copy_from_slice(&n.to_be_bytes());
+                    reply[8..12].fill(0);
+                    for i in 0..n {
+                        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 10, 0]);
+                        reply.extend_from_slice(&i.to_be_bytes());
+                    }
+                    let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&reply);
+                    if stream.write_all(&framed).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_answer_that_fits_a_tcp_message_upstream_fits_one_to_the_client() {
+    // 3,900 records: 62,400 bytes as the upstream compresses them.
+    let upstream = compressed_tcp_upstream(3900).await;
+    let dir = dir_with(&[]);
+    let config = BASE.replace("{upstreams}", &format!("\"tcp://{upstream}\""));
+    let ts = Telesink::start(&config, &[], dir.path()).await;
+    for round in ["miss", "hit"] {
+        let r = tcp(ts.tcp, &request("many.test.", RecordType::A, true)).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{round}");
+        assert!(!r.metadata.truncation, "{round}: TC over TCP");
+        assert_eq!(r.answers.len(), 3900, "{round}");
+    }
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn upstream_timeout_fails_over_to_the_next() {
     let dead = Stub::silent().await;

@@ -172,8 +172,8 @@ pub struct Answer {
     /// built or changed anywhere else has `None` (links that block or
     /// rewrite an answer build a new one).
     pub(crate) wire: Option<Encoded>,
-    /// The upstream's reply these records were decoded from, as it came
-    /// (over UDP), for the cache to store its bytes rather than encode the
+    /// The upstream's reply these records were decoded from, as it came,
+    /// for the cache to store its bytes rather than encode the
     /// records again. Set only by [`answer_from_reply`]; the cache takes it
     /// from the answer it stores, with the answer's records unchanged but
     /// for their TTLs.

@@ -2,8 +2,7 @@
 //! where those bytes mean the same after telesink's header and question.
 //!
 //! The cache keeps a fresh answer encoded ([`super::cache::WireAnswer`]).
-//! For an answer that came over UDP it can keep the upstream's own bytes
-//! instead of encoding the records with hickory and decoding them back to
+//! It can keep the upstream's own bytes (over any transport) instead of encoding the records with hickory and decoding them back to
 //! check the encoding. hickory has decoded those bytes into exactly the
 //! records the answer holds, so they say the same in telesink's reply as
 //! long as every name in them reads the same there. What differs in that
@@ -22,8 +21,11 @@
 //! - every record is of a type whose data it knows the layout of, so the
 //!   names inside data are checked too.
 //!
-//! Anything else is encoded by hickory, as every answer that came over
-//! TCP, TLS or HTTPS is.
+//! Anything else is encoded by hickory. Keeping the bytes also keeps
+//! the upstream's compression: hickory's encoder compresses long messages
+//! less (16 bytes per A record for 100 records, 26.5 for 1,000), so 3,900
+//! records the upstream sent in 62,400 bytes over TCP came out over 64 KiB
+//! and were cut, with TC set even over TCP.
 
 use hickory_proto::rr::{LowerName, RecordType};
 

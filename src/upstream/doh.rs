@@ -56,7 +56,7 @@ impl Doh {
         &self,
         request: &Message,
         bytes: &[u8],
-    ) -> Result<Message, AttemptError> {
+    ) -> Result<(Message, Vec<u8>), AttemptError> {
         let Some(client) = &self.client else {
             return Err(AttemptError::Io(std::io::Error::other(
                 "TLS is unavailable (see the startup log)",
@@ -115,7 +115,7 @@ impl Doh {
             ));
         }
         reply.metadata.id = request.metadata.id;
-        Ok(reply)
+        Ok((reply, body))
     }
 }
 

@@ -148,7 +148,7 @@ impl Upstream {
     }
 
     /// Sends `request` (already encoded as `bytes`) and returns the reply
-    /// that answers it, with its bytes as they came when it came over UDP.
+    /// that answers it, with its bytes as they came.
     /// The caller bounds the time it may take.
     pub async fn exchange(
         &self,
@@ -176,7 +176,7 @@ impl Upstream {
             Transport::Tcp(pool) | Transport::Tls(pool) => pool.exchange(request, bytes).await,
             Transport::Https(doh) => doh.exchange(request, bytes).await,
         };
-        reply.map(|reply| (reply, None))
+        reply.map(|(reply, wire)| (reply, Some(wire)))
     }
 }
 

@@ -58,7 +58,7 @@ pub(super) struct Target {
 struct Job {
     request: Message,
     bytes: Vec<u8>,
-    reply: oneshot::Sender<Result<Message, AttemptError>>,
+    reply: oneshot::Sender<Result<(Message, Vec<u8>), AttemptError>>,
 }
 
 /// The handle of a live connection.
@@ -107,7 +107,7 @@ impl Pool {
         &self,
         request: &Message,
         bytes: &[u8],
-    ) -> Result<Message, AttemptError> {
+    ) -> Result<(Message, Vec<u8>), AttemptError> {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % POOL_SIZE;
         let mut fresh_tried = false;
         loop {
@@ -227,7 +227,7 @@ fn forget_abandoned(waiting: &mut HashMap<u16, Waiting>) {
 /// A query written and waiting for its reply.
 struct Waiting {
     request: Message,
-    reply: oneshot::Sender<Result<Message, AttemptError>>,
+    reply: oneshot::Sender<Result<(Message, Vec<u8>), AttemptError>>,
 }
 
 /// The task of one connection: until the server closes it, it breaks, it
@@ -304,7 +304,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     let Some(w) = waiting.remove(&reply.metadata.id) else { continue };
                     let result = if same_question(&w.request, &reply) {
                         reply.metadata.id = w.request.metadata.id;
-                        Ok(reply)
+                        Ok((reply, frame))
                     } else {
                         Err(AttemptError::Malformed("reply does not match the question".into()))
                     };
