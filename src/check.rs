@@ -9,7 +9,7 @@ use crate::lists::ListKind;
 /// The summary of a valid configuration, or the problems of an invalid one.
 pub fn check(config: &Config) -> Result<String, String> {
     let snapshot = crate::lists::build(config, None);
-    let problems: Vec<String> = snapshot
+    let mut problems: Vec<String> = snapshot
         .lists
         .iter()
         .filter_map(|l| {
@@ -18,6 +18,11 @@ pub fn check(config: &Config) -> Result<String, String> {
                 .map(|e| format!("list {:?}: {}: {e}", &*l.name, l.origin))
         })
         .collect();
+    // Looked up only when telesink switches at start, as root: a typo
+    // would otherwise show first then.
+    if let Err(e) = crate::privileges::target(&config.server) {
+        problems.push(format!("{}: {e}", config.origin));
+    }
     if !problems.is_empty() {
         return Err(problems.join("\n"));
     }

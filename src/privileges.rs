@@ -2,7 +2,7 @@
 
 use nix::unistd::{Gid, Group, Uid, User, setgid, setgroups, setuid};
 
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 
 /// Switches to `[server] user`/`group` when running as root. Call it after
 /// binding, before serving. Without `user`, running as root is allowed but
@@ -19,24 +19,13 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
         }
         return Ok(());
     }
-    let Some(name) = &config.user else {
+    let Some((user, gid)) = target(config)? else {
         tracing::warn!(
             "running as root: set [server] user to drop privileges once the sockets are bound, or run unprivileged with CAP_NET_BIND_SERVICE"
         );
         return Ok(());
     };
-    let user = User::from_name(name)
-        .map_err(|e| format!("[server] user {name:?}: {e}"))?
-        .ok_or_else(|| format!("[server] user {name:?} does not exist"))?;
-    let gid = match &config.group {
-        Some(g) => {
-            Group::from_name(g)
-                .map_err(|e| format!("[server] group {g:?}: {e}"))?
-                .ok_or_else(|| format!("[server] group {g:?} does not exist"))?
-                .gid
-        }
-        None => user.gid,
-    };
+    let name = &user.name;
     crate::config::note_switched_user();
     let cache = full.blocking.cache_dir(&full.base_dir);
     if !cache.exists() {
@@ -54,6 +43,27 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
     switch(user.uid, gid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
     tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(), "dropped root privileges");
     Ok(())
+}
+
+/// The user and group `[server] user` and `group` name on this machine,
+/// if a user is set.
+pub fn target(config: &ServerConfig) -> Result<Option<(User, Gid)>, String> {
+    let Some(name) = &config.user else {
+        return Ok(None);
+    };
+    let user = User::from_name(name)
+        .map_err(|e| format!("[server] user {name:?}: {e}"))?
+        .ok_or_else(|| format!("[server] user {name:?} does not exist"))?;
+    let gid = match &config.group {
+        Some(g) => {
+            Group::from_name(g)
+                .map_err(|e| format!("[server] group {g:?}: {e}"))?
+                .ok_or_else(|| format!("[server] group {g:?} does not exist"))?
+                .gid
+        }
+        None => user.gid,
+    };
+    Ok(Some((user, gid)))
 }
 
 fn switch(uid: Uid, gid: Gid) -> nix::Result<()> {

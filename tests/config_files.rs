@@ -131,6 +131,23 @@ fn check_config_reports_errors_with_file_line_column() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("missing.txt"), "{stderr}");
+
+    // A user that does not exist here would show only at start, as root.
+    std::fs::write(&path, "[server]\nuser = \"no-such-user-here\"\n").unwrap();
+    let out = telesink(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[server] user \"no-such-user-here\" does not exist"),
+        "{stderr}"
+    );
+    std::fs::write(&path, "[server]\nuser = \"nobody\"\n").unwrap();
+    let out = telesink(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
