@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use hickory_proto::rr::rdata::HTTPS;
+use hickory_proto::rr::rdata::svcb::{SVCB, SvcParamValue};
 use hickory_proto::rr::{LowerName, Name, RData};
 
 use super::Answer;
@@ -41,16 +43,28 @@ impl Rebind {
 
     /// Whether `answer` to a question for `name` is a rebinding attempt:
     /// protection is on, `name` is not under `rebind_allow`, and an A or
-    /// AAAA record in the answer section points into a private range.
+    /// AAAA record in the answer section, or an address hint of an HTTPS
+    /// or SVCB record there (RFC 9460 §7.3, which clients may connect to),
+    /// points into a private range.
     pub fn is_rebinding(&self, name: &LowerName, answer: &Answer) -> bool {
         self.enabled
             && answer.answers.iter().any(|r| match &r.data {
                 RData::A(a) => is_private(IpAddr::V4(a.0)),
                 RData::AAAA(a) => is_private(IpAddr::V6(a.0)),
+                RData::HTTPS(HTTPS(svcb)) | RData::SVCB(svcb) => hints_private(svcb),
                 _ => false,
             })
             && !self.allow.iter().any(|d| d.zone_of(name))
     }
+}
+
+/// Whether an address hint of `svcb` is private.
+fn hints_private(svcb: &SVCB) -> bool {
+    svcb.svc_params.iter().any(|(_, value)| match value {
+        SvcParamValue::Ipv4Hint(hint) => hint.0.iter().any(|a| is_private(IpAddr::V4(a.0))),
+        SvcParamValue::Ipv6Hint(hint) => hint.0.iter().any(|a| is_private(IpAddr::V6(a.0))),
+        _ => false,
+    })
 }
 
 /// A `rebind_allow` entry as a name: `lan`, `home.arpa.`, `.local`.
@@ -67,14 +81,20 @@ pub fn rebind_domain(s: &str) -> Option<LowerName> {
 /// Addresses a public name has no business resolving to: the ranges
 /// dnsmasq's `stop-dns-rebind` rejects (RFC 1918, loopback, link-local,
 /// 0.0.0.0/8) plus CGNAT (RFC 6598), and for IPv6 loopback, unspecified,
-/// ULA (fc00::/7), link-local (fe80::/10) and IPv4-mapped private
-/// addresses.
+/// ULA (fc00::/7), link-local (fe80::/10), and private IPv4 addresses
+/// mapped (`::ffff:0:0/96`) or translated by NAT64 (`64:ff9b::/96`, RFC
+/// 6052: a DNS64 upstream writes a private A record as one).
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => private_v4(v4),
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return private_v4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [.., a, b, c, d] = v6.octets();
+                return private_v4(Ipv4Addr::new(a, b, c, d));
             }
             let first = v6.segments()[0];
             v6 == Ipv6Addr::LOCALHOST
@@ -100,6 +120,7 @@ mod tests {
     use crate::resolver::Outcome;
     use hickory_proto::op::ResponseCode;
     use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::svcb::{IpHint, SvcParamKey};
     use hickory_proto::rr::rdata::{A, AAAA};
 
     #[test]
@@ -120,6 +141,8 @@ mod tests {
             "fc00::1",
             "fe80::1",
             "::ffff:192.168.1.1",
+            "64:ff9b::192.168.1.1",
+            "64:ff9b::10.0.0.1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
@@ -132,6 +155,8 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "fec0::1",
+            "64:ff9b::8.8.8.8",
+            "64:ff9b:1::192.168.1.1",
         ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
@@ -165,6 +190,22 @@ mod tests {
         assert!(!rebind.is_rebinding(&name("evil.example."), &public));
         let off = Rebind::from_config(&SecurityConfig::default());
         assert!(!off.is_rebinding(&name("evil.example."), &answer));
+        // An HTTPS record's address hints count as its addresses.
+        let https = |hint: [u8; 4]| {
+            let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
+            let params = vec![(
+                SvcParamKey::Ipv4Hint,
+                SvcParamValue::Ipv4Hint(IpHint(vec![A::from(Ipv4Addr::from(hint))])),
+            )];
+            answer.answers.push(Record::from_rdata(
+                Name::from_ascii("x.").unwrap(),
+                60,
+                RData::HTTPS(HTTPS(SVCB::new(1, Name::root(), params))),
+            ));
+            answer
+        };
+        assert!(rebind.is_rebinding(&name("evil.example."), &https([192, 168, 1, 1])));
+        assert!(!rebind.is_rebinding(&name("evil.example."), &https([192, 0, 2, 1])));
         assert!(rebind_domain("*.lan").is_none());
         assert!(rebind_domain("").is_none());
     }
