@@ -392,6 +392,30 @@ impl quick_cache::Weighter<Key, Arc<Entry>> for Weight {
     }
 }
 
+/// The weight one shard of the cache holds at least: quick_cache never
+/// stores an entry heavier than 97% of a shard's, and a 64 KiB answer of
+/// A records weighs about 110 (its bytes and its TTL table).
+const MIN_SHARD_WEIGHT: usize = 128;
+
+/// The cache's map for `capacity` units. quick_cache's own choice of
+/// shards (four per CPU) would split a small capacity, or one on a machine
+/// with many CPUs, into shards too light for a big answer, which would
+/// then never be cached: fewer shards, each of [`MIN_SHARD_WEIGHT`] at
+/// least.
+fn entries(capacity: usize) -> quick_cache::sync::Cache<Key, Arc<Entry>, Weight> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let shards = (capacity / MIN_SHARD_WEIGHT).clamp(1, 4 * cpus);
+    // quick_cache rounds the count up to a power of two; round it down.
+    let shards = 1 << shards.ilog2();
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(capacity)
+        .weight_capacity(capacity as u64)
+        .shards(shards)
+        .build()
+        .expect("capacity and shards are set");
+    quick_cache::sync::Cache::with_options(options, Weight, Default::default(), Default::default())
+}
+
 impl Stored {
     /// The memory its records take, beyond [`ENTRY_OVERHEAD`].
     fn memory(&self) -> usize {
@@ -621,13 +645,7 @@ impl<N: Resolve> Cache<N> {
     ) -> Self {
         let max_in_flight = upstream.max_in_flight;
         let store = Arc::new(Store {
-            entries: (config.capacity > 0).then(|| {
-                quick_cache::sync::Cache::with_weighter(
-                    config.capacity,
-                    config.capacity as u64,
-                    Weight,
-                )
-            }),
+            entries: (config.capacity > 0).then(|| entries(config.capacity)),
             min_ttl: secs(config.min_ttl),
             max_ttl: secs(config.max_ttl),
             negative_max_ttl: secs(config.negative_max_ttl),
@@ -1375,6 +1393,20 @@ mod tests {
             held <= 2000 * SLOT_BYTES,
             "{held} bytes held for a capacity of 2000"
         );
+        // A small cache still keeps one: its shards are heavy enough,
+        // whatever the number of CPUs.
+        let config = CacheConfig {
+            capacity: 256,
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(
+            &config,
+            &UpstreamConfig::default(),
+            Arc::new(Metrics::new()),
+            Addresses(2000),
+        );
+        cache.resolve(&query()).await;
+        assert!(matches!(cache.peek(&query()), Peek::Cached(_)));
         // hickory's records take several times the encoded size: weighed so.
         let records = Stored::Records([
             Addresses(2000).resolve(&query()).await.answers,
