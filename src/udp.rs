@@ -527,7 +527,7 @@ mod tests {
 
     use hickory_proto::op::{Edns, Message, Query as Question};
     use hickory_proto::rr::RData;
-    use hickory_proto::rr::rdata::{A, CNAME, SOA};
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA};
 
     use crate::clients::Clients;
     use crate::config::{BlockMode, Config};
@@ -544,12 +544,47 @@ mod tests {
         Name::from_str(s).unwrap()
     }
 
+    /// Data of the asked type, for the types the tests ask; `None` for
+    /// the rest (NODATA).
+    fn data(qtype: RecordType, last: u8) -> Option<RData> {
+        match qtype {
+            RecordType::A => Some(RData::A(A::new(192, 0, 2, last))),
+            RecordType::AAAA => Some(RData::AAAA(AAAA::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                last.into(),
+            ))),
+            RecordType::MX => Some(RData::MX(MX::new(10, name("mail.example.")))),
+            _ => None,
+        }
+    }
+
     impl Resolve for Upstream {
         async fn resolve(&self, query: &Query<'_>) -> Answer {
             let owner = Name::from(query.name.clone());
             let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
             let cname =
                 |from: Name, to: &str| Record::from_rdata(from, 600, RData::CNAME(CNAME(name(to))));
+            let soa = || {
+                Record::from_rdata(
+                    name("test."),
+                    900,
+                    RData::SOA(SOA::new(
+                        name("ns.test."),
+                        name("hostmaster.test."),
+                        7,
+                        3600,
+                        600,
+                        86400,
+                        300,
+                    )),
+                )
+            };
             match owner.to_ascii().as_str() {
                 "panic.test." => panic!("the handler of one query panics"),
                 "www.cdn.test." => {
@@ -558,35 +593,34 @@ mod tests {
                         .answers
                         .push(cname(name("edge.cdn.example."), "a.edge.cdn.example."));
                     for last in 1..=3 {
-                        answer.answers.push(Record::from_rdata(
-                            name("a.edge.cdn.example."),
-                            120,
-                            RData::A(A::new(192, 0, 2, last)),
-                        ));
+                        if let Some(data) = data(query.qtype, last) {
+                            answer.answers.push(Record::from_rdata(
+                                name("a.edge.cdn.example."),
+                                120,
+                                data,
+                            ));
+                        }
                     }
                 }
                 "nx.test." => {
                     answer.rcode = ResponseCode::NXDomain;
-                    answer.authorities.push(Record::from_rdata(
-                        name("test."),
-                        900,
-                        RData::SOA(SOA::new(
-                            name("ns.test."),
-                            name("hostmaster.test."),
-                            7,
-                            3600,
-                            600,
-                            86400,
-                            300,
-                        )),
-                    ));
+                    answer.authorities.push(soa());
                 }
                 "cloaked.test." => answer.answers.push(cname(owner, "tracker.test.")),
-                _ => answer.answers.push(Record::from_rdata(
-                    owner,
-                    300,
-                    RData::A(A::new(192, 0, 2, 7)),
-                )),
+                _ => {
+                    if let Some(data) = data(query.qtype, 7) {
+                        answer.answers.push(Record::from_rdata(owner, 300, data));
+                    }
+                }
+            }
+            if answer.rcode == ResponseCode::NoError
+                && !answer
+                    .answers
+                    .iter()
+                    .any(|r| r.record_type() == query.qtype)
+            {
+                // NODATA, also after a CNAME chain.
+                answer.authorities.push(soa());
             }
             answer.authentic_data = query.name.to_string().starts_with("www");
             answer

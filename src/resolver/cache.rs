@@ -675,30 +675,29 @@ impl<N: Resolve> Cache<N> {
 impl Store {
     /// How long `answer` may be cached, in seconds, with its records'
     /// TTLs clamped in place; `None` if it must not be cached.
-    fn cacheable_ttl(&self, answer: &mut Answer) -> Option<u32> {
+    fn cacheable_ttl(&self, answer: &mut Answer, qtype: RecordType) -> Option<u32> {
         if !matches!(answer.rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
             return None;
         }
-        // RFC 2308 §5: a denial (NXDOMAIN, or NODATA, also at the end of a
-        // CNAME chain) lasts the smaller of its SOA record's TTL and the
-        // SOA's MINIMUM field. A denial without an SOA is not cached.
-        let at = answer
-            .authorities
-            .iter()
-            .position(|r| matches!(r.data, RData::SOA(_)));
-        let (mut ttl, soa) = match at {
-            Some(at) => {
-                let record = &mut answer.authorities[at];
-                let RData::SOA(soa) = &record.data else {
-                    unreachable!("found by its type")
-                };
-                record.ttl = record.ttl.min(soa.minimum).min(self.negative_max_ttl);
-                (record.ttl, Some(answer.answers.len() + at))
-            }
-            None if answer.rcode == ResponseCode::NoError && !answer.answers.is_empty() => {
-                (u32::MAX, None)
-            }
-            None => return None,
+        // A denial: NXDOMAIN, or NODATA (no record of the asked type, also
+        // at the end of a CNAME chain).
+        let denial = answer.rcode == ResponseCode::NXDomain
+            || !answer.answers.iter().any(|r| r.record_type() == qtype);
+        let (mut ttl, soa) = if denial {
+            // RFC 2308 §5: it lasts the smaller of its SOA record's TTL
+            // and the SOA's MINIMUM field. No SOA, no caching.
+            let at = answer
+                .authorities
+                .iter()
+                .position(|r| matches!(r.data, RData::SOA(_)))?;
+            let record = &mut answer.authorities[at];
+            let RData::SOA(soa) = &record.data else {
+                unreachable!("found by its type")
+            };
+            record.ttl = record.ttl.min(soa.minimum).min(self.negative_max_ttl);
+            (record.ttl, Some(answer.answers.len() + at))
+        } else {
+            (u32::MAX, None)
         };
         // The entry expires with the first of its records. All but a
         // denial's SOA are clamped, a denial's other records too (a CNAME
@@ -724,7 +723,7 @@ impl Store {
         let Some(entries) = &self.entries else {
             return;
         };
-        if let Some(ttl) = self.cacheable_ttl(answer) {
+        if let Some(ttl) = self.cacheable_ttl(answer, key.1) {
             // Encoded here, on the miss path, so hits only copy bytes: as
             // the upstream sent them where they can stand as they are,
             // else by hickory, and kept encoded only if that decodes back
@@ -1266,14 +1265,18 @@ mod tests {
         };
         let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NXDomain);
         answer.authorities = vec![soa];
-        assert_eq!(store.cacheable_ttl(&mut answer), Some(120), "SOA MINIMUM");
+        assert_eq!(
+            store.cacheable_ttl(&mut answer, RecordType::A),
+            Some(120),
+            "SOA MINIMUM"
+        );
         // A CNAME chain into the denial: the entry goes with the CNAME.
         answer.answers = vec![cname(10)];
-        assert_eq!(store.cacheable_ttl(&mut answer), Some(10));
+        assert_eq!(store.cacheable_ttl(&mut answer, RecordType::A), Some(10));
         assert_eq!(answer.authorities[0].ttl, 120);
         // Clamped as positive answers are.
         answer.answers = vec![cname(7200)];
-        assert_eq!(store.cacheable_ttl(&mut answer), Some(120));
+        assert_eq!(store.cacheable_ttl(&mut answer, RecordType::A), Some(120));
         assert_eq!(answer.answers[0].ttl, 3600);
     }
 
@@ -1308,16 +1311,36 @@ mod tests {
             let mut answer = Answer::empty(Outcome::Forwarded, rcode);
             answer.answers = vec![cname.clone()];
             answer.authorities = vec![soa.clone()];
-            assert_eq!(store.cacheable_ttl(&mut answer), Some(30), "{rcode}");
+            assert_eq!(
+                store.cacheable_ttl(&mut answer, RecordType::A),
+                Some(30),
+                "{rcode}"
+            );
             assert_eq!(answer.authorities[0].ttl, 30, "{rcode}: the SOA as sent");
         }
+        // An answer of the asked type is no denial, SOA or not.
+        let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
+        answer.answers = vec![Record::from_rdata(
+            name(QNAME),
+            3600,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 1))),
+        )];
+        answer.authorities = vec![soa.clone()];
+        assert_eq!(store.cacheable_ttl(&mut answer, RecordType::A), Some(3600));
+        assert_eq!(answer.authorities[0].ttl, 3600, "the SOA untouched");
         // A positive answer without an SOA is cached; a denial is not.
         let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
         answer.answers = vec![cname.clone()];
-        assert_eq!(store.cacheable_ttl(&mut answer), Some(3600));
+        assert_eq!(
+            store.cacheable_ttl(&mut answer, RecordType::CNAME),
+            Some(3600)
+        );
+        let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
+        answer.answers = vec![cname.clone()];
+        assert_eq!(store.cacheable_ttl(&mut answer, RecordType::A), None);
         let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NXDomain);
         answer.answers = vec![cname];
-        assert_eq!(store.cacheable_ttl(&mut answer), None);
+        assert_eq!(store.cacheable_ttl(&mut answer, RecordType::A), None);
     }
 
     /// An A query for `QNAME`.
