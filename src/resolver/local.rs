@@ -66,9 +66,16 @@ impl LocalRecords {
                 } else {
                     // "192.168.1.256" or "192.168.1.1O" is a mistyped
                     // address, not a name to alias: no top-level domain
-                    // starts with a digit, and no name holds a ':'.
-                    let tld = value.trim_end_matches('.').rsplit('.').next().unwrap_or("");
-                    if value.contains(':') || tld.starts_with(|c: char| c.is_ascii_digit()) {
+                    // starts with a digit, and no name holds a ':'. (A
+                    // single label, "3dprinter", is a local name.)
+                    let (rest, tld) = value
+                        .trim_end_matches('.')
+                        .rsplit_once('.')
+                        .unwrap_or(("", value));
+                    let numeric_tld =
+                        !rest.is_empty() && tld.starts_with(|c: char| c.is_ascii_digit());
+                    let all_digits = value.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+                    if value.contains(':') || numeric_tld || all_digits {
                         return Err(format!("\"{key}\": {value:?} is not a valid IP address"));
                     }
                     let target = parse_domain(value)
@@ -548,8 +555,12 @@ mod tests {
         }
         let err = LocalRecords::parse(&config(&["*.nas.lan"])).unwrap_err();
         assert!(err.contains("neither"), "{err}");
-        // Names that merely start with a digit are fine.
+        // Names that merely start with a digit are fine, and so is a
+        // single label.
         assert!(LocalRecords::parse(&config(&["1password.lan"])).is_ok());
+        assert!(LocalRecords::parse(&config(&["3dprinter"])).is_ok());
+        let err = LocalRecords::parse(&config(&["1921681256"])).unwrap_err();
+        assert!(err.contains("not a valid IP address"), "{err}");
         let wildcard = LocalConfig {
             records: [("*.lan".to_string(), vec!["10.0.0.1".to_string()])].into(),
             ..LocalConfig::default()
