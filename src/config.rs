@@ -666,7 +666,7 @@ impl BlockingConfig {
 }
 
 /// The cache directory of a system service.
-const SYSTEM_CACHE_DIR: &str = "/var/cache/telesink";
+pub(crate) const SYSTEM_CACHE_DIR: &str = "/var/cache/telesink";
 
 /// Set once this process, started as root, is about to switch to
 /// `[server] user` (see [`BlockingConfig::cache_dir`]).

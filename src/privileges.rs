@@ -28,21 +28,63 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
     let name = &user.name;
     crate::config::note_switched_user();
     let cache = full.blocking.cache_dir(&full.base_dir);
-    if !cache.exists() {
-        std::fs::create_dir_all(&cache)
-            .and_then(|()| {
-                std::os::unix::fs::chown(&cache, Some(user.uid.as_raw()), Some(gid.as_raw()))
-            })
-            .map_err(|e| {
-                format!(
-                    "cannot make {} for user {name:?} (the downloaded lists' directory): {e}",
-                    cache.display()
-                )
-            })?;
+    if let Err(error) = prepare_cache_dir(&cache, user.uid, gid) {
+        tracing::warn!(%error, dir = %cache.display(), "cannot make the directory for downloaded lists");
     }
     switch(user.uid, gid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
     tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(), "dropped root privileges");
+    let downloads = full
+        .blocking
+        .lists
+        .iter()
+        .chain(&full.blocking.allow)
+        .any(|l| l.url.is_some());
+    if downloads {
+        if let Err(error) = writable(&cache) {
+            tracing::warn!(
+                %error,
+                dir = %cache.display(),
+                "user {name:?} cannot write the directory for downloaded lists, so every download will fail: give it to that user, or set [blocking] cache_dir"
+            );
+        }
+    }
     Ok(())
+}
+
+/// Makes `dir` for downloaded lists, owned by the user telesink switches
+/// to, if it does not exist; gives the default one to that user if root
+/// owns it (made by an earlier run without `user`). A directory set with
+/// `cache_dir` that exists is left as it is. The owner is changed with
+/// `lchown`: if something replaced the new directory with a symbolic link
+/// meanwhile, the link changes owner, not what it points at.
+fn prepare_cache_dir(dir: &std::path::Path, uid: Uid, gid: Gid) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let give = || std::os::unix::fs::lchown(dir, Some(uid.as_raw()), Some(gid.as_raw()));
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
+            give()
+        }
+        Err(e) => Err(e),
+        Ok(meta)
+            if meta.is_dir()
+                && meta.uid() == 0
+                && dir == std::path::Path::new(crate::config::SYSTEM_CACHE_DIR) =>
+        {
+            give()
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Whether this process can make a file in `dir`.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".telesink-write-test-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// The user and group `[server] user` and `group` name on this machine,

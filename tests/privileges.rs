@@ -156,3 +156,43 @@ fn downloads_are_kept_where_the_switched_user_can_write() {
     bin.child.kill().unwrap();
     bin.child.wait().unwrap();
 }
+
+#[test]
+fn a_download_directory_the_user_cannot_write_is_reported() {
+    let Some(_nobody) = nobody("a_download_directory_the_user_cannot_write_is_reported") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // Set by the owner, made by root: left as it is, and reported.
+    std::fs::create_dir(dir.path().join("roots")).unwrap();
+    // A link to nowhere does not stop the start.
+    std::os::unix::fs::symlink("/nonexistent/telesink", dir.path().join("dangling")).unwrap();
+    for cache_dir in ["roots", "dangling"] {
+        let config = dir.path().join("t.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n[upstream]\nservers = [\"127.0.0.1:9\"]\n\
+                 [http]\nlisten = \"\"\n[blocking]\ncache_dir = \"{cache_dir}\"\n\
+                 [[blocking.lists]]\nname = \"remote\"\nurl = \"http://127.0.0.1:9/list.txt\"\n"
+            ),
+        )
+        .unwrap();
+        let mut bin = Binary::start(&config);
+        assert!(bin.udp.is_some(), "{cache_dir}: started: {:?}", bin.startup);
+        assert!(
+            bin.startup
+                .iter()
+                .any(|l| l.contains("cannot write the directory for downloaded lists")),
+            "{cache_dir}: {:#?}",
+            bin.startup
+        );
+        bin.child.kill().unwrap();
+        bin.child.wait().unwrap();
+    }
+}

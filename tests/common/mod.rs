@@ -803,6 +803,8 @@ pub type Counts = HashMap<String, usize>;
 /// addresses it logged as bound (its config may use port 0).
 pub struct Binary {
     pub child: std::process::Child,
+    /// Its log up to the `ready` line.
+    pub startup: Vec<String>,
     /// The rest of its log, after the `ready` line.
     pub log: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
     pub udp: Option<SocketAddr>,
@@ -821,6 +823,7 @@ impl Binary {
             .unwrap();
         let mut log = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let (mut udp, mut http) = (None, None);
+        let mut startup = Vec::new();
         let after = |line: &str, marker: &str| {
             line.split(marker)
                 .nth(1)
@@ -830,12 +833,15 @@ impl Binary {
             let line = line.unwrap();
             udp = udp.or_else(|| after(&line, "listening for DNS over UDP addr="));
             http = http.or_else(|| after(&line, "over HTTP addr="));
-            if line.contains("ready:") {
+            let ready = line.contains("ready:");
+            startup.push(line);
+            if ready {
                 break;
             }
         }
         Self {
             child,
+            startup,
             log,
             udp,
             http,
