@@ -105,8 +105,9 @@ pub struct Upstream {
 
 #[derive(Debug)]
 enum Transport {
-    /// Plain DNS over UDP; the pool is for truncated answers.
-    Udp(SocketAddr, stream::Pool),
+    /// Plain DNS over UDP; the pool is for truncated answers, unless the
+    /// upstream refused TCP lately.
+    Udp(SocketAddr, stream::Pool, TcpRefused),
     /// Plain DNS over TCP.
     Tcp(stream::Pool),
     /// DNS-over-TLS.
@@ -134,7 +135,11 @@ impl Upstream {
                     // Rejected when the config is parsed.
                     UpstreamHost::Name(_) => IpAddr::from([0, 0, 0, 0]),
                 };
-                Transport::Udp(SocketAddr::new(ip, addr.port), pool(false))
+                Transport::Udp(
+                    SocketAddr::new(ip, addr.port),
+                    pool(false),
+                    TcpRefused::default(),
+                )
             }
             UpstreamProtocol::Tcp => Transport::Tcp(pool(false)),
             UpstreamProtocol::Tls => Transport::Tls(pool(true)),
@@ -156,7 +161,7 @@ impl Upstream {
         bytes: &[u8],
     ) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
         let reply = match &self.transport {
-            Transport::Udp(addr, pool) => {
+            Transport::Udp(addr, pool, refused) => {
                 match udp::exchange(*addr, bytes, request, self.udp_size).await {
                     Ok((reply, wire)) if !reply.metadata.truncation => {
                         return Ok((reply, Some(wire)));
@@ -164,8 +169,17 @@ impl Upstream {
                     Ok(_) | Err(AttemptError::TooBig) => {}
                     Err(e) => return Err(e),
                 }
+                let larger = self.udp_size < LARGEST_UDP;
+                if larger && refused.lately() {
+                    return udp_at_largest(*addr, bytes, request)
+                        .await
+                        .ok_or_else(|| AttemptError::Io(TcpRefused::error()));
+                }
                 match pool.exchange(request, bytes).await {
-                    Err(AttemptError::Io(error)) if self.udp_size < LARGEST_UDP => {
+                    Err(AttemptError::Io(error)) if larger => {
+                        if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                            refused.now();
+                        }
                         return udp_at_largest(*addr, bytes, request)
                             .await
                             .ok_or(AttemptError::Io(error));
@@ -177,6 +191,33 @@ impl Upstream {
             Transport::Https(doh) => doh.exchange(request, bytes).await,
         };
         reply.map(|(reply, wire)| (reply, Some(wire)))
+    }
+}
+
+/// When a UDP upstream last refused a TCP connection: for
+/// [`TcpRefused::MEMORY`] after that, truncated answers go straight to
+/// [`udp_at_largest`] instead of costing a refused connect each.
+#[derive(Debug, Default)]
+struct TcpRefused(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl TcpRefused {
+    /// How long a refusal is remembered: the upstream may start listening.
+    const MEMORY: Duration = Duration::from_secs(300);
+
+    fn lately(&self) -> bool {
+        let at = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        at.is_some_and(|at| at.elapsed() < Self::MEMORY)
+    }
+
+    fn now(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    fn error() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "the upstream refused TCP lately, and the answer does not fit 4,096 bytes",
+        )
     }
 }
 
@@ -232,4 +273,71 @@ pub(crate) fn same_question(request: &Message, reply: &Message) -> bool {
                 && r.query_class() == q.query_class()
                 && r.name() == q.name()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    /// An upstream on UDP only (its TCP port bound, not listening, so
+    /// connections are refused) that truncates 100 A records to none
+    /// unless the query advertises room for them.
+    async fn udp_only() -> SocketAddr {
+        let (udp, tcp) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+            if tcp.bind(udp.local_addr().unwrap()).is_ok() {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _bound = tcp;
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let query = Message::from_vec(&buf[..n]).unwrap();
+                let size = query.edns.as_ref().map_or(512, Edns::max_payload);
+                let mut reply =
+                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+                reply.add_queries(query.queries.clone());
+                let owner = query.queries[0].name().clone();
+                reply.add_answers((1..=100u8).map(|i| {
+                    Record::from_rdata(owner.clone(), 60, RData::A(A::new(192, 0, 2, i)))
+                }));
+                if reply.to_vec().unwrap().len() > usize::from(size) {
+                    reply.answers.clear();
+                    reply.metadata.truncation = true;
+                }
+                udp.send_to(&reply.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_refused_tcp_connection_is_remembered() {
+        let addr = udp_only().await;
+        let ctx = Context::new(&UpstreamConfig::default(), std::path::Path::new("."), 1232);
+        let upstream = Upstream::new(&format!("udp://{addr}").parse().unwrap(), &ctx);
+        let Transport::Udp(_, _, refused) = &upstream.transport else {
+            panic!("a UDP upstream");
+        };
+        for id in [1, 2] {
+            let mut request = Message::new(id, MessageType::Query, OpCode::Query);
+            request.add_query(Query::query(
+                Name::from_ascii("big.test.").unwrap(),
+                RecordType::A,
+            ));
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            request.set_edns(edns);
+            let bytes = request.to_vec().unwrap();
+            let (reply, _) = upstream.exchange(&request, &bytes).await.unwrap();
+            assert_eq!(reply.answers.len(), 100);
+            assert!(refused.lately(), "query {id}");
+        }
+    }
 }

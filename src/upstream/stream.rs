@@ -86,6 +86,9 @@ pub(super) struct Pool {
     /// How long a query may go unanswered, with nothing read meanwhile,
     /// before the connection is taken for dead: the attempt timeout.
     unanswered: Duration,
+    /// Failed connects are logged at most once per 10 s (a UDP upstream
+    /// that refuses TCP fails one per large answer).
+    connect_log: crate::throttle::Throttle,
 }
 
 impl Pool {
@@ -97,6 +100,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             idle_timeout,
             unanswered,
+            connect_log: crate::throttle::Throttle::new(Duration::from_secs(10)),
         }
     }
 
@@ -161,7 +165,9 @@ impl Pool {
                 tokio::spawn(run(*s, rx, limits));
             }
             Err(error) => {
-                tracing::warn!(upstream = %self.target.label, %error, "cannot connect to upstream");
+                if let Some(suppressed) = self.connect_log.ready() {
+                    tracing::warn!(upstream = %self.target.label, %error, suppressed, "cannot connect to upstream");
+                }
                 return Err(AttemptError::Io(error));
             }
         }
