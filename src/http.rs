@@ -98,8 +98,7 @@ fn from_a_web_page(headers: &HeaderMap, has_token: bool) -> Option<&'static str>
     if has_token {
         return None;
     }
-    let site = headers.get("sec-fetch-site");
-    if headers.contains_key(header::ORIGIN) || site.is_some_and(|s| s != "none") {
+    if made_by_a_page(headers) {
         return Some(
             "without [http] token, the admin API does not answer requests made by web pages\n",
         );
@@ -111,6 +110,14 @@ fn from_a_web_page(headers: &HeaderMap, has_token: bool) -> Option<&'static str>
         );
     }
     None
+}
+
+/// Whether a browser marks the request as made by a page: `Origin` (every
+/// POST, and cross-origin reads) or `Sec-Fetch-Site` other than `none`
+/// (what the user typed in the address bar).
+fn made_by_a_page(headers: &HeaderMap) -> bool {
+    let site = headers.get("sec-fetch-site");
+    headers.contains_key(header::ORIGIN) || site.is_some_and(|s| s != "none")
 }
 
 /// Whether a `Host` header names an IP address or `localhost`, with or
@@ -141,6 +148,17 @@ fn unauthorized() -> Response {
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     if !authorized(&headers, state.metrics_token.as_deref()) {
         return unauthorized();
+    }
+    // Device and list names are private: without a token, a page that
+    // rebinds its name to this address must not read them. Prometheus
+    // sends no browser headers; a page typed in the address bar sends
+    // `Sec-Fetch-Site: none`.
+    if state.metrics_token.is_none() && made_by_a_page(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "without [http] metrics_token, /metrics does not answer requests made by web pages\n",
+        )
+            .into_response();
     }
     // Derived at scrape time, the one place it is set: the config's
     // `enabled` (reloadable) and a pause from the API both change it.

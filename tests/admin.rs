@@ -160,6 +160,21 @@ async fn web_pages_cannot_use_the_admin_api() {
     assert_eq!(status, 403);
     let blocked = addresses(&ask(ts.udp, "tracker.test.", RecordType::A).await);
     assert_eq!(blocked, ["0.0.0.0"], "blocking was not paused");
+    // Nor can a page read the metrics (device and list names); Prometheus
+    // and the address bar can.
+    let (status, _) = http_request_with(
+        ts.http,
+        "GET",
+        "/metrics",
+        &[("Sec-Fetch-Site", "same-origin")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    for headers in [&[][..], &[("Sec-Fetch-Site", "none")][..]] {
+        let (status, body) = http_request_with(ts.http, "GET", "/metrics", headers).await;
+        assert_eq!(status, 200, "{headers:?}");
+        assert!(body.contains("telesink_build_info"));
+    }
     // curl and scripts name an address or localhost.
     for host in [
         ts.http.to_string(),
