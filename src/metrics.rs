@@ -128,7 +128,7 @@ impl Metrics {
             upstream_requests: counter_vec(
                 r,
                 "telesink_upstream_requests_total",
-                "Requests sent to upstream resolvers, by upstream and result (ok, nxdomain, servfail, refused, formerr, notimp, other, timeout, error).",
+                "Requests sent to upstream resolvers, by upstream and result (ok, nxdomain, servfail, refused, formerr, notimp, truncated, other, timeout, error).",
                 &["upstream", "result"],
             ),
             upstream_duration: histogram_vec(

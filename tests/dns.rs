@@ -359,8 +359,8 @@ async fn an_upstream_without_tcp_is_asked_again_over_udp_with_more_room() {
 
 /// A TCP-only upstream that answers every query with `n` A records whose
 /// owners point at the question (16 bytes a record), written by hand: the
-/// compact form a real server sends.
-async fn compressed_tcp_upstream(n: u16) -> std::net::SocketAddr {
+/// compact form a real server sends; with TC set if `tc`.
+async fn compressed_tcp_upstream(n: u16, tc: bool) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -375,7 +375,7 @@ async fn compressed_tcp_upstream(n: u16) -> std::net::SocketAddr {
                     // Header and question as asked, OPT dropped.
                     let question_end = 12 + query[12..].iter().position(|&b| b == 0).unwrap() + 5;
                     let mut reply = query[..question_end].to_vec();
-                    reply[2] |= 0x80;
+                    reply[2] |= 0x80 | if tc { 0x02 } else { 0 };
                     reply[3] = 0x80;
                     reply[6..8].copy_from_slice(&n.to_be_bytes());
                     reply[8..12].fill(0);
@@ -398,7 +398,7 @@ async fn compressed_tcp_upstream(n: u16) -> std::net::SocketAddr {
 #[tokio::test]
 async fn an_answer_that_fits_a_tcp_message_upstream_fits_one_to_the_client() {
     // 3,900 records: 62,400 bytes as the upstream compresses them.
-    let upstream = compressed_tcp_upstream(3900).await;
+    let upstream = compressed_tcp_upstream(3900, false).await;
     let dir = dir_with(&[]);
     let config = BASE.replace("{upstreams}", &format!("\"tcp://{upstream}\""));
     let ts = Telesink::start(&config, &[], dir.path()).await;
@@ -408,6 +408,29 @@ async fn an_answer_that_fits_a_tcp_message_upstream_fits_one_to_the_client() {
         assert!(!r.metadata.truncation, "{round}: TC over TCP");
         assert_eq!(r.answers.len(), 3900, "{round}");
     }
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_truncated_reply_over_tcp_is_not_an_answer_nor_a_failure_of_the_upstream() {
+    let upstream = compressed_tcp_upstream(10, true).await;
+    let dir = dir_with(&[]);
+    let config = BASE.replace("{upstreams}", &format!("\"tcp://{upstream}\""));
+    let ts = Telesink::start(&config, &[], dir.path()).await;
+    for _ in 0..3 {
+        let r = tcp(ts.tcp, &request("cut.test.", RecordType::A, true)).await;
+        assert_eq!(
+            r.metadata.response_code,
+            ResponseCode::ServFail,
+            "not cached, not passed on"
+        );
+    }
+    let m = ts.metrics().await;
+    let label = format!("upstream=\"tcp://{upstream}\"");
+    let truncated = format!("telesink_upstream_requests_total{{result=\"truncated\",{label}}}");
+    assert_eq!(metric(&m, &truncated), 3.0, "{m}");
+    let healthy = format!("telesink_upstream_healthy{{{label}}}");
+    assert_eq!(metric(&m, &healthy), 1.0, "still healthy: {m}");
     ts.stop().await;
 }
 

@@ -206,7 +206,8 @@ struct Health {
 enum Attempt {
     /// A reply to pass on, and its bytes if the transport keeps them.
     Answer(Message, Option<Vec<u8>>),
-    /// SERVFAIL, REFUSED, FORMERR or NOTIMP: ask another upstream.
+    /// SERVFAIL, REFUSED, FORMERR, NOTIMP or a truncated reply over a
+    /// stream: ask another upstream.
     Failed,
     /// A timeout or a network/TLS error.
     Unreachable,
@@ -331,6 +332,7 @@ impl Group {
         let result = self.exchange(upstream, query).await;
         lost.done = true;
         let label = match &result {
+            Ok((reply, _)) if reply.metadata.truncation => "truncated",
             Ok((reply, _)) => match reply.metadata.response_code {
                 ResponseCode::NoError => "ok",
                 ResponseCode::NXDomain => "nxdomain",
@@ -355,6 +357,14 @@ impl Group {
                     .with_label_values(&[upstream.label.as_str()])
                     .observe(elapsed.as_secs_f64());
                 self.healthy(m, elapsed);
+                // TC even over TCP, TLS or HTTPS (a UDP reply with TC was
+                // asked again over TCP): part of an answer, not to be
+                // passed on or cached as the whole. It says nothing of the
+                // upstream's health.
+                if reply.metadata.truncation {
+                    tracing::debug!(upstream = %upstream.label, "truncated reply over a stream, trying the next");
+                    return Attempt::Failed;
+                }
                 let rcode = reply.metadata.response_code;
                 // FORMERR and NOTIMP speak of telesink's own query (its
                 // EDNS, a type the server does not know), not the client's.
