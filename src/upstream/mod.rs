@@ -170,15 +170,22 @@ impl Upstream {
                     Err(e) => return Err(e),
                 }
                 let larger = self.udp_size < LARGEST_UDP;
-                if larger && refused.lately() {
-                    return udp_at_largest(*addr, bytes, request)
-                        .await
-                        .ok_or_else(|| AttemptError::Io(TcpRefused::error()));
+                // After a recent refusal the larger UDP query goes first;
+                // TCP is still tried when it fails (the upstream may have
+                // started listening, or the answer needs TCP).
+                let udp_first = larger && refused.lately();
+                if udp_first {
+                    if let Some(reply) = udp_at_largest(*addr, bytes, request).await {
+                        return Ok(reply);
+                    }
                 }
                 match pool.exchange(request, bytes).await {
                     Err(AttemptError::Io(error)) if larger => {
                         if error.kind() == std::io::ErrorKind::ConnectionRefused {
                             refused.now();
+                        }
+                        if udp_first {
+                            return Err(AttemptError::Io(error));
                         }
                         return udp_at_largest(*addr, bytes, request)
                             .await
@@ -198,8 +205,9 @@ impl Upstream {
 }
 
 /// When a UDP upstream last refused a TCP connection: for
-/// [`TcpRefused::MEMORY`] after that, truncated answers go straight to
-/// [`udp_at_largest`] instead of costing a refused connect each.
+/// [`TcpRefused::MEMORY`] after that, truncated answers try
+/// [`udp_at_largest`] before TCP, instead of costing a refused connect
+/// each.
 #[derive(Debug, Default)]
 struct TcpRefused(std::sync::Mutex<Option<std::time::Instant>>);
 
@@ -214,13 +222,6 @@ impl TcpRefused {
 
     fn now(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-    }
-
-    fn error() -> std::io::Error {
-        std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "the upstream refused TCP lately, and the answer does not fit 4,096 bytes",
-        )
     }
 }
 
@@ -285,10 +286,27 @@ mod tests {
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-    /// An upstream on UDP only (its TCP port bound, not listening, so
-    /// connections are refused) that truncates 100 A records to none
-    /// unless the query advertises room for them.
-    async fn udp_only() -> SocketAddr {
+    /// The reply of an upstream with `n` A records for the question of
+    /// `query`, truncated to none if it does not fit `room` bytes.
+    fn reply(query: &Message, n: u8, room: usize) -> Vec<u8> {
+        let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+        reply.add_queries(query.queries.clone());
+        let owner = query.queries[0].name().clone();
+        reply.add_answers(
+            (1..=n).map(|i| Record::from_rdata(owner.clone(), 60, RData::A(A::new(192, 0, 2, i)))),
+        );
+        if reply.to_vec().unwrap().len() > room {
+            reply.answers.clear();
+            reply.metadata.truncation = true;
+        }
+        reply.to_vec().unwrap()
+    }
+
+    /// An upstream on UDP that answers `n` A records, truncated to none
+    /// unless the query advertises room for them; its TCP port is bound,
+    /// not listening (connections are refused) until the caller listens
+    /// on the socket returned.
+    async fn udp_only(n: u8) -> (SocketAddr, tokio::net::TcpSocket) {
         let (udp, tcp) = loop {
             let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let tcp = tokio::net::TcpSocket::new_v4().unwrap();
@@ -298,49 +316,79 @@ mod tests {
         };
         let addr = udp.local_addr().unwrap();
         tokio::spawn(async move {
-            let _bound = tcp;
             let mut buf = vec![0u8; 4096];
-            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
-                let query = Message::from_vec(&buf[..n]).unwrap();
-                let size = query.edns.as_ref().map_or(512, Edns::max_payload);
-                let mut reply =
-                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-                reply.add_queries(query.queries.clone());
-                let owner = query.queries[0].name().clone();
-                reply.add_answers((1..=100u8).map(|i| {
-                    Record::from_rdata(owner.clone(), 60, RData::A(A::new(192, 0, 2, i)))
-                }));
-                if reply.to_vec().unwrap().len() > usize::from(size) {
-                    reply.answers.clear();
-                    reply.metadata.truncation = true;
-                }
-                udp.send_to(&reply.to_vec().unwrap(), from).await.unwrap();
+            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
+                let query = Message::from_vec(&buf[..len]).unwrap();
+                let room = query.edns.as_ref().map_or(512, Edns::max_payload);
+                let bytes = reply(&query, n, usize::from(room));
+                udp.send_to(&bytes, from).await.unwrap();
             }
         });
-        addr
+        (addr, tcp)
+    }
+
+    /// Serves `n` A records over TCP on `listener`.
+    fn serve_tcp(listener: tokio::net::TcpListener, n: u8) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(len) = stream.read_u16().await {
+                        let mut query = vec![0u8; usize::from(len)];
+                        stream.read_exact(&mut query).await.unwrap();
+                        let bytes = reply(&Message::from_vec(&query).unwrap(), n, 65_535);
+                        stream
+                            .write_all(&(bytes.len() as u16).to_be_bytes())
+                            .await
+                            .unwrap();
+                        stream.write_all(&bytes).await.unwrap();
+                    }
+                });
+            }
+        });
+    }
+
+    fn upstream(addr: SocketAddr) -> Upstream {
+        let ctx = Context::new(&UpstreamConfig::default(), std::path::Path::new("."), 1232);
+        Upstream::new(&format!("udp://{addr}").parse().unwrap(), &ctx)
+    }
+
+    async fn ask(upstream: &Upstream, id: u16) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
+        let mut request = Message::new(id, MessageType::Query, OpCode::Query);
+        request.add_query(Query::query(
+            Name::from_ascii("big.test.").unwrap(),
+            RecordType::A,
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        request.set_edns(edns);
+        let bytes = request.to_vec().unwrap();
+        upstream.exchange(&request, &bytes).await
     }
 
     #[tokio::test]
     async fn a_refused_tcp_connection_is_remembered() {
-        let addr = udp_only().await;
-        let ctx = Context::new(&UpstreamConfig::default(), std::path::Path::new("."), 1232);
-        let upstream = Upstream::new(&format!("udp://{addr}").parse().unwrap(), &ctx);
+        let (addr, _tcp) = udp_only(100).await;
+        let upstream = upstream(addr);
         let Transport::Udp(_, _, refused) = &upstream.transport else {
             panic!("a UDP upstream");
         };
         for id in [1, 2] {
-            let mut request = Message::new(id, MessageType::Query, OpCode::Query);
-            request.add_query(Query::query(
-                Name::from_ascii("big.test.").unwrap(),
-                RecordType::A,
-            ));
-            let mut edns = Edns::new();
-            edns.set_max_payload(1232);
-            request.set_edns(edns);
-            let bytes = request.to_vec().unwrap();
-            let (reply, _) = upstream.exchange(&request, &bytes).await.unwrap();
+            let (reply, _) = ask(&upstream, id).await.unwrap();
             assert_eq!(reply.answers.len(), 100);
             assert!(refused.lately(), "query {id}");
         }
+    }
+
+    #[tokio::test]
+    async fn tcp_is_tried_again_when_the_larger_udp_query_is_not_enough() {
+        // 250 records do not fit 4,096 bytes: only TCP brings them.
+        let (addr, tcp) = udp_only(250).await;
+        let upstream = upstream(addr);
+        assert!(ask(&upstream, 1).await.is_err(), "TCP refused");
+        // The upstream starts listening on TCP.
+        serve_tcp(tcp.listen(16).unwrap(), 250);
+        let (reply, _) = ask(&upstream, 2).await.unwrap();
+        assert_eq!(reply.answers.len(), 250);
     }
 }
