@@ -28,17 +28,19 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
     let name = &user.name;
     crate::config::note_switched_user();
     let cache = full.blocking.cache_dir(&full.base_dir);
-    if let Err(error) = prepare_cache_dir(&cache, user.uid, gid) {
-        tracing::warn!(%error, dir = %cache.display(), "cannot make the directory for downloaded lists");
-    }
-    switch(user.uid, gid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
-    tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(), "dropped root privileges");
     let downloads = full
         .blocking
         .lists
         .iter()
         .chain(&full.blocking.allow)
         .any(|l| l.url.is_some());
+    if let Err(error) = prepare_cache_dir(&cache, user.uid, gid) {
+        if downloads {
+            tracing::warn!(%error, dir = %cache.display(), "cannot make the directory for downloaded lists");
+        }
+    }
+    switch(user.uid, gid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
+    tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(), "dropped root privileges");
     if downloads {
         if let Err(error) = writable(&cache) {
             tracing::warn!(
@@ -53,10 +55,11 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
 
 /// Makes `dir` for downloaded lists, owned by the user telesink switches
 /// to, if it does not exist; gives the default one to that user if root
-/// owns it (made by an earlier run without `user`). A directory set with
-/// `cache_dir` that exists is left as it is. The owner is changed with
-/// `lchown`: if something replaced the new directory with a symbolic link
-/// meanwhile, the link changes owner, not what it points at.
+/// owns it (made by an earlier run without `user`), with the files in it.
+/// A directory set with `cache_dir` that exists is left as it is. Owners
+/// are changed with `lchown`: if something replaced the new directory
+/// with a symbolic link meanwhile, the link changes owner, not what it
+/// points at.
 fn prepare_cache_dir(dir: &std::path::Path, uid: Uid, gid: Gid) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let give = || std::os::unix::fs::lchown(dir, Some(uid.as_raw()), Some(gid.as_raw()));
@@ -74,7 +77,17 @@ fn prepare_cache_dir(dir: &std::path::Path, uid: Uid, gid: Gid) -> std::io::Resu
                 && meta.uid() == 0
                 && dir == std::path::Path::new(crate::config::SYSTEM_CACHE_DIR) =>
         {
-            give()
+            give()?;
+            for entry in std::fs::read_dir(dir)?.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    std::os::unix::fs::lchown(
+                        entry.path(),
+                        Some(uid.as_raw()),
+                        Some(gid.as_raw()),
+                    )?;
+                }
+            }
+            Ok(())
         }
         Ok(_) => Ok(()),
     }

@@ -196,3 +196,104 @@ fn a_download_directory_the_user_cannot_write_is_reported() {
         bin.child.wait().unwrap();
     }
 }
+
+#[test]
+fn copies_left_by_root_do_not_stop_downloads() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let Some(nobody) = nobody("copies_left_by_root_do_not_stop_downloads") else {
+        return;
+    };
+    let body = Arc::new(Mutex::new(String::from("tracker.test\n")));
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/list.txt", server.local_addr().unwrap());
+    let served = body.clone();
+    std::thread::spawn(move || {
+        for stream in server.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = stream.read(&mut buf);
+            let body = served.lock().unwrap().clone();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nETag: \"v{}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len(),
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    std::os::unix::fs::chown(
+        &downloads,
+        Some(nobody.uid.as_raw()),
+        Some(nobody.gid.as_raw()),
+    )
+    .unwrap();
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n[upstream]\nservers = [\"127.0.0.1:9\"]\n\
+             [http]\nlisten = \"\"\n[blocking]\ncache_dir = \"downloads\"\n\
+             [[blocking.lists]]\nname = \"remote\"\nurl = \"{url}\"\n"
+        ),
+    )
+    .unwrap();
+    let blocked = |udp, query: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !exchange(udp, query).ends_with(&[0, 0, 0, 0]) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    };
+    let mut bin = Binary::start(&config);
+    assert!(blocked(bin.udp.unwrap(), QUERY), "the first download");
+    bin.child.kill().unwrap();
+    bin.child.wait().unwrap();
+    // The copy and its validators now belong to root, as after a run as
+    // root; the list has changed.
+    for entry in std::fs::read_dir(&downloads).unwrap() {
+        std::os::unix::fs::chown(entry.unwrap().path(), Some(0), Some(0)).unwrap();
+    }
+    *body.lock().unwrap() = "other.test\n".into();
+    let mut bin = Binary::start(&config);
+    // A copy this fresh is not downloaded again at start; SIGHUP does.
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &bin.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let other = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01x\x05other\x04test\x00\x00\x01\x00\x01";
+    assert!(blocked(bin.udp.unwrap(), other), "the new download is used");
+    // Its validators replaced the old ones, so the next check is a
+    // conditional request again.
+    let meta = || {
+        std::fs::read_dir(&downloads)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "meta"))
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !meta().contains("etag: \"v11\"") {
+        assert!(
+            Instant::now() < deadline,
+            "validators not replaced: {:?}",
+            meta()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bin.child.kill().unwrap();
+    bin.child.wait().unwrap();
+}

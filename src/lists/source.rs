@@ -284,7 +284,18 @@ impl Part {
         if let Some(m) = modified {
             meta.push_str(&format!("last-modified: {m}\n"));
         }
-        tokio::fs::write(&paths.meta, meta).await
+        // Replaced by a rename, as the body is: writing into the old file
+        // needs its write permission, which a copy left by another user
+        // (an earlier run as root) denies even where the directory allows.
+        let part = paths
+            .meta
+            .with_extension(format!("meta.{:08x}.part", rand::random::<u32>()));
+        tokio::fs::write(&part, meta).await?;
+        if let Err(error) = tokio::fs::rename(&part, &paths.meta).await {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(error);
+        }
+        Ok(())
     }
 }
 
