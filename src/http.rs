@@ -120,10 +120,9 @@ fn made_by_a_page(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ORIGIN) || site.is_some_and(|s| s != "none")
 }
 
-/// Whether a `Host` header names an IP address or `localhost`, with or
-/// without a port.
-fn loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
+/// The name or address a `Host` header gives, without its port.
+fn host_name(host: &str) -> &str {
+    match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(name, port)| {
             if port.bytes().all(|b| b.is_ascii_digit()) {
@@ -132,8 +131,26 @@ fn loopback_host(host: &str) -> bool {
                 host
             }
         }),
-    };
+    }
+}
+
+/// Whether a `Host` header names an IP address or `localhost`, with or
+/// without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = host_name(host);
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Whether a `Host` header names what only the LAN can: an address,
+/// `localhost`, a single label (`telesink`, `pi`) or a name under a
+/// private-use domain. A rebinding page names a public domain.
+fn lan_host(host: &str) -> bool {
+    let name = host_name(host).trim_end_matches('.').to_ascii_lowercase();
+    loopback_host(host)
+        || (!name.is_empty() && !name.contains('.'))
+        || [".lan", ".local", ".home.arpa", ".internal"]
+            .iter()
+            .any(|zone| name.ends_with(zone))
 }
 
 fn unauthorized() -> Response {
@@ -149,16 +166,20 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     if !authorized(&headers, state.metrics_token.as_deref()) {
         return unauthorized();
     }
-    // Device and list names are private: without a token, a page that
-    // rebinds its name to this address must not read them. Prometheus
-    // sends no browser headers; a page typed in the address bar sends
-    // `Sec-Fetch-Site: none`.
-    if state.metrics_token.is_none() && made_by_a_page(&headers) {
-        return (
-            StatusCode::FORBIDDEN,
-            "without [http] metrics_token, /metrics does not answer requests made by web pages\n",
-        )
-            .into_response();
+    // Device and list names are private: without a token, a page must
+    // not read them. Prometheus sends no browser headers, and names the
+    // target as an address, localhost, a compose service (`telesink`) or
+    // a LAN name; a page that rebinds its own name to this address names
+    // that (and over plain http sends no Sec-Fetch-* headers at all).
+    if state.metrics_token.is_none() {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if made_by_a_page(&headers) || host.is_some_and(|h| !lan_host(h)) {
+            return (
+                StatusCode::FORBIDDEN,
+                "without [http] metrics_token, /metrics answers only Prometheus and curl, at an address or a LAN name\n",
+            )
+                .into_response();
+        }
     }
     // Derived at scrape time, the one place it is set: the config's
     // `enabled` (reloadable) and a pause from the API both change it.

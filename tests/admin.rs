@@ -162,15 +162,21 @@ async fn web_pages_cannot_use_the_admin_api() {
     assert_eq!(blocked, ["0.0.0.0"], "blocking was not paused");
     // Nor can a page read the metrics (device and list names); Prometheus
     // and the address bar can.
-    let (status, _) = http_request_with(
-        ts.http,
-        "GET",
-        "/metrics",
-        &[("Sec-Fetch-Site", "same-origin")],
-    )
-    .await;
-    assert_eq!(status, 403);
-    for headers in [&[][..], &[("Sec-Fetch-Site", "none")][..]] {
+    for headers in [
+        &[("Sec-Fetch-Site", "same-origin")][..],
+        // A rebound page over plain http sends no Sec-Fetch-* headers.
+        &[("Host", "rebind.attacker.example:9153")][..],
+    ] {
+        let (status, _) = http_request_with(ts.http, "GET", "/metrics", headers).await;
+        assert_eq!(status, 403, "{headers:?}");
+    }
+    for headers in [
+        &[][..],
+        &[("Sec-Fetch-Site", "none")][..],
+        &[("Host", "telesink:9153")][..],
+        &[("Host", "pi.lan:9153")][..],
+        &[("Host", "pi.home.arpa")][..],
+    ] {
         let (status, body) = http_request_with(ts.http, "GET", "/metrics", headers).await;
         assert_eq!(status, 200, "{headers:?}");
         assert!(body.contains("telesink_build_info"));
