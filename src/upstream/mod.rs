@@ -101,6 +101,9 @@ pub struct Upstream {
     transport: Transport,
     /// Receive buffer for UDP replies: the EDNS size telesink advertises.
     udp_size: usize,
+    /// How long the UDP query at 4,096 bytes may take: a third of the
+    /// attempt's timeout, at most 1 s, so TCP still has time after it.
+    larger_wait: Duration,
 }
 
 #[derive(Debug)]
@@ -149,6 +152,7 @@ impl Upstream {
             label,
             transport,
             udp_size: usize::from(ctx.edns_udp_size),
+            larger_wait: (ctx.timeout / 3).min(Duration::from_secs(1)),
         }
     }
 
@@ -162,34 +166,47 @@ impl Upstream {
     ) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
         let reply = match &self.transport {
             Transport::Udp(addr, pool, refused) => {
-                match udp::exchange(*addr, bytes, request, self.udp_size).await {
+                // A truncated reply to fall back on: the upstream answers,
+                // only not whole over UDP.
+                let mut cut = match udp::exchange(*addr, bytes, request, self.udp_size).await {
                     Ok((reply, wire)) if !reply.metadata.truncation => {
                         return Ok((reply, Some(wire)));
                     }
-                    Ok(_) | Err(AttemptError::TooBig) => {}
+                    Ok((reply, _)) => Some(reply),
+                    Err(AttemptError::TooBig) => None,
                     Err(e) => return Err(e),
-                }
+                };
                 let larger = self.udp_size < LARGEST_UDP;
+                let wait = self.larger_wait;
                 // After a recent refusal the larger UDP query goes first;
                 // TCP is still tried when it fails (the upstream may have
                 // started listening, or the answer needs TCP).
                 let udp_first = larger && refused.lately();
                 if udp_first {
-                    if let Some(reply) = udp_at_largest(*addr, bytes, request).await {
+                    let asked = udp_at_largest(*addr, bytes, request, wait, &mut cut);
+                    if let Some(reply) = asked.await {
                         return Ok(reply);
                     }
                 }
                 match pool.exchange(request, bytes).await {
-                    Err(AttemptError::Io(error)) if larger => {
+                    Err(AttemptError::Io(error)) => {
                         if error.kind() == std::io::ErrorKind::ConnectionRefused {
                             refused.now();
                         }
-                        if udp_first {
-                            return Err(AttemptError::Io(error));
+                        if larger && !udp_first {
+                            let asked = udp_at_largest(*addr, bytes, request, wait, &mut cut);
+                            if let Some(reply) = asked.await {
+                                return Ok(reply);
+                            }
                         }
-                        return udp_at_largest(*addr, bytes, request)
-                            .await
-                            .ok_or(AttemptError::Io(error));
+                        // Too big for UDP and no TCP: the truncated reply,
+                        // which the caller takes for part of an answer
+                        // (tried elsewhere; the upstream, which answers,
+                        // keeps its health), not an error.
+                        return match cut {
+                            Some(reply) => Ok((reply, None)),
+                            None => Err(AttemptError::Io(error)),
+                        };
                     }
                     other => other,
                 }
@@ -231,19 +248,28 @@ const LARGEST_UDP: usize = 4096;
 /// A truncated answer from an upstream that refuses TCP connections (the
 /// DNS proxy of some routers listens on UDP only): asked once more over
 /// UDP, advertising [`LARGEST_UDP`] bytes, which fragments carry whole on
-/// a LAN. `None` if that is truncated or fails too. Only a refused or
-/// reset connection gets here: an upstream that lets TCP time out has
-/// used up the attempt's time.
+/// a LAN, waiting at most `wait` (a lost fragment must leave time for
+/// TCP). `None` if the reply is still truncated (then it replaces `cut`,
+/// the truncated reply to fall back on) or does not come. Only a refused
+/// or reset connection, or one refused lately, gets here: an upstream that
+/// lets TCP time out has used up the attempt's time.
 async fn udp_at_largest(
     addr: SocketAddr,
     bytes: &[u8],
     request: &Message,
+    wait: Duration,
+    cut: &mut Option<Message>,
 ) -> Option<(Message, Option<Vec<u8>>)> {
     let mut bytes = bytes.to_vec();
     set_opt_payload(&mut bytes, LARGEST_UDP as u16)?;
-    tracing::debug!(upstream = %addr, "TCP refused after a truncated answer; asking over UDP with a larger size");
-    match udp::exchange(addr, &bytes, request, LARGEST_UDP).await {
-        Ok((reply, wire)) if !reply.metadata.truncation => Some((reply, Some(wire))),
+    tracing::debug!(upstream = %addr, "truncated answer and no TCP; asking over UDP with a larger size");
+    let asked = udp::exchange(addr, &bytes, request, LARGEST_UDP);
+    match tokio::time::timeout(wait, asked).await {
+        Ok(Ok((reply, wire))) if !reply.metadata.truncation => Some((reply, Some(wire))),
+        Ok(Ok((reply, _))) => {
+            *cut = Some(reply);
+            None
+        }
         _ => None,
     }
 }
@@ -303,10 +329,11 @@ mod tests {
     }
 
     /// An upstream on UDP that answers `n` A records, truncated to none
-    /// unless the query advertises room for them; its TCP port is bound,
-    /// not listening (connections are refused) until the caller listens
-    /// on the socket returned.
-    async fn udp_only(n: u8) -> (SocketAddr, tokio::net::TcpSocket) {
+    /// unless the query advertises room for them (queries advertising
+    /// 4,096 bytes go unanswered unless `large`, as if their fragments
+    /// were lost); its TCP port is bound, not listening (connections are
+    /// refused) until the caller listens on the socket returned.
+    async fn udp_only(n: u8, large: bool) -> (SocketAddr, tokio::net::TcpSocket) {
         let (udp, tcp) = loop {
             let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let tcp = tokio::net::TcpSocket::new_v4().unwrap();
@@ -320,6 +347,9 @@ mod tests {
             while let Ok((len, from)) = udp.recv_from(&mut buf).await {
                 let query = Message::from_vec(&buf[..len]).unwrap();
                 let room = query.edns.as_ref().map_or(512, Edns::max_payload);
+                if room == 4096 && !large {
+                    continue;
+                }
                 let bytes = reply(&query, n, usize::from(room));
                 udp.send_to(&bytes, from).await.unwrap();
             }
@@ -363,12 +393,15 @@ mod tests {
         edns.set_max_payload(1232);
         request.set_edns(edns);
         let bytes = request.to_vec().unwrap();
-        upstream.exchange(&request, &bytes).await
+        // Bounded as the forwarder bounds an attempt.
+        tokio::time::timeout(Duration::from_secs(5), upstream.exchange(&request, &bytes))
+            .await
+            .expect("an exchange ends by itself")
     }
 
     #[tokio::test]
     async fn a_refused_tcp_connection_is_remembered() {
-        let (addr, _tcp) = udp_only(100).await;
+        let (addr, _tcp) = udp_only(100, true).await;
         let upstream = upstream(addr);
         let Transport::Udp(_, _, refused) = &upstream.transport else {
             panic!("a UDP upstream");
@@ -383,12 +416,29 @@ mod tests {
     #[tokio::test]
     async fn tcp_is_tried_again_when_the_larger_udp_query_is_not_enough() {
         // 250 records do not fit 4,096 bytes: only TCP brings them.
-        let (addr, tcp) = udp_only(250).await;
+        let (addr, tcp) = udp_only(250, true).await;
         let upstream = upstream(addr);
-        assert!(ask(&upstream, 1).await.is_err(), "TCP refused");
+        // Without TCP: the truncated reply, for the caller to try another
+        // upstream without holding it against this one.
+        let (reply, _) = ask(&upstream, 1).await.unwrap();
+        assert!(reply.metadata.truncation, "TCP refused");
         // The upstream starts listening on TCP.
         serve_tcp(tcp.listen(16).unwrap(), 250);
         let (reply, _) = ask(&upstream, 2).await.unwrap();
         assert_eq!(reply.answers.len(), 250);
+    }
+
+    #[tokio::test]
+    async fn a_lost_larger_reply_leaves_time_for_tcp() {
+        let (addr, tcp) = udp_only(100, false).await;
+        let upstream = upstream(addr);
+        let (reply, _) = ask(&upstream, 1).await.unwrap();
+        assert!(
+            reply.metadata.truncation,
+            "TCP refused, the larger reply lost"
+        );
+        serve_tcp(tcp.listen(16).unwrap(), 100);
+        let (reply, _) = ask(&upstream, 2).await.unwrap();
+        assert_eq!(reply.answers.len(), 100, "TCP after the lost larger reply");
     }
 }
