@@ -357,10 +357,10 @@ impl Group {
                     .with_label_values(&[upstream.label.as_str()])
                     .observe(elapsed.as_secs_f64());
                 self.healthy(m, elapsed);
-                // TC even over TCP, TLS or HTTPS (a UDP reply with TC was
-                // asked again over TCP): part of an answer, not to be
-                // passed on or cached as the whole. It says nothing of the
-                // upstream's health.
+                // TC even over TCP, TLS or HTTPS, or from a UDP upstream
+                // without TCP (see `Upstream::exchange`): part of an
+                // answer, not to be passed on or cached as the whole. It
+                // says nothing of the upstream's health.
                 if reply.metadata.truncation {
                     tracing::debug!(upstream = %upstream.label, "truncated reply over a stream, trying the next");
                     return Attempt::Failed;
