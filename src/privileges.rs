@@ -78,8 +78,12 @@ fn prepare_cache_dir(dir: &std::path::Path, uid: Uid, gid: Gid) -> std::io::Resu
                 && dir == std::path::Path::new(crate::config::SYSTEM_CACHE_DIR) =>
         {
             give()?;
+            // Regular files only (`metadata` does not follow a link), and
+            // none with other names elsewhere: a hard link put here would
+            // hand over the file it links to.
             for entry in std::fs::read_dir(dir)?.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_file() && meta.nlink() == 1 {
                     std::os::unix::fs::lchown(
                         entry.path(),
                         Some(uid.as_raw()),

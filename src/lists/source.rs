@@ -275,6 +275,12 @@ impl Part {
         modified: Option<&str>,
     ) -> std::io::Result<()> {
         self.file.flush().await?;
+        // The old validators go first: were the new ones not written, the
+        // new body must not be kept under the old body's ETag.
+        match tokio::fs::remove_file(&paths.meta).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         tokio::fs::rename(&self.path, &paths.body).await?;
         self.committed = true;
         let mut meta = String::new();
@@ -290,12 +296,14 @@ impl Part {
         let part = paths
             .meta
             .with_extension(format!("meta.{:08x}.part", rand::random::<u32>()));
-        tokio::fs::write(&part, meta).await?;
-        if let Err(error) = tokio::fs::rename(&part, &paths.meta).await {
+        let written = match tokio::fs::write(&part, meta).await {
+            Ok(()) => tokio::fs::rename(&part, &paths.meta).await,
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
             let _ = tokio::fs::remove_file(&part).await;
-            return Err(error);
         }
-        Ok(())
+        written
     }
 }
 
