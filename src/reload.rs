@@ -137,6 +137,10 @@ impl Reloader {
     /// Runs until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.watch();
+        {
+            let config = self.config.load();
+            sweep_parts(&config.blocking.cache_dir(&config.base_dir));
+        }
         self.start_downloads(&shutdown);
         let mut rewatch = tokio::time::interval(REWATCH);
         rewatch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -601,6 +605,22 @@ impl Downloader {
                 Some(_) => self.refresh,
                 None => self.refresh.min(RETRY),
             };
+        }
+    }
+}
+
+/// Removes the part files of downloads a killed process left in `dir` (a
+/// download removes its own when it fails or is cancelled). Run once at
+/// start, before any download of this process begins.
+fn sweep_parts(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".part") && entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -551,6 +551,15 @@ async fn a_corrupt_list_copy_on_disk_is_survived() {
     junk.extend((0..4096u32).map(|i| (i * 7919 % 251) as u8));
     std::fs::write(&paths.body, &junk).unwrap();
     std::fs::write(&paths.meta, b"\xffnot a header\n").unwrap();
+    // Part files of downloads a killed process left behind.
+    let cache = paths.body.parent().unwrap().to_path_buf();
+    let parts = [
+        cache.join("remote-0000.list.deadbeef.part"),
+        cache.join("remote-0000.meta.0badf00d.part"),
+    ];
+    for part in &parts {
+        std::fs::write(part, "half a list\n").unwrap();
+    }
     let text = config_text(&format!(
         "[blocking]\ncache_dir = \"cache\"\ndownload_timeout = \"1s\"\n\
          [[blocking.lists]]\nname = \"remote\"\nurl = \"{url}\""
@@ -560,6 +569,12 @@ async fn a_corrupt_list_copy_on_disk_is_survived() {
         is_blocked(&ts, "kept.blocked.test.").await,
         "the good line of the copy is used"
     );
+    eventually("left-over part files removed", || {
+        let gone = parts.iter().all(|p| !p.exists());
+        async move { gone }
+    })
+    .await;
+    assert!(paths.body.exists() && paths.meta.exists(), "the copy stays");
     assert_eq!(
         addresses(&ask(ts.udp, "a.test.", RecordType::A).await),
         ["192.0.2.1"]
