@@ -160,6 +160,9 @@ pub async fn serve(
                 api: config.http.api,
                 token: config.http.token.as_deref().map(Arc::from),
                 metrics_token: config.http.metrics_token.as_deref().map(Arc::from),
+                metrics_refused_log: Arc::new(crate::throttle::Throttle::new(
+                    std::time::Duration::from_secs(60),
+                )),
             };
             Some(tokio::spawn(crate::http::serve(
                 listener,

@@ -50,6 +50,8 @@ pub struct HttpState {
     pub token: Option<Arc<str>>,
     /// The same for `/metrics`.
     pub metrics_token: Option<Arc<str>>,
+    /// Refused scrapes are logged at most once a minute.
+    pub metrics_refused_log: Arc<crate::throttle::Throttle>,
 }
 
 /// Whether `headers` carry `Authorization: Bearer <expected>`. The
@@ -141,16 +143,28 @@ fn loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// Domains whose names only a home network (or a tailnet) resolves: a
+/// page from the internet cannot be served under them.
+const LAN_ZONES: [&str; 9] = [
+    ".lan",
+    ".local",
+    ".home.arpa",
+    ".internal",
+    ".home",
+    ".localdomain",
+    ".localhost",
+    ".fritz.box",
+    ".ts.net",
+];
+
 /// Whether a `Host` header names what only the LAN can: an address,
-/// `localhost`, a single label (`telesink`, `pi`) or a name under a
-/// private-use domain. A rebinding page names a public domain.
+/// `localhost`, a single label (`telesink`, `pi`) or a name under one of
+/// [`LAN_ZONES`]. A rebinding page names a public domain.
 fn lan_host(host: &str) -> bool {
     let name = host_name(host).trim_end_matches('.').to_ascii_lowercase();
     loopback_host(host)
         || (!name.is_empty() && !name.contains('.'))
-        || [".lan", ".local", ".home.arpa", ".internal"]
-            .iter()
-            .any(|zone| name.ends_with(zone))
+        || LAN_ZONES.iter().any(|zone| name.ends_with(zone))
 }
 
 fn unauthorized() -> Response {
@@ -174,6 +188,13 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     if state.metrics_token.is_none() {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         if made_by_a_page(&headers) || host.is_some_and(|h| !lan_host(h)) {
+            if let Some(suppressed) = state.metrics_refused_log.ready() {
+                tracing::warn!(
+                    host = host.unwrap_or(""),
+                    suppressed,
+                    "/metrics refused a request from a web page or to a public name; scrape by address or LAN name, or set [http] metrics_token"
+                );
+            }
             return (
                 StatusCode::FORBIDDEN,
                 "without [http] metrics_token, /metrics answers only Prometheus and curl, at an address or a LAN name\n",

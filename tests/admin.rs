@@ -176,6 +176,8 @@ async fn web_pages_cannot_use_the_admin_api() {
         &[("Host", "telesink:9153")][..],
         &[("Host", "pi.lan:9153")][..],
         &[("Host", "pi.home.arpa")][..],
+        &[("Host", "pi.fritz.box:9153")][..],
+        &[("Host", "PI.LOCALDOMAIN.")][..],
     ] {
         let (status, body) = http_request_with(ts.http, "GET", "/metrics", headers).await;
         assert_eq!(status, 200, "{headers:?}");
