@@ -173,7 +173,9 @@ impl Upstream {
                         return Ok((reply, Some(wire)));
                     }
                     Ok((reply, _)) => Some(reply),
-                    Err(AttemptError::TooBig) => None,
+                    // Cut by the kernel, so unreadable: a truncated reply
+                    // made from the question stands for it.
+                    Err(AttemptError::TooBig) => Some(truncated(request)),
                     Err(e) => return Err(e),
                 };
                 let larger = self.udp_size < LARGEST_UDP;
@@ -272,6 +274,20 @@ async fn udp_at_largest(
         }
         _ => None,
     }
+}
+
+/// A reply to `request` with TC set and nothing in it: what an upstream
+/// whose reply was too big to read said, for the caller, which never
+/// passes a truncated reply on.
+fn truncated(request: &Message) -> Message {
+    let mut reply = Message::new(
+        request.metadata.id,
+        hickory_proto::op::MessageType::Response,
+        hickory_proto::op::OpCode::Query,
+    );
+    reply.metadata.truncation = true;
+    reply.add_queries(request.queries.clone());
+    reply
 }
 
 /// Sets the payload size of the OPT record that ends `query`, as the
@@ -426,6 +442,33 @@ mod tests {
         serve_tcp(tcp.listen(16).unwrap(), 250);
         let (reply, _) = ask(&upstream, 2).await.unwrap();
         assert_eq!(reply.answers.len(), 250);
+    }
+
+    #[tokio::test]
+    async fn a_reply_too_big_to_read_without_tcp_is_a_truncated_one() {
+        // An upstream that ignores the advertised size: 255 records, over
+        // 4,096 bytes, to every query; TCP refused.
+        let (udp, _tcp) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+            if tcp.bind(udp.local_addr().unwrap()).is_ok() {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
+                let bytes = reply(&Message::from_vec(&buf[..len]).unwrap(), 255, 65_535);
+                assert!(bytes.len() > 4096);
+                udp.send_to(&bytes, from).await.unwrap();
+            }
+        });
+        let upstream = upstream(addr);
+        let (reply, _) = ask(&upstream, 1).await.unwrap();
+        assert!(reply.metadata.truncation);
+        assert_eq!(reply.metadata.id, 1);
+        assert!(reply.answers.is_empty());
     }
 
     #[tokio::test]
