@@ -300,10 +300,13 @@ impl Part {
             Ok(()) => tokio::fs::rename(&part, &paths.meta).await,
             Err(e) => Err(e),
         };
-        if written.is_err() {
+        if let Err(error) = written {
             let _ = tokio::fs::remove_file(&part).await;
+            // The new body is in place and the old validators are gone:
+            // the list is current, and the next check downloads in full.
+            tracing::warn!(%error, file = %paths.meta.display(), "cannot record the download's validators; the next check downloads the list in full");
         }
-        written
+        Ok(())
     }
 }
 
