@@ -600,6 +600,9 @@ pub(crate) async fn respond<R: Resolve>(
     } else {
         None
     };
+    // RFC 6891 §7: the reply to a query with an OPT carries one, so the
+    // OPT of a query with many questions is found by skipping them.
+    let unread_opt = unread.and_then(|_| find_opt(&bytes, &header));
     let request = (unread.is_none() && counts_fit(&header, bytes.len()))
         .then(|| Request::from_bytes(bytes, src, protocol).ok())
         .flatten();
@@ -608,19 +611,59 @@ pub(crate) async fn respond<R: Resolve>(
             handler.handle_request(&request, reply).await;
         }
         None => {
-            // Header only: no question, and no OPT (finding it would mean
-            // reading the questions).
+            // Header only: no question, and an OPT only for a query with
+            // many questions (a message that does not parse gets none).
             let rcode = unread.unwrap_or(ResponseCode::FormErr);
             let Ok(no_questions) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
                 return;
             };
-            let error =
-                MessageResponseBuilder::new(&no_questions, None).error_msg(&header.metadata, rcode);
+            let edns = unread_opt.map(|(payload, dnssec_ok)| {
+                let mut edns = Edns::new();
+                edns.set_max_payload(payload.clamp(512, handler.edns_udp_size()));
+                edns.set_dnssec_ok(dnssec_ok);
+                edns
+            });
+            let error = MessageResponseBuilder::new(&no_questions, edns.as_ref())
+                .error_msg(&header.metadata, rcode);
             if let Err(error) = send(error, &reply).await {
                 tracing::debug!(%error, client = %src, %rcode, "could not send an error reply");
             }
         }
     }
+}
+
+/// The payload size and DO bit of the OPT record in `bytes`, found by
+/// skipping the questions and records `header` counts before it, without
+/// parsing them (linear in the message's length); `None` if there is none
+/// or the message is cut short.
+fn find_opt(bytes: &[u8], header: &Header) -> Option<(u16, bool)> {
+    let u16_at = |at: usize| Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+    // The end of the name at `at`: a root label, or a pointer.
+    let skip_name = |mut at: usize| loop {
+        let len = *bytes.get(at)?;
+        match len & 0xC0 {
+            0xC0 => return Some(at + 2),
+            0 if len == 0 => return Some(at + 1),
+            0 => at += 1 + usize::from(len),
+            _ => return None,
+        }
+    };
+    let counts = &header.counts;
+    let mut at = DNS_HEADER_LEN;
+    for _ in 0..counts.queries {
+        at = skip_name(at)? + 4;
+    }
+    let records = u32::from(counts.answers) + u32::from(counts.authorities);
+    for i in 0..records + u32::from(counts.additionals) {
+        let name_end = skip_name(at)?;
+        let rdlen = usize::from(u16_at(name_end + 8)?);
+        if i >= records && name_end == at + 1 && u16_at(name_end)? == u16::from(RecordType::OPT) {
+            let dnssec_ok = bytes.get(name_end + 6)? & 0x80 != 0;
+            return Some((u16_at(name_end + 2)?, dnssec_ok));
+        }
+        at = name_end + 10 + rdlen;
+    }
+    None
 }
 
 /// Whether a message of `len` bytes can hold the records its `header`

@@ -269,6 +269,20 @@ async fn many_questions_get_a_formerr_that_does_not_echo_them() {
         assert!(m.metadata.recursion_desired, "RD copied");
         assert_eq!(reply.len(), 12, "{} questions echoed", m.queries.len());
     }
+    // With an OPT after the questions (DO set), the reply carries one too
+    // (RFC 6891 §7), and still no question.
+    query[2] = 0x01;
+    query[11] = 1;
+    query.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0x80, 0, 0, 0]);
+    let mut stream = TcpStream::connect(ts.tcp).await.unwrap();
+    stream.write_all(&framed(&query)).await.unwrap();
+    let reply = read_frame(&mut stream).await.expect("a reply");
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    assert!(m.queries.is_empty());
+    let edns = m.edns.expect("an OPT");
+    assert!(edns.flags().dnssec_ok, "DO copied");
+    assert_eq!(reply.len(), 12 + 11);
     ts.stop().await;
 }
 
