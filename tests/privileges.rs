@@ -4,6 +4,11 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Binary;
@@ -26,7 +31,7 @@ fn nobody(test: &str) -> Option<nix::unistd::User> {
 }
 
 /// Sends `query` to `server` and returns the reply.
-fn exchange(server: std::net::SocketAddr, query: &[u8]) -> Vec<u8> {
+fn exchange(server: SocketAddr, query: &[u8]) -> Vec<u8> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -46,7 +51,8 @@ fn drops_root_after_binding() {
     let Some(nobody) = nobody("drops_root_after_binding") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    // The list must stay readable after the switch, as in a real install.
+    let dir = root_dir();
     let list = dir.path().join("block.txt");
     std::fs::write(&list, "tracker.test\n").unwrap();
     let config = dir.path().join("t.toml");
@@ -54,12 +60,6 @@ fn drops_root_after_binding() {
         &config,
         "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n[upstream]\nservers = [\"127.0.0.1:9\"]\n\
          [http]\nlisten = \"\"\n[[blocking.lists]]\nname = \"t\"\npath = \"block.txt\"\n",
-    )
-    .unwrap();
-    // The list must stay readable after the switch, as in a real install.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
     let mut bin = Binary::start(&config);
@@ -93,14 +93,9 @@ fn drops_root_after_binding() {
     bin.child.wait().unwrap();
 }
 
-#[test]
-fn downloads_are_kept_where_the_switched_user_can_write() {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::MetadataExt;
-    let Some(nobody) = nobody("downloads_are_kept_where_the_switched_user_can_write") else {
-        return;
-    };
-    // A list server that answers every request with the list.
+/// A list server on loopback that answers every request with `body` as
+/// it is then, its length as the ETag; returns the list's URL.
+fn list_server(body: Arc<Mutex<String>>) -> String {
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/list.txt", server.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -108,42 +103,70 @@ fn downloads_are_kept_where_the_switched_user_can_write() {
             let Ok(mut stream) = stream else { continue };
             let mut buf = [0u8; 2048];
             let _ = stream.read(&mut buf);
-            let body = "tracker.test\n";
+            let body = body.lock().unwrap().clone();
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nETag: \"v{}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len(),
                 body.len()
             );
         }
     });
-    // The directory for downloads does not exist yet, in a directory
-    // only root can write to.
+    url
+}
+
+/// A directory only root can write to, readable by everyone.
+fn root_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let config = dir.path().join("t.toml");
+    dir
+}
+
+/// Writes a config into `dir` that switches to `nobody` and downloads one
+/// list from `url` into `cache_dir`; returns its path.
+fn download_config(dir: &Path, cache_dir: &str, url: &str) -> PathBuf {
+    let config = dir.join("t.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n[upstream]\nservers = [\"127.0.0.1:9\"]\n\
-             [http]\nlisten = \"\"\n[blocking]\ncache_dir = \"downloads\"\n\
+             [http]\nlisten = \"\"\n[blocking]\ncache_dir = \"{cache_dir}\"\n\
              [[blocking.lists]]\nname = \"remote\"\nurl = \"{url}\"\n"
         ),
     )
     .unwrap();
-    let mut bin = Binary::start(&config);
-    let udp = bin.udp.expect("bound UDP address logged");
+    config
+}
+
+/// Whether `query` is sinkholed by `server` within 10 s.
+fn blocked(server: SocketAddr, query: &[u8]) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !exchange(udp, QUERY).ends_with(&[0, 0, 0, 0]) {
-        assert!(
-            Instant::now() < deadline,
-            "the downloaded list never blocked"
-        );
+    while !exchange(server, query).ends_with(&[0, 0, 0, 0]) {
+        if Instant::now() > deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
+}
+
+#[test]
+fn downloads_are_kept_where_the_switched_user_can_write() {
+    let Some(nobody) = nobody("downloads_are_kept_where_the_switched_user_can_write") else {
+        return;
+    };
+    let url = list_server(Arc::new(Mutex::new("tracker.test\n".into())));
+    // The directory for downloads does not exist yet, in a directory
+    // only root can write to.
+    let dir = root_dir();
+    let config = download_config(dir.path(), "downloads", &url);
+    let mut bin = Binary::start(&config);
+    let udp = bin.udp.expect("bound UDP address logged");
+    assert!(blocked(udp, QUERY), "the downloaded list never blocked");
     let downloads = dir.path().join("downloads");
     assert_eq!(
         std::fs::metadata(&downloads).unwrap().uid(),
@@ -162,27 +185,13 @@ fn a_download_directory_the_user_cannot_write_is_reported() {
     let Some(_nobody) = nobody("a_download_directory_the_user_cannot_write_is_reported") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = root_dir();
     // Set by the owner, made by root: left as it is, and reported.
     std::fs::create_dir(dir.path().join("roots")).unwrap();
     // A link to nowhere does not stop the start.
     std::os::unix::fs::symlink("/nonexistent/telesink", dir.path().join("dangling")).unwrap();
     for cache_dir in ["roots", "dangling"] {
-        let config = dir.path().join("t.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n[upstream]\nservers = [\"127.0.0.1:9\"]\n\
-                 [http]\nlisten = \"\"\n[blocking]\ncache_dir = \"{cache_dir}\"\n\
-                 [[blocking.lists]]\nname = \"remote\"\nurl = \"http://127.0.0.1:9/list.txt\"\n"
-            ),
-        )
-        .unwrap();
+        let config = download_config(dir.path(), cache_dir, "http://127.0.0.1:9/list.txt");
         let mut bin = Binary::start(&config);
         assert!(bin.udp.is_some(), "{cache_dir}: started: {:?}", bin.startup);
         assert!(
@@ -199,35 +208,12 @@ fn a_download_directory_the_user_cannot_write_is_reported() {
 
 #[test]
 fn copies_left_by_root_do_not_stop_downloads() {
-    use std::io::{Read, Write};
-    use std::sync::{Arc, Mutex};
     let Some(nobody) = nobody("copies_left_by_root_do_not_stop_downloads") else {
         return;
     };
     let body = Arc::new(Mutex::new(String::from("tracker.test\n")));
-    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/list.txt", server.local_addr().unwrap());
-    let served = body.clone();
-    std::thread::spawn(move || {
-        for stream in server.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 2048];
-            let _ = stream.read(&mut buf);
-            let body = served.lock().unwrap().clone();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nETag: \"v{}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len(),
-                body.len()
-            );
-        }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let url = list_server(body.clone());
+    let dir = root_dir();
     let downloads = dir.path().join("downloads");
     std::fs::create_dir(&downloads).unwrap();
     std::os::unix::fs::chown(
@@ -236,26 +222,7 @@ fn copies_left_by_root_do_not_stop_downloads() {
         Some(nobody.gid.as_raw()),
     )
     .unwrap();
-    let config = dir.path().join("t.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n[upstream]\nservers = [\"127.0.0.1:9\"]\n\
-             [http]\nlisten = \"\"\n[blocking]\ncache_dir = \"downloads\"\n\
-             [[blocking.lists]]\nname = \"remote\"\nurl = \"{url}\"\n"
-        ),
-    )
-    .unwrap();
-    let blocked = |udp, query: &[u8]| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !exchange(udp, query).ends_with(&[0, 0, 0, 0]) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    };
+    let config = download_config(dir.path(), "downloads", &url);
     let mut bin = Binary::start(&config);
     assert!(blocked(bin.udp.unwrap(), QUERY), "the first download");
     bin.child.kill().unwrap();
