@@ -1242,15 +1242,21 @@ mod tests {
         assert!(!wire.holds(&key, 10, &answer), "a record fewer");
     }
 
-    #[test]
-    fn a_denial_expires_with_the_first_record_in_it() {
-        let store = Store {
+    /// A store without entries, for its TTL rules: TTLs clamped to
+    /// `0..=max_ttl`, denials to `negative_max_ttl`.
+    fn ttl_store(max_ttl: u32, negative_max_ttl: u32) -> Store {
+        Store {
             entries: None,
             min_ttl: 0,
-            max_ttl: 3600,
-            negative_max_ttl: 3600,
+            max_ttl,
+            negative_max_ttl,
             metrics: Arc::new(Metrics::new()),
-        };
+        }
+    }
+
+    #[test]
+    fn a_denial_expires_with_the_first_record_in_it() {
+        let store = ttl_store(3600, 3600);
         let soa = Record::from_rdata(
             name("example.test."),
             300,
@@ -1282,13 +1288,7 @@ mod tests {
 
     #[test]
     fn nodata_behind_a_cname_lasts_as_long_as_its_denial() {
-        let store = Store {
-            entries: None,
-            min_ttl: 0,
-            max_ttl: 86_400,
-            negative_max_ttl: 30,
-            metrics: Arc::new(Metrics::new()),
-        };
+        let store = ttl_store(86_400, 30);
         let soa = Record::from_rdata(
             name("example.test."),
             3600,

@@ -344,19 +344,25 @@ mod tests {
         reply.to_vec().unwrap()
     }
 
+    /// A UDP socket on loopback and a TCP socket bound to the same port,
+    /// not listening: connections to it are refused until it listens.
+    async fn udp_and_closed_tcp() -> (tokio::net::UdpSocket, tokio::net::TcpSocket) {
+        loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+            if tcp.bind(udp.local_addr().unwrap()).is_ok() {
+                return (udp, tcp);
+            }
+        }
+    }
+
     /// An upstream on UDP that answers `n` A records, truncated to none
     /// unless the query advertises room for them (queries advertising
     /// 4,096 bytes go unanswered unless `large`, as if their fragments
     /// were lost); its TCP port is bound, not listening (connections are
     /// refused) until the caller listens on the socket returned.
     async fn udp_only(n: u8, large: bool) -> (SocketAddr, tokio::net::TcpSocket) {
-        let (udp, tcp) = loop {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let tcp = tokio::net::TcpSocket::new_v4().unwrap();
-            if tcp.bind(udp.local_addr().unwrap()).is_ok() {
-                break (udp, tcp);
-            }
-        };
+        let (udp, tcp) = udp_and_closed_tcp().await;
         let addr = udp.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -448,13 +454,7 @@ mod tests {
     async fn a_reply_too_big_to_read_without_tcp_is_a_truncated_one() {
         // An upstream that ignores the advertised size: 255 records, over
         // 4,096 bytes, to every query; TCP refused.
-        let (udp, _tcp) = loop {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let tcp = tokio::net::TcpSocket::new_v4().unwrap();
-            if tcp.bind(udp.local_addr().unwrap()).is_ok() {
-                break (udp, tcp);
-            }
-        };
+        let (udp, _tcp) = udp_and_closed_tcp().await;
         let addr = udp.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
