@@ -77,6 +77,17 @@ impl<R> Handler<R> {
     pub(crate) fn edns_udp_size(&self) -> u16 {
         self.edns_udp_size
     }
+
+    /// The OPT of a reply to a query whose OPT said `payload` and `DO`:
+    /// no more than the client can take, and no more than telesink
+    /// advertises (answers that do not fit are truncated, TC, so the
+    /// client retries over TCP); DO copied (RFC 3225 §3).
+    fn reply_edns(&self, payload: u16, dnssec_ok: bool) -> Edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(payload.clamp(512, self.edns_udp_size));
+        edns.set_dnssec_ok(dnssec_ok);
+        edns
+    }
 }
 
 fn failed(request: &Request, rcode: ResponseCode) -> ResponseInfo {
@@ -95,17 +106,10 @@ impl<R: Resolve> Handler<R> {
     /// again record by record.
     async fn handle_request(&self, request: &Request, reply: impl Deliver) -> ResponseInfo {
         let started = Instant::now();
-        let mut edns_out = None;
-        if let Some(edns) = &request.edns {
-            let mut ours = Edns::new();
-            // Send no more than the client can take, and no more than we
-            // advertise; answers that do not fit are truncated (TC) so the
-            // client retries over TCP.
-            ours.set_max_payload(edns.max_payload().clamp(512, self.edns_udp_size));
-            // RFC 3225 §3: the DO bit is copied into the response.
-            ours.set_dnssec_ok(edns.flags().dnssec_ok);
-            edns_out = Some(ours);
-        }
+        let mut edns_out = request
+            .edns
+            .as_ref()
+            .map(|edns| self.reply_edns(edns.max_payload(), edns.flags().dnssec_ok));
         let info = match reject(request) {
             Err(rcode) => {
                 let reencoded = reencoded_question(request);
@@ -617,12 +621,8 @@ pub(crate) async fn respond<R: Resolve>(
             let Ok(no_questions) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
                 return;
             };
-            let edns = unread_opt.map(|(payload, dnssec_ok)| {
-                let mut edns = Edns::new();
-                edns.set_max_payload(payload.clamp(512, handler.edns_udp_size()));
-                edns.set_dnssec_ok(dnssec_ok);
-                edns
-            });
+            let edns =
+                unread_opt.map(|(payload, dnssec_ok)| handler.reply_edns(payload, dnssec_ok));
             let error = MessageResponseBuilder::new(&no_questions, edns.as_ref())
                 .error_msg(&header.metadata, rcode);
             if let Err(error) = send(error, &reply).await {
@@ -637,7 +637,7 @@ pub(crate) async fn respond<R: Resolve>(
 /// parsing them (linear in the message's length); `None` if there is none
 /// or the message is cut short.
 fn find_opt(bytes: &[u8], header: &Header) -> Option<(u16, bool)> {
-    let u16_at = |at: usize| Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+    let u16_at = |at| crate::udp::u16_at(bytes, at);
     // The end of the name at `at`: a root label, or a pointer.
     let skip_name = |mut at: usize| loop {
         let len = *bytes.get(at)?;

@@ -286,7 +286,8 @@ impl Parsed<'_> {
     }
 }
 
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+/// The big-endian `u16` at `at`, if `bytes` holds it.
+pub(crate) fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
 }
 
