@@ -166,52 +166,9 @@ impl Upstream {
     ) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
         let reply = match &self.transport {
             Transport::Udp(addr, pool, refused) => {
-                // A truncated reply to fall back on: the upstream answers,
-                // only not whole over UDP.
-                let mut cut = match udp::exchange(*addr, bytes, request, self.udp_size).await {
-                    Ok((reply, wire)) if !reply.metadata.truncation => {
-                        return Ok((reply, Some(wire)));
-                    }
-                    Ok((reply, _)) => Some(reply),
-                    // Cut by the kernel, so unreadable: a truncated reply
-                    // made from the question stands for it.
-                    Err(AttemptError::TooBig) => Some(truncated(request)),
-                    Err(e) => return Err(e),
-                };
-                let larger = self.udp_size < LARGEST_UDP;
-                let wait = self.larger_wait;
-                // After a recent refusal the larger UDP query goes first;
-                // TCP is still tried when it fails (the upstream may have
-                // started listening, or the answer needs TCP).
-                let udp_first = larger && refused.lately();
-                if udp_first {
-                    let asked = udp_at_largest(*addr, bytes, request, wait, &mut cut);
-                    if let Some(reply) = asked.await {
-                        return Ok(reply);
-                    }
-                }
-                match pool.exchange(request, bytes).await {
-                    Err(AttemptError::Io(error)) => {
-                        if error.kind() == std::io::ErrorKind::ConnectionRefused {
-                            refused.now();
-                        }
-                        if larger && !udp_first {
-                            let asked = udp_at_largest(*addr, bytes, request, wait, &mut cut);
-                            if let Some(reply) = asked.await {
-                                return Ok(reply);
-                            }
-                        }
-                        // Too big for UDP and no TCP: the truncated reply,
-                        // which the caller takes for part of an answer
-                        // (tried elsewhere; the upstream, which answers,
-                        // keeps its health), not an error.
-                        return match cut {
-                            Some(reply) => Ok((reply, None)),
-                            None => Err(AttemptError::Io(error)),
-                        };
-                    }
-                    other => other,
-                }
+                return self
+                    .exchange_udp(*addr, pool, refused, request, bytes)
+                    .await;
             }
             Transport::Tcp(pool) | Transport::Tls(pool) => pool.exchange(request, bytes).await,
             Transport::Https(doh) => doh.exchange(request, bytes).await,
@@ -220,6 +177,60 @@ impl Upstream {
         // 64 KiB, or the server copied a UDP reply) is returned as it is:
         // the caller must not pass it on as the whole answer.
         reply.map(|(reply, wire)| (reply, Some(wire)))
+    }
+
+    /// [`Upstream::exchange`] over plain DNS: UDP, then TCP for an answer
+    /// UDP could not carry whole, and UDP at 4,096 bytes for an upstream
+    /// that refuses TCP.
+    async fn exchange_udp(
+        &self,
+        addr: SocketAddr,
+        pool: &stream::Pool,
+        refused: &TcpRefused,
+        request: &Message,
+        bytes: &[u8],
+    ) -> Result<(Message, Option<Vec<u8>>), AttemptError> {
+        // A truncated reply to fall back on: the upstream answers, only
+        // not whole over UDP.
+        let mut cut = match udp::exchange(addr, bytes, request, self.udp_size).await {
+            Ok((reply, wire)) if !reply.metadata.truncation => return Ok((reply, Some(wire))),
+            Ok((reply, _)) => reply,
+            // Cut by the kernel, so unreadable: a truncated reply made
+            // from the question stands for it.
+            Err(AttemptError::TooBig) => truncated(request),
+            Err(e) => return Err(e),
+        };
+        let larger = self.udp_size < LARGEST_UDP;
+        let wait = self.larger_wait;
+        // After a recent refusal the larger UDP query goes first; TCP is
+        // still tried when it fails (the upstream may have started
+        // listening, or the answer needs TCP).
+        let udp_first = larger && refused.lately();
+        if udp_first {
+            if let Some(reply) = udp_at_largest(addr, bytes, request, wait, &mut cut).await {
+                return Ok(reply);
+            }
+        }
+        match pool.exchange(request, bytes).await {
+            Ok((reply, wire)) => Ok((reply, Some(wire))),
+            Err(AttemptError::Io(error)) => {
+                if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                    refused.now();
+                }
+                if larger && !udp_first {
+                    if let Some(reply) = udp_at_largest(addr, bytes, request, wait, &mut cut).await
+                    {
+                        return Ok(reply);
+                    }
+                }
+                // Too big for UDP and no TCP: the truncated reply, which
+                // the caller takes for part of an answer (tried elsewhere;
+                // the upstream, which answers, keeps its health), not an
+                // error.
+                Ok((cut, None))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -260,7 +271,7 @@ async fn udp_at_largest(
     bytes: &[u8],
     request: &Message,
     wait: Duration,
-    cut: &mut Option<Message>,
+    cut: &mut Message,
 ) -> Option<(Message, Option<Vec<u8>>)> {
     let mut bytes = bytes.to_vec();
     set_opt_payload(&mut bytes, LARGEST_UDP as u16)?;
@@ -269,7 +280,7 @@ async fn udp_at_largest(
     match tokio::time::timeout(wait, asked).await {
         Ok(Ok((reply, wire))) if !reply.metadata.truncation => Some((reply, Some(wire))),
         Ok(Ok((reply, _))) => {
-            *cut = Some(reply);
+            *cut = reply;
             None
         }
         _ => None,
