@@ -8,9 +8,11 @@ use crate::config::{Config, ServerConfig};
 /// binding, before serving. Without `user`, running as root is allowed but
 /// warned about.
 ///
-/// The directory for downloaded lists is made first, and given to that
-/// user if it was just made: the user may not be able to make it (the
+/// The directory for downloaded lists is prepared first (see
+/// [`prepare_cache_dir`]): the user may not be able to make it (the
 /// default is then `/var/cache/telesink`), and every download would fail.
+/// With `url` lists configured, a directory the user still cannot write
+/// is reported, with what to do.
 pub fn drop_privileges(full: &Config) -> Result<(), String> {
     let config = &full.server;
     if !Uid::effective().is_root() {
@@ -36,7 +38,7 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
         .any(|l| l.url.is_some());
     if let Err(error) = prepare_cache_dir(&cache, user.uid, gid) {
         if downloads {
-            tracing::warn!(%error, dir = %cache.display(), "cannot make the directory for downloaded lists");
+            tracing::warn!(%error, dir = %cache.display(), "cannot make the directory for downloaded lists for user {name:?}: make it yourself, or set [blocking] cache_dir");
         }
     }
     switch(user.uid, gid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
