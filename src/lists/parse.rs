@@ -11,6 +11,12 @@
 //! | `*.example.com` | blocks the subdomains of `example.com`, not `example.com` itself |
 //! | `/regex/` and `@@/regex/` | blocks (allows) names the regular expression matches |
 //!
+//! A single label (`com`, `lan`) in a plain or hosts line is skipped: with
+//! "and its subdomains" it would block a whole top-level domain, and such a
+//! line is far more often a mistake (or a router's host name, in a hosts
+//! file) than a wish. `||tld^` and `*.tld` still block one on purpose, as
+//! lists of abused top-level domains do.
+//!
 //! `#` and `!` start comments; `#` also ends a line after whitespace. Names
 //! are lowercased, a trailing dot is dropped and internationalised names
 //! are converted to punycode. Adblock rules with modifiers DNS cannot
@@ -133,6 +139,7 @@ pub fn parse_line<'a>(raw: &'a str, mut rule: impl FnMut(Rule<'a>)) -> Result<()
                 continue;
             }
             match normalize(word) {
+                Ok(name) if !name.contains('.') => result = result.and(Err(SINGLE_LABEL)),
                 Ok(name) => rule(Rule {
                     action: Action::Block,
                     pattern: Pattern::Domain(name),
@@ -150,8 +157,18 @@ pub fn parse_line<'a>(raw: &'a str, mut rule: impl FnMut(Rule<'a>)) -> Result<()
             "more than one word on a line that is not a hosts entry",
         ));
     }
-    parse_name(first, Action::Block).map(rule)
+    let parsed = parse_name(first, Action::Block)?;
+    if matches!(&parsed.pattern, Pattern::Domain(name) if !name.contains('.')) {
+        return Err(SINGLE_LABEL);
+    }
+    rule(parsed);
+    Ok(())
 }
+
+/// Why a plain or hosts line naming a single label is skipped.
+const SINGLE_LABEL: Skip = Skip::Unsupported(
+    "a single label, which would block a whole top-level domain (write ||name^ to mean that)",
+);
 
 fn regex_body(line: &str) -> Option<&str> {
     let body = line.strip_prefix('/')?.strip_suffix('/')?;
@@ -357,6 +374,19 @@ mod tests {
             rules("||ads.example").1,
             Err(Skip::Unsupported(_))
         ));
+        // A single label would take a whole top-level domain with it;
+        // adblock syntax and a wildcard still mean one on purpose.
+        for line in ["com", ".com", "COM.", "0.0.0.0 com", "0.0.0.0 XiaoQiang"] {
+            let (out, r) = rules(line);
+            assert!(out.is_empty(), "{line}: {out:?}");
+            assert_eq!(r, Err(SINGLE_LABEL), "{line}");
+        }
+        assert_eq!(ok("||zip^"), ["block zip"]);
+        assert_eq!(ok("*.zip"), ["block *.zip"]);
+        assert_eq!(ok("@@||lan^"), ["allow lan"]);
+        let (out, r) = rules("0.0.0.0 router ads.example");
+        assert_eq!(out, ["block ads.example"]);
+        assert_eq!(r, Err(SINGLE_LABEL));
         // A hosts line keeps its good names and reports the bad one.
         let (out, r) = rules("0.0.0.0 good.example bad!name");
         assert_eq!(out, ["block good.example"]);
