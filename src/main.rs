@@ -47,6 +47,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,hickory_server=warn,hickory_net=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is lost, nothing more. By
+        // default the failure is reported with `eprintln!`, which panics
+        // when stderr itself is what failed (a closed pipe): the task that
+        // logged died, and with it SIGTERM and SIGHUP handling.
+        .log_internal_errors(false)
         // Colours only for a person at a terminal, not in journald or files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

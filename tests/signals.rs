@@ -31,6 +31,19 @@ fn reloads(addr: &str) -> f64 {
 
 #[test]
 fn sighup_reloads_and_sigterm_stops() {
+    signals(true);
+}
+
+/// With nobody reading its log (stderr a closed pipe, as after journald
+/// or a `| tee` went away), telesink loses the log lines and nothing else.
+/// A failed write used to panic the task that logged, and SIGHUP and
+/// SIGTERM then went unanswered.
+#[test]
+fn a_closed_stderr_stops_neither_reload_nor_shutdown() {
+    signals(false);
+}
+
+fn signals(read_log: bool) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("block.txt"), "tracker.test\n").unwrap();
     let config = dir.path().join("t.toml");
@@ -41,12 +54,14 @@ fn sighup_reloads_and_sigterm_stops() {
     )
     .unwrap();
     let Binary {
-        mut child,
+        child,
         log: lines,
         http,
         ..
     } = Binary::start(&config);
-    let pid = child.id().to_string();
+    let mut child = common::KillOnDrop(child);
+    let lines = read_log.then_some(lines);
+    let pid = child.0.id().to_string();
     // The `kill` command, as systemd's ExecReload=/bin/kill -HUP $MAINPID.
     let signal = |name: &str| {
         let ok = Command::new("kill")
@@ -64,19 +79,22 @@ fn sighup_reloads_and_sigterm_stops() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "SIGHUP must not stop it"
     );
     signal("-TERM");
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "SIGTERM did not stop it");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+    let Some(lines) = lines else {
+        return;
+    };
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(
         rest.iter().any(|l| l.contains("SIGHUP received")),

@@ -799,6 +799,17 @@ pub fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 pub type Counts = HashMap<String, usize>;
 
+/// Kills a process when dropped, so that a server a failed test started
+/// does not outlive the test (and hold its output pipe open).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The real `telesink` binary, started on a config file, with the
 /// addresses it logged as bound (its config may use port 0).
 pub struct Binary {
@@ -814,10 +825,16 @@ pub struct Binary {
 impl Binary {
     /// Runs `telesink run --config CONFIG` and reads its log until ready.
     pub fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Binary::start`] with more environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_telesink"))
             .args(["run", "--config", config.to_str().unwrap()])
             .env("TELESINK_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
