@@ -177,8 +177,15 @@ pub async fn serve(
         env!("CARGO_PKG_VERSION"),
         started.elapsed()
     );
+    crate::systemd::ready(&format!("serving {summary}"));
+    if let Some(period) = crate::systemd::watchdog_period() {
+        let beats = udp_servers.iter().flat_map(|s| s.heartbeats()).collect();
+        tracing::info!("pinging systemd's watchdog every {:?}", period / 2);
+        tokio::spawn(crate::systemd::watchdog(period, beats, shutdown.clone()));
+    }
 
     shutdown.cancelled().await;
+    crate::systemd::stopping();
     for udp in udp_servers {
         udp.stopped().await;
     }

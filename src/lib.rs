@@ -47,6 +47,8 @@
 //!   token, so tests run the whole server on port 0.
 //! - [`check`]: `telesink check-config`.
 //! - [`privileges`]: switching from root to `[server] user` after binding.
+//! - [`systemd`]: readiness, the status line and the watchdog, whose pings
+//!   stop when a UDP receive thread stops running.
 //! - [`throttle`]: rate-limited warnings under a flood.
 //! - [`fuzzing`]: the harness of the `request_path` fuzz target (`fuzz/`):
 //!   [`server::answer_bytes`] runs the production handler on one packet
@@ -66,6 +68,7 @@ pub mod privileges;
 pub mod reload;
 pub mod resolver;
 pub mod server;
+pub mod systemd;
 pub mod tcp;
 pub mod throttle;
 pub mod udp;

@@ -185,7 +185,10 @@ impl Reloader {
             }
             let result = self.reload(refresh_urls, &shutdown).await;
             match &result {
-                Ok(summary) => tracing::info!("reloaded: {summary}"),
+                Ok(summary) => {
+                    tracing::info!("reloaded: {summary}");
+                    crate::systemd::status(&format!("serving {summary}"));
+                }
                 Err(error) => tracing::error!(
                     "reload failed, still serving the previous configuration: {error}"
                 ),

@@ -42,6 +42,7 @@ use crate::resolver::{
     BlockPolicy, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, blocked_answer, plain_name_end,
 };
 use crate::server::{Deliver, Handler, Protocol, opt_record, respond};
+use crate::systemd::Heartbeat;
 
 /// The largest datagram read: the most a UDP payload can be.
 const MAX_DATAGRAM: usize = 65_535;
@@ -50,6 +51,8 @@ const MAX_DATAGRAM: usize = 65_535;
 #[derive(Debug)]
 pub struct UdpServer {
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each thread's, with the thread's name and address, for the watchdog.
+    heartbeats: Vec<(String, Heartbeat)>,
 }
 
 /// Starts `threads` threads serving DNS on `socket` until `shutdown` is
@@ -63,11 +66,17 @@ pub fn start<R: Resolve>(
     shutdown: CancellationToken,
 ) -> io::Result<UdpServer> {
     let socket = socket.into_std()?;
+    let addr = socket.local_addr()?;
+    let mut heartbeats = Vec::new();
     let threads = (0..threads.max(1))
         .map(|i| {
+            let name = format!("telesink-udp-{i}");
+            let heartbeat = Heartbeat::new();
+            heartbeats.push((format!("{name} on {addr}"), heartbeat.clone()));
             let receiver = Receiver {
                 handler: handler.clone(),
                 shutdown: shutdown.clone(),
+                heartbeat,
             };
             // Built here, not in the thread, so a failure stops start-up
             // instead of leaving an address silently unserved.
@@ -79,14 +88,22 @@ pub fn start<R: Resolve>(
                 UdpSocket::from_std(socket.try_clone()?)?
             };
             std::thread::Builder::new()
-                .name(format!("telesink-udp-{i}"))
+                .name(name)
                 .spawn(move || runtime.block_on(receiver.serve(socket)))
         })
         .collect::<io::Result<_>>()?;
-    Ok(UdpServer { threads })
+    Ok(UdpServer {
+        threads,
+        heartbeats,
+    })
 }
 
 impl UdpServer {
+    /// The threads' heartbeats, named, for [`crate::systemd::watchdog`].
+    pub fn heartbeats(&self) -> impl Iterator<Item = (String, Heartbeat)> + '_ {
+        self.heartbeats.iter().cloned()
+    }
+
     /// Waits until the threads have stopped (after shutdown) and the
     /// queries they handed on are answered.
     pub async fn stopped(self) {
@@ -105,6 +122,8 @@ const BATCH: u32 = 64;
 struct Receiver<R> {
     handler: Arc<Handler<R>>,
     shutdown: CancellationToken,
+    /// Beaten by this thread's timer task: it stops when the thread does.
+    heartbeat: Heartbeat,
 }
 
 impl<R: Resolve> Receiver<R> {
@@ -114,7 +133,10 @@ impl<R: Resolve> Receiver<R> {
         let mut packet = vec![0; MAX_DATAGRAM];
         let mut reply = Vec::with_capacity(512);
         let mut batch = 0;
-        tokio::spawn(keep_a_timer_armed(self.shutdown.clone()));
+        tokio::spawn(keep_a_timer_armed(
+            self.heartbeat.clone(),
+            self.shutdown.clone(),
+        ));
         loop {
             batch += 1;
             if batch >= BATCH {
@@ -205,7 +227,8 @@ fn spawn_eagerly(task: impl Future<Output = ()> + Send + 'static) {
 /// upstream timeout worth having.
 const KEEP_ARMED: Duration = Duration::from_millis(250);
 
-/// Keeps a timer armed on this thread's runtime until `shutdown`.
+/// Keeps a timer armed on this thread's runtime until `shutdown`, and
+/// beats `heartbeat` with each tick.
 ///
 /// tokio's timer driver wakes its event loop (a write to an eventfd, then
 /// an `epoll_wait` that returns at once) whenever a timer is armed that is
@@ -215,13 +238,17 @@ const KEEP_ARMED: Duration = Duration::from_millis(250);
 /// and a turn of the loop before the upstream's reply could be read. With
 /// a timer always due within [`KEEP_ARMED`], the misses' later timers are
 /// armed without waking anything; the cost is four wake-ups a second,
-/// which also close this thread's upstream sockets too old to reuse.
-async fn keep_a_timer_armed(shutdown: CancellationToken) {
+/// which also close this thread's upstream sockets too old to reuse and
+/// tell the watchdog that this thread runs.
+async fn keep_a_timer_armed(heartbeat: Heartbeat, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(KEEP_ARMED);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => crate::upstream::close_expired_udp_sockets(),
+            _ = tick.tick() => {
+                heartbeat.beat();
+                crate::upstream::close_expired_udp_sockets();
+            }
             () = shutdown.cancelled() => return,
         }
     }
