@@ -179,8 +179,9 @@ pub fn default_allow_clients() -> Vec<IpNet> {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// Resolvers, tried in order (the next one is asked when one times out
-    /// or answers SERVFAIL/REFUSED): `"IP"`, `"IP:port"` or `udp://` (plain
+    /// Resolvers, tried in order (the next one is asked when one times out,
+    /// fails, or answers SERVFAIL, REFUSED, FORMERR, NOTIMP or a truncated
+    /// reply it cannot complete): `"IP"`, `"IP:port"` or `udp://` (plain
     /// DNS, TCP when truncated), `tcp://IP[:port]`, `tls://HOST[:port]`
     /// (DNS-over-TLS, port 853), `https://HOST[:port]/path` (DNS-over-HTTPS).
     /// A `#name` fragment gives the TLS server name when HOST is an address:
@@ -195,7 +196,8 @@ pub struct UpstreamConfig {
     #[serde(with = "humantime_serde")]
     pub total_timeout: Duration,
     /// Upstream requests allowed at once (after identical queries are
-    /// merged); beyond it queries get SERVFAIL instead of piling up.
+    /// merged); beyond it a query waits up to `[cache] stale_timeout` (at
+    /// least 1 s) for a free slot, then gets SERVFAIL instead of piling up.
     pub max_in_flight: usize,
     /// Plain DNS resolvers (`"IP"` or `"IP:port"`) that resolve the host
     /// names of `tls://` and `https://` upstreams; never telesink itself.
@@ -540,7 +542,8 @@ pub struct CacheConfig {
     /// Refresh popular answers in the background in the last tenth of
     /// their TTL, so they never expire while in use.
     pub prefetch: bool,
-    /// Cache hits an answer needs before it is prefetched.
+    /// Cache hits an answer needs, since it was stored, before a hit in
+    /// the last tenth of its TTL refreshes it in the background.
     pub prefetch_min_hits: u32,
 }
 
@@ -773,8 +776,11 @@ pub struct HttpConfig {
     /// `listen` is not a loopback address; telesink refuses to start
     /// otherwise.
     pub token: Option<String>,
-    /// Bearer token for `/metrics`; unset leaves it open (Prometheus
-    /// scrapes it, and it holds no names or addresses).
+    /// Bearer token for `/metrics`. Unset, `/metrics` answers scrapers
+    /// (Prometheus) without one, but refuses requests a web page makes
+    /// (`Origin`, `Sec-Fetch-Site`) and a `Host` that is neither an
+    /// address, `localhost`, a single label nor a LAN name: device and list
+    /// names are private. Set it to scrape by a public name.
     pub metrics_token: Option<String>,
 }
 
@@ -1096,12 +1102,12 @@ impl Config {
             .iter()
             .chain(self.forward.iter().flat_map(|rule| rule.servers.iter()))
             .find(|u| matches!(u.host, UpstreamHost::Name(_)));
-        if let Some(upstream) = named {
-            if self.upstream.bootstrap.is_empty() {
-                return Err(invalid(format!(
-                    "upstream {upstream} is given by name: set [upstream] bootstrap to plain DNS resolvers (IP addresses) that resolve it"
-                )));
-            }
+        if let Some(upstream) = named
+            && self.upstream.bootstrap.is_empty()
+        {
+            return Err(invalid(format!(
+                "upstream {upstream} is given by name: set [upstream] bootstrap to plain DNS resolvers (IP addresses) that resolve it"
+            )));
         }
         if let Some(b) = self
             .upstream
@@ -1279,16 +1285,16 @@ impl Config {
                         format!("[[{table}]] {:?}: `refresh` must be at least 1m", list.name),
                     ));
                 }
-                if let Some(url) = &list.url {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(fail(
-                            Some(url.as_str()),
-                            format!(
-                                "[[{table}]] {:?}: url {url:?} must start with http:// or https://",
-                                list.name
-                            ),
-                        ));
-                    }
+                if let Some(url) = &list.url
+                    && !(url.starts_with("http://") || url.starts_with("https://"))
+                {
+                    return Err(fail(
+                        Some(url.as_str()),
+                        format!(
+                            "[[{table}]] {:?}: url {url:?} must start with http:// or https://",
+                            list.name
+                        ),
+                    ));
                 }
                 if let Some(s) = &list.source {
                     let Some(name) = s.strip_prefix("builtin:") else {
@@ -1313,19 +1319,18 @@ impl Config {
                 }
             }
         }
-        if let Some(addr) = self.http.listen {
-            if self.http.api
-                && !addr.ip().is_loopback()
-                && self.http.token.as_deref().is_none_or(str::is_empty)
-            {
-                return Err(at_key(
-                    "http",
-                    "listen",
-                    format!(
-                        "[http] listen = \"{addr}\" is not a loopback address: set [http] token so the admin API is not open to the network, set [http] api = false, or listen on 127.0.0.1"
-                    ),
-                ));
-            }
+        if let Some(addr) = self.http.listen
+            && self.http.api
+            && !addr.ip().is_loopback()
+            && self.http.token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(at_key(
+                "http",
+                "listen",
+                format!(
+                    "[http] listen = \"{addr}\" is not a loopback address: set [http] token so the admin API is not open to the network, set [http] api = false, or listen on 127.0.0.1"
+                ),
+            ));
         }
         let total = self.blocking.lists.len() + self.blocking.allow.len();
         if total > crate::lists::MAX_LISTS {

@@ -1,7 +1,7 @@
 //! The HTTP listener: `GET /metrics` (Prometheus text format), `GET
 //! /healthz`, and the admin API: `POST /api/reload`, `GET
-//! /api/explain?name=NAME`, `GET|POST /api/blocking?enabled=false&for=10m`
-//! and `POST /api/cache/flush`. The admin API takes `[http] token` as a
+//! /api/explain?name=NAME`, `GET /api/blocking` (the state), `POST
+//! /api/blocking?enabled=false&for=10m` and `POST /api/cache/flush`. The admin API takes `[http] token` as a
 //! bearer token when one is set, and `/metrics` takes `metrics_token`.
 
 use std::future::Future;
@@ -297,39 +297,39 @@ async fn explain(State(state): State<HttpState>, Query(params): Query<ExplainPar
     };
     let mut body = explained.json();
     // A live lookup shows whether the answer's CNAME chain is blocked.
-    if explained.verdict == "not listed" {
-        if let Some(answer) = (state.lookup)(name.clone()).await {
-            let chain: Vec<String> = answer
-                .answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    hickory_proto::rr::RData::CNAME(t) => Some(t.0.to_ascii()),
-                    _ => None,
-                })
-                .collect();
-            let mut live = serde_json::json!({
-                "outcome": answer.outcome.label(),
-                "cname_chain": chain,
-            });
-            if let Outcome::Blocked {
-                list,
-                cname: Some(target),
-            } = &answer.outcome
+    if explained.verdict == "not listed"
+        && let Some(answer) = (state.lookup)(name.clone()).await
+    {
+        let chain: Vec<String> = answer
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::CNAME(t) => Some(t.0.to_ascii()),
+                _ => None,
+            })
+            .collect();
+        let mut live = serde_json::json!({
+            "outcome": answer.outcome.label(),
+            "cname_chain": chain,
+        });
+        if let Outcome::Blocked {
+            list,
+            cname: Some(target),
+        } = &answer.outcome
+        {
+            live["blocked_list"] = serde_json::json!(&**list);
+            live["blocked_cname"] = serde_json::json!(&**target);
+            let config = state.config.load_full();
+            let target = target.to_string();
+            if let Ok(why) = tokio::task::spawn_blocking(move || {
+                crate::explain::explain(&snapshot, &config, &target)
+            })
+            .await
             {
-                live["blocked_list"] = serde_json::json!(&**list);
-                live["blocked_cname"] = serde_json::json!(&**target);
-                let config = state.config.load_full();
-                let target = target.to_string();
-                if let Ok(why) = tokio::task::spawn_blocking(move || {
-                    crate::explain::explain(&snapshot, &config, &target)
-                })
-                .await
-                {
-                    live["cname_rule"] = why.json()["rule"].clone();
-                }
+                live["cname_rule"] = why.json()["rule"].clone();
             }
-            body["live"] = live;
         }
+        body["live"] = live;
     }
     Json(body).into_response()
 }

@@ -87,7 +87,7 @@ impl Metrics {
             queries: counter_vec(
                 r,
                 "telesink_queries_total",
-                "DNS queries answered, by query type and outcome (blocked, cached, forwarded, local, refused, error).",
+                "DNS queries answered, by query type and outcome (blocked, cached, stale, forwarded, local, refused, ratelimited, error).",
                 &["qtype", "outcome"],
             ),
             responses: counter_vec(
@@ -170,7 +170,7 @@ impl Metrics {
             blocking_enabled: gauge(
                 r,
                 "telesink_blocking_enabled",
-                "1 when blocking is on, 0 when it is turned off.",
+                "1 when blocking is on, 0 when it is turned off or paused.",
             ),
             client_queries: counter_vec(
                 r,

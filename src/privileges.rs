@@ -36,21 +36,19 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
         .iter()
         .chain(&full.blocking.allow)
         .any(|l| l.url.is_some());
-    if let Err(error) = prepare_cache_dir(&cache, user.uid, gid) {
-        if downloads {
-            tracing::warn!(%error, dir = %cache.display(), "cannot make the directory for downloaded lists for user {name:?}: make it yourself, or set [blocking] cache_dir");
-        }
+    if let Err(error) = prepare_cache_dir(&cache, user.uid, gid)
+        && downloads
+    {
+        tracing::warn!(%error, dir = %cache.display(), "cannot make the directory for downloaded lists for user {name:?}: make it yourself, or set [blocking] cache_dir");
     }
     switch(user.uid, gid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
     tracing::info!(user = %name, uid = user.uid.as_raw(), gid = gid.as_raw(), "dropped root privileges");
-    if downloads {
-        if let Err(error) = writable(&cache) {
-            tracing::warn!(
-                %error,
-                dir = %cache.display(),
-                "user {name:?} cannot write the directory for downloaded lists, so every download will fail: give it to that user, or set [blocking] cache_dir"
-            );
-        }
+    if downloads && let Err(error) = writable(&cache) {
+        tracing::warn!(
+            %error,
+            dir = %cache.display(),
+            "user {name:?} cannot write the directory for downloaded lists, so every download will fail: give it to that user, or set [blocking] cache_dir"
+        );
     }
     Ok(())
 }

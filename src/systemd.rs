@@ -90,13 +90,12 @@ fn send(state: &[NotifyState<'_>]) {
     // A failure here is a broken NOTIFY_SOCKET, and would repeat with
     // every watchdog ping: say so once a minute at most.
     static FAILED: OnceLock<Throttle> = OnceLock::new();
-    if let Err(error) = sd_notify::notify(state) {
-        if let Some(suppressed) = FAILED
+    if let Err(error) = sd_notify::notify(state)
+        && let Some(suppressed) = FAILED
             .get_or_init(|| Throttle::new(Duration::from_secs(60)))
             .ready()
-        {
-            tracing::warn!(%error, suppressed, "cannot notify systemd (NOTIFY_SOCKET)");
-        }
+    {
+        tracing::warn!(%error, suppressed, "cannot notify systemd (NOTIFY_SOCKET)");
     }
 }
 

@@ -699,13 +699,13 @@ mod tests {
     ) -> Vec<u8> {
         let mut message = Message::query();
         message.metadata.id = id;
-        message.metadata.recursion_desired = id % 2 == 0;
-        message.metadata.checking_disabled = id % 3 == 0;
+        message.metadata.recursion_desired = id.is_multiple_of(2);
+        message.metadata.checking_disabled = id.is_multiple_of(3);
         message.add_query(Question::query(name(qname), qtype));
         if let Some(payload) = payload {
             let mut edns = Edns::new();
             edns.set_max_payload(payload);
-            edns.set_dnssec_ok(id % 5 == 0);
+            edns.set_dnssec_ok(id.is_multiple_of(5));
             if cookie {
                 edns.options_mut()
                     .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(

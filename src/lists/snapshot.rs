@@ -783,15 +783,15 @@ impl Snapshot {
         let mut blocked = None;
         for (depth, suffix) in suffixes(&name).enumerate() {
             let b = suffix.as_bytes();
-            if allowed.is_none() {
-                if let Some((m, rule)) = first_hit(&self.allow, &self.allow_sub, b, depth) {
-                    allowed = Some((m.trailing_zeros() as usize, rule));
-                }
+            if allowed.is_none()
+                && let Some((m, rule)) = first_hit(&self.allow, &self.allow_sub, b, depth)
+            {
+                allowed = Some((m.trailing_zeros() as usize, rule));
             }
-            if blocked.is_none() {
-                if let Some((m, rule)) = first_hit(&self.deny, &self.deny_sub, b, depth) {
-                    blocked = Some((m.trailing_zeros() as usize, rule));
-                }
+            if blocked.is_none()
+                && let Some((m, rule)) = first_hit(&self.deny, &self.deny_sub, b, depth)
+            {
+                blocked = Some((m.trailing_zeros() as usize, rule));
             }
         }
         for re in &self.regexes {
@@ -799,10 +799,10 @@ impl Snapshot {
                 Action::Allow => &mut allowed,
                 Action::Block => &mut blocked,
             };
-            if slot.is_none() {
-                if let Some(i) = re.set.matches(&name).iter().next() {
-                    *slot = Some((re.list, MatchedRule::Regex(re.patterns[i].clone())));
-                }
+            if slot.is_none()
+                && let Some(i) = re.set.matches(&name).iter().next()
+            {
+                *slot = Some((re.list, MatchedRule::Regex(re.patterns[i].clone())));
             }
         }
         match (allowed, blocked) {

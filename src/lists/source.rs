@@ -142,14 +142,14 @@ pub async fn download(
 ) -> Result<DownloadOutcome, String> {
     let run = async {
         let mut request = client.get(url);
-        if paths.body.exists() {
-            if let Ok(meta) = tokio::fs::read_to_string(&paths.meta).await {
-                for line in meta.lines() {
-                    if let Some(v) = line.strip_prefix("etag: ") {
-                        request = request.header(reqwest::header::IF_NONE_MATCH, v);
-                    } else if let Some(v) = line.strip_prefix("last-modified: ") {
-                        request = request.header(reqwest::header::IF_MODIFIED_SINCE, v);
-                    }
+        if paths.body.exists()
+            && let Ok(meta) = tokio::fs::read_to_string(&paths.meta).await
+        {
+            for line in meta.lines() {
+                if let Some(v) = line.strip_prefix("etag: ") {
+                    request = request.header(reqwest::header::IF_NONE_MATCH, v);
+                } else if let Some(v) = line.strip_prefix("last-modified: ") {
+                    request = request.header(reqwest::header::IF_MODIFIED_SINCE, v);
                 }
             }
         }

@@ -77,10 +77,10 @@ impl Bootstrap {
     /// does not stop it, so the next attempt finds the addresses it
     /// stored, and attempts meanwhile wait for the same lookup.
     pub async fn lookup(self: &Arc<Self>, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        if let Some((ips, until)) = self.known.lock().expect("not poisoned").get(host) {
-            if *until > Instant::now() {
-                return Ok(ips.clone());
-            }
+        if let Some((ips, until)) = self.known.lock().expect("not poisoned").get(host)
+            && *until > Instant::now()
+        {
+            return Ok(ips.clone());
         }
         let mut done = {
             let mut running = self.running.lock().expect("not poisoned");

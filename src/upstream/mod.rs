@@ -206,10 +206,9 @@ impl Upstream {
         // still tried when it fails (the upstream may have started
         // listening, or the answer needs TCP).
         let udp_first = larger && refused.lately();
-        if udp_first {
-            if let Some(reply) = udp_at_largest(addr, bytes, request, wait, &mut cut).await {
-                return Ok(reply);
-            }
+        if udp_first && let Some(reply) = udp_at_largest(addr, bytes, request, wait, &mut cut).await
+        {
+            return Ok(reply);
         }
         match pool.exchange(request, bytes).await {
             Ok((reply, wire)) => Ok((reply, Some(wire))),
@@ -217,11 +216,11 @@ impl Upstream {
                 if error.kind() == std::io::ErrorKind::ConnectionRefused {
                     refused.now();
                 }
-                if larger && !udp_first {
-                    if let Some(reply) = udp_at_largest(addr, bytes, request, wait, &mut cut).await
-                    {
-                        return Ok(reply);
-                    }
+                if larger
+                    && !udp_first
+                    && let Some(reply) = udp_at_largest(addr, bytes, request, wait, &mut cut).await
+                {
+                    return Ok(reply);
                 }
                 // Too big for UDP and no TCP: the truncated reply, which
                 // the caller takes for part of an answer (tried elsewhere;

@@ -144,16 +144,16 @@ impl Pool {
 
     /// The live connection of `slot`, opened if needed; `true` if new.
     async fn conn(&self, slot: usize) -> Result<(Arc<Conn>, bool), AttemptError> {
-        if let Some(conn) = self.slots[slot].load_full() {
-            if !conn.jobs.is_closed() {
-                return Ok((conn, false));
-            }
+        if let Some(conn) = self.slots[slot].load_full()
+            && !conn.jobs.is_closed()
+        {
+            return Ok((conn, false));
         }
         let _guard = self.connecting[slot].lock().await;
-        if let Some(conn) = self.slots[slot].load_full() {
-            if !conn.jobs.is_closed() {
-                return Ok((conn, false));
-            }
+        if let Some(conn) = self.slots[slot].load_full()
+            && !conn.jobs.is_closed()
+        {
+            return Ok((conn, false));
         }
         let (jobs, rx) = mpsc::channel(QUEUE);
         let limits = (self.idle_timeout, self.unanswered);

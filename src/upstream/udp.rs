@@ -129,11 +129,11 @@ async fn query(
             }
             continue;
         }
-        if let Ok(reply) = Message::from_vec(&buf[..n]) {
-            if matches(request, &reply) {
-                buf.truncate(n);
-                return Ok((reply, buf));
-            }
+        if let Ok(reply) = Message::from_vec(&buf[..n])
+            && matches(request, &reply)
+        {
+            buf.truncate(n);
+            return Ok((reply, buf));
         }
     }
 }
