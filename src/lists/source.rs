@@ -2,8 +2,10 @@
 //! kept on disk.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWriteExt;
@@ -130,9 +132,35 @@ pub enum DownloadOutcome {
     NotModified,
 }
 
+/// The lock of one cached copy (by its body's path).
+///
+/// A list's scheduled download and one a reload asks for (SIGHUP, the
+/// API) may start together. Each writes its own part file, but their
+/// renames of the body and of the validators could interleave and leave
+/// one response's ETag beside the other's text; so they take turns, and
+/// the second one's conditional request usually costs a 304.
+fn copy_lock(body: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>;
+    static LOCKS: OnceLock<Locks> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Locks::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(lock) = locks.get(body).and_then(Weak::upgrade) {
+        return lock;
+    }
+    // Locks nobody holds any more go: a list pointed at another URL gets
+    // new paths, and the map must not grow with every change.
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(body.to_path_buf(), Arc::downgrade(&lock));
+    lock
+}
+
 /// Downloads `url` into `paths` with a conditional GET, at most `max_bytes`
-/// and within `timeout`. The copy on disk is replaced only by a complete,
-/// successful download (written aside, then renamed).
+/// and within `timeout` (after any download of the same copy already
+/// running). The copy on disk is replaced only by a complete, successful
+/// download (written aside, then renamed).
 pub async fn download(
     client: &reqwest::Client,
     url: &str,
@@ -140,6 +168,8 @@ pub async fn download(
     timeout: Duration,
     max_bytes: u64,
 ) -> Result<DownloadOutcome, String> {
+    let lock = copy_lock(&paths.body);
+    let _turn = lock.lock().await;
     let run = async {
         let mut request = client.get(url);
         if paths.body.exists()
@@ -315,5 +345,66 @@ impl Drop for Part {
         if !self.committed {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+
+    /// Two downloads of one copy at once take turns: the second asks
+    /// only after the first has stored its copy and validators.
+    #[tokio::test]
+    async fn downloads_of_one_copy_take_turns() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (o, m) = (open.clone(), most.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (o, m) = (o.clone(), m.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = stream.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..n]);
+                    }
+                    m.fetch_max(o.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    // Long enough for the other download to start meanwhile.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let body = "ads.example\n";
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    o.fetch_sub(1, Ordering::SeqCst);
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://{addr}/list.txt");
+        let paths = CachePaths::new(dir.path(), "t", &url);
+        let client = crate::reload::http_client();
+        let get = || download(&client, &url, &paths, Duration::from_secs(10), 1 << 20);
+        let (a, b) = tokio::join!(get(), get());
+        assert_eq!(a, Ok(DownloadOutcome::Updated));
+        assert_eq!(b, Ok(DownloadOutcome::Updated));
+        assert_eq!(most.load(Ordering::SeqCst), 1, "requests at once");
+        assert_eq!(
+            std::fs::read_to_string(&paths.body).unwrap(),
+            "ads.example\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&paths.meta).unwrap(),
+            "etag: \"v1\"\n"
+        );
     }
 }
