@@ -38,9 +38,14 @@ pub struct Explanation {
 
 /// Explains `name` against `snapshot`, finding each rule's line by reading
 /// its list again (explain is rare; the snapshot keeps no line numbers, to
-/// stay small).
+/// stay small). An international name is explained as the punycode name
+/// the lists and DNS use.
 pub fn explain(snapshot: &Snapshot, config: &Config, name: &str) -> Explanation {
-    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let name = name.trim().trim_end_matches('.');
+    let name = match crate::lists::normalize(name) {
+        Ok(normal) => normal.into_owned(),
+        Err(_) => name.to_ascii_lowercase(),
+    };
     let site = |list: usize, rule: &MatchedRule| {
         let meta = &snapshot.lists[list];
         RuleSite {

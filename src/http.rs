@@ -269,22 +269,21 @@ struct ExplainParams {
 }
 
 async fn explain(State(state): State<HttpState>, Query(params): Query<ExplainParams>) -> Response {
-    let name = params
-        .name
-        .trim()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    if crate::lists::normalize(&name).is_err() {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("not a domain name: {:?}\n", params.name),
-        )
-            .into_response();
-    }
+    // Lowercase and punycode, as the lists store names and DNS asks them.
+    let name = match crate::lists::normalize(params.name.trim().trim_end_matches('.')) {
+        Ok(name) => name.into_owned(),
+        Err(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not a domain name: {:?}\n", params.name),
+            )
+                .into_response();
+        }
+    };
     let snapshot = state.lists.load_full();
     let config = state.config.load_full();
     // Reading list files to find line numbers is blocking I/O.
-    let (explained, snapshot) = {
+    let (mut explained, snapshot) = {
         let name = name.clone();
         match tokio::task::spawn_blocking(move || {
             (crate::explain::explain(&snapshot, &config, &name), snapshot)
@@ -295,6 +294,8 @@ async fn explain(State(state): State<HttpState>, Query(params): Query<ExplainPar
             Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         }
     };
+    // Paused through this API: nothing is blocked, whatever the lists say.
+    explained.blocking_disabled |= state.controls.paused();
     let mut body = explained.json();
     // A live lookup shows whether the answer's CNAME chain is blocked.
     if explained.verdict == "not listed"

@@ -495,10 +495,56 @@ async fn api_explain_names_the_list_file_and_line_and_cname() {
     ts.stop().await;
 }
 
+/// What `/api/explain` says is what DNS does: for an international name
+/// (the lists hold punycode), for a name two lists match in different
+/// ways (the metric's `list` and the explanation name the same one), and
+/// while blocking is paused through the API.
+#[tokio::test]
+async fn api_explain_agrees_with_the_query_path() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[
+        ("first.txt", "*.example.test\nbücher.test\n"),
+        ("second.txt", "example.test\n"),
+    ]);
+    let config = config_text(
+        "[[blocking.lists]]\nname = \"first\"\npath = \"first.txt\"\n\
+         [[blocking.lists]]\nname = \"second\"\npath = \"second.txt\"",
+    );
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    let explain = |name: &'static str| async move {
+        let body = http_get(ts.http, &format!("/api/explain?name={name}"))
+            .await
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+
+    assert!(is_blocked(&ts, "xn--bcher-kva.test.").await);
+    let v = explain("b%C3%BCcher.test").await;
+    assert_eq!(v["verdict"], "blocked", "{v}");
+    assert_eq!(v["name"], "xn--bcher-kva.test");
+    assert_eq!(v["rule"]["line"], 2);
+
+    assert!(is_blocked(&ts, "x.example.test.").await);
+    let m = ts.metrics().await;
+    // Both queries so far (the international name and this one).
+    assert_eq!(metric(&m, "telesink_blocked_total{list=\"first\"}"), 2.0);
+    assert_eq!(metric(&m, "telesink_blocked_total{list=\"second\"}"), 0.0);
+    let v = explain("x.example.test").await;
+    assert_eq!(v["rule"]["list"], "first", "{v}");
+    assert_eq!(v["rule"]["rule"], "*.example.test");
+
+    let (status, _) = http_post(ts.http, "/api/blocking?enabled=false").await;
+    assert_eq!(status, 200);
+    assert!(!is_blocked(&ts, "x.example.test.").await);
+    let v = explain("x.example.test").await;
+    assert_eq!(v["blocking_enabled"], false, "{v}");
+    ts.stop().await;
+}
+
 #[test]
 fn cli_explain_block_allow_override_and_not_listed() {
     let dir = dir_with(&[
-        ("block.txt", "tracker.test\n"),
+        ("block.txt", "tracker.test\nxn--bcher-kva.test\n"),
         ("allow.txt", "# keep\nok.tracker.test\n"),
     ]);
     let path = dir.path().join("t.toml");
@@ -534,6 +580,12 @@ fn cli_explain_block_allow_override_and_not_listed() {
         "{out}"
     );
     assert_eq!(run("example.org"), "example.org: not listed\n");
+    // Asked in Unicode, explained as the punycode DNS and the list use.
+    let out = run("Bücher.test");
+    assert!(
+        out.starts_with("xn--bcher-kva.test: blocked by rule xn--bcher-kva.test"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

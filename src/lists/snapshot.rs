@@ -817,21 +817,27 @@ impl Snapshot {
     }
 }
 
+/// The rule for `name` at `depth` (0: the name asked), as the query path
+/// picks it: the first list (lowest bit) among the domain rules and, below
+/// the name itself, the `*.` rules; that list's own kind of rule.
 fn first_hit(
     exact: &DomainSet,
     sub: &DomainSet,
     name: &[u8],
     depth: usize,
 ) -> Option<(u32, MatchedRule)> {
-    let text = || String::from_utf8_lossy(name).into_owned();
-    match exact.get(name) {
-        0 if depth > 0 => match sub.get(name) {
-            0 => None,
-            m => Some((m, MatchedRule::Subdomains(text()))),
-        },
-        0 => None,
-        m => Some((m, MatchedRule::Domain(text()))),
+    let domain = exact.get(name);
+    let wildcard = if depth > 0 { sub.get(name) } else { 0 };
+    let first = (domain | wildcard) & (domain | wildcard).wrapping_neg();
+    if first == 0 {
+        return None;
     }
+    let text = String::from_utf8_lossy(name).into_owned();
+    Some(if domain & first != 0 {
+        (first, MatchedRule::Domain(text))
+    } else {
+        (first, MatchedRule::Subdomains(text))
+    })
 }
 
 /// `a.b.c`, `b.c`, `c`.
