@@ -163,6 +163,9 @@ impl<R: Resolve> Handler<R> {
                     answer.outcome.label(),
                 ])
                 .inc();
+            // The flooding device is the one the owner wants to find.
+            let client = self.clients.label(query.client);
+            self.metrics.observe_client(&client, &answer.outcome);
             return failed(request, ResponseCode::Refused);
         }
 

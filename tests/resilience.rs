@@ -205,7 +205,8 @@ async fn clients_over_their_rate_are_refused_or_dropped_but_exempt_ones_are_not(
     );
     ts.stop().await;
 
-    let extra = "[security]\nrate_limit = { rate = 1, burst = 1, exempt = [], action = \"drop\" }";
+    let extra = "[security]\nrate_limit = { rate = 1, burst = 1, exempt = [], action = \"drop\" }\n\
+                 [[clients]]\nname = \"phone\"\nips = [\"127.0.0.8\"]";
     let ts = Telesink::start(&config(extra), &[&stub], dir.path()).await;
     let r = udp_from("127.0.0.8:0", ts.udp, &q).await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
@@ -227,6 +228,17 @@ async fn clients_over_their_rate_are_refused_or_dropped_but_exempt_ones_are_not(
     // client would wait out on an open connection.
     let r = tcp_from("127.0.0.8:0", ts.tcp, &q).await;
     assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    // Both count for the device, the dropped one too: a flooding device
+    // is the one its owner looks for.
+    let m = ts.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "telesink_client_queries_total{client=\"phone\",outcome=\"ratelimited\"}"
+        ),
+        2.0,
+        "{m}"
+    );
     ts.stop().await;
 }
 
