@@ -136,6 +136,8 @@ pub async fn serve(
         max_pipelined: config.server.tcp_max_pipelined,
     };
     let allowed: crate::tcp::Allowed = config.server.allow_clients.clone().into();
+    // One set of slots: the connection caps count every listen address.
+    let slots = crate::tcp::TcpSlots::new(&limits);
     let mut tcp_servers = Vec::new();
     for tcp in listeners.tcp {
         tracing::info!(addr = %tcp.local_addr()?, "listening for DNS over TCP");
@@ -143,6 +145,7 @@ pub async fn serve(
             tcp,
             handler.clone(),
             limits,
+            slots.clone(),
             allowed.clone(),
             shutdown.clone(),
         )));

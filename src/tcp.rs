@@ -102,16 +102,35 @@ impl PerClient {
     }
 }
 
-/// Accepts DNS-over-TCP connections on `listener` until `shutdown`.
+/// The connection slots every TCP listener takes from: the caps hold for
+/// all listen addresses together (the default listens on two).
+#[derive(Clone)]
+pub struct TcpSlots {
+    total: Arc<Semaphore>,
+    clients: Arc<PerClient>,
+}
+
+impl TcpSlots {
+    /// Slots for `limits.max_connections` connections in all.
+    pub fn new(limits: &TcpLimits) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            clients: Arc::new(PerClient::default()),
+        }
+    }
+}
+
+/// Accepts DNS-over-TCP connections on `listener` until `shutdown`,
+/// within `slots` (shared by all listeners).
 pub async fn serve<R: Resolve>(
     listener: TcpListener,
     handler: Arc<Handler<R>>,
     limits: TcpLimits,
+    slots: TcpSlots,
     allowed: Allowed,
     shutdown: CancellationToken,
 ) {
-    let total = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let clients = Arc::new(PerClient::default());
+    let TcpSlots { total, clients } = slots;
     let refused_log = Throttle::new(Duration::from_secs(10));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -170,7 +189,9 @@ async fn connection<R: Resolve>(
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_pipelined.max(1));
+    // No more than DNS message IDs can tell apart.
+    let pipelined = limits.max_pipelined.clamp(1, usize::from(u16::MAX));
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(pipelined);
     // Cancelled when the writer gives up, so the reader stops too.
     let stuck = CancellationToken::new();
     let write = {
@@ -198,7 +219,7 @@ async fn connection<R: Resolve>(
             let _ = writer.shutdown().await;
         }
     };
-    let in_flight = Arc::new(Semaphore::new(limits.max_pipelined.max(1)));
+    let in_flight = Arc::new(Semaphore::new(pipelined));
     let queries = tokio_util::task::TaskTracker::new();
     let read = async {
         let mut first = true;
@@ -208,12 +229,15 @@ async fn connection<R: Resolve>(
             } else {
                 limits.idle_timeout
             };
+            // Every branch but the read ends the connection, so a length
+            // half read when another one wins is never needed.
             let len = tokio::select! {
-                len = tokio::time::timeout(wait, reader.read_u16()) => match len {
-                    Ok(Ok(len)) => len,
-                    // Timed out, closed, or reset.
-                    _ => break,
+                len = reader.read_u16() => match len {
+                    Ok(len) => len,
+                    // Closed or reset.
+                    Err(_) => break,
                 },
+                () = idle(&in_flight, pipelined, wait) => break,
                 _ = shutdown.cancelled() => break,
                 _ = stuck.cancelled() => break,
             };
@@ -248,4 +272,16 @@ async fn connection<R: Resolve>(
         drop(tx);
     };
     tokio::join!(read, write);
+}
+
+/// Completes once the connection has been idle for `wait`: none of its
+/// `all` query slots taken, then `wait` without a new query. A client
+/// waiting for a slow answer is not idle, and must not lose the next query
+/// it sends when the answer comes.
+async fn idle(in_flight: &Semaphore, all: usize, wait: Duration) {
+    let all = u32::try_from(all).unwrap_or(u32::MAX);
+    if let Ok(every_slot) = in_flight.acquire_many(all).await {
+        drop(every_slot);
+    }
+    tokio::time::sleep(wait).await;
 }

@@ -257,3 +257,83 @@ async fn clients_outside_allow_clients_take_no_connection_slot() {
     }
     ts.stop().await;
 }
+
+/// Whether a query sent on `s` gets an answer (not a closed connection).
+async fn answered(s: &mut TcpStream, query: &[u8]) -> bool {
+    // Writing to a connection the server closed on accept may still
+    // succeed locally; the read tells.
+    let _ = s.write_all(query).await;
+    matches!(
+        tokio::time::timeout(DEADLINE, s.read_u16()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// The caps count every listen address: one client cannot open
+/// `max_tcp_connections_per_client` connections on each of them.
+#[tokio::test]
+async fn connection_caps_hold_across_listen_addresses() {
+    let stub = Stub::start().await;
+    let text = config("max_tcp_connections = 2\nmax_tcp_connections_per_client = 1")
+        .replace("{upstreams}", &format!("\"{}\"", stub.addr));
+    let dir = dir_with(&[]);
+    let config = telesink::config::Config::from_toml(&text, "test.toml", dir.path()).unwrap();
+    let listeners = telesink::server::Listeners::bind(
+        &[
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.2:0".parse().unwrap(),
+        ],
+        None,
+    )
+    .unwrap();
+    let (one, two) = (
+        listeners.tcp[0].local_addr().unwrap(),
+        listeners.tcp[1].local_addr().unwrap(),
+    );
+    let token = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(telesink::app::serve(config, listeners, token.clone()));
+    let q = frame(&request("a.test.", RecordType::A, false));
+    // Listening is immediate once bound; the first answer shows serving.
+    let mut a = connect_from("127.0.0.50", one).await;
+    a.write_all(&q).await.unwrap();
+    read_reply(&mut a).await;
+    // The same client at the other address: over its cap of one.
+    let mut b = connect_from("127.0.0.50", two).await;
+    assert!(
+        !answered(&mut b, &q).await,
+        "second connection of one client"
+    );
+    // Another client there takes the second of two slots in all, and a
+    // third client finds none left.
+    let mut c = connect_from("127.0.0.51", two).await;
+    c.write_all(&q).await.unwrap();
+    read_reply(&mut c).await;
+    let mut d = connect_from("127.0.0.52", one).await;
+    assert!(!answered(&mut d, &q).await, "third connection in all");
+    token.cancel();
+    drop((a, c));
+    server.await.unwrap().unwrap();
+}
+
+/// `tcp_timeout` counts from the last answer, not the last query: a
+/// client waiting longer than that for an answer keeps its connection
+/// and can ask again right after.
+#[tokio::test]
+async fn a_slow_answer_does_not_count_as_idle_time() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    // `slow.test` takes 300 ms at the stub.
+    let ts = Telesink::start(&config("tcp_timeout = \"150ms\""), &[&stub], dir.path()).await;
+    let mut s = TcpStream::connect(ts.tcp).await.unwrap();
+    s.write_all(&frame(&request("slow.test.", RecordType::A, false)))
+        .await
+        .unwrap();
+    assert_eq!(addresses(&read_reply(&mut s).await), ["192.0.2.13"]);
+    s.write_all(&frame(&request("a.test.", RecordType::A, false)))
+        .await
+        .unwrap();
+    assert_eq!(addresses(&read_reply(&mut s).await), ["192.0.2.1"]);
+    // Then idle: closed after tcp_timeout.
+    assert!(closed(&mut s).await);
+    ts.stop().await;
+}
