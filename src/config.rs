@@ -611,8 +611,9 @@ pub struct BlockingConfig {
     /// Allow lists: a listed domain and its subdomains are never blocked,
     /// even when a parent domain is on a block list.
     pub allow: Vec<ListConfig>,
-    /// Check the CNAME targets in upstream answers against the lists too,
-    /// so a tracker hidden behind a first-party alias is still blocked.
+    /// Check the CNAME targets (and HTTPS/SVCB target names) in upstream
+    /// answers against the lists too, so a tracker hidden behind a
+    /// first-party alias is still blocked.
     pub cname_check: bool,
     /// Regular expressions kept per list; more are skipped with a warning
     /// (each costs matching time on every query).

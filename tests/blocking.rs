@@ -161,6 +161,36 @@ async fn cname_to_a_blocked_name_is_blocked() {
     ts.stop().await;
 }
 
+/// An HTTPS record whose target is a listed tracker (with the tracker's
+/// address as a hint) is cloaking as a CNAME is; one naming its own
+/// owner (".") is not. Both forwarded and from the cache.
+#[tokio::test]
+async fn https_records_pointing_at_a_blocked_name_are_blocked() {
+    let (_stub, ts, _dir) = start("").await;
+    for round in ["forwarded", "cached"] {
+        let r = ask(ts.udp, "svc.test.", RecordType::HTTPS).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{round}");
+        assert!(r.answers.is_empty(), "{round}: {:?}", r.answers);
+        let r = ask(ts.udp, "self-svc.test.", RecordType::HTTPS).await;
+        assert_eq!(r.answers.len(), 1, "{round}: {r:?}");
+    }
+    let m = ts.metrics().await;
+    assert_eq!(metric(&m, "telesink_blocked_total{list=\"vendor\"}"), 2.0);
+    ts.stop().await;
+}
+
+/// A CNAME target with a label that is not UTF-8 is still under its
+/// listed parent.
+#[tokio::test]
+async fn a_cname_into_an_odd_label_under_a_blocked_name_is_blocked() {
+    let (_stub, ts, _dir) = start("").await;
+    for round in ["forwarded", "cached"] {
+        let r = ask(ts.udp, "odd-cloaked.test.", RecordType::A).await;
+        assert_eq!(addresses(&r), ["0.0.0.0"], "{round}: {r:?}");
+    }
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn an_allowed_name_is_answered_whatever_its_cname_leads_to() {
     // An essential host often sits behind a shared CDN name; when that

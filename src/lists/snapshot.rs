@@ -1,6 +1,7 @@
 //! The immutable snapshot of every list, and matching against it.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::sync::Arc;
@@ -840,6 +841,11 @@ fn first_hit(
     })
 }
 
+/// A byte a label holds as it is in the text form [`NameBuf`] matches.
+fn plain_byte(b: u8) -> bool {
+    b.is_ascii_graphic() && b != b'.' && b != b'\\'
+}
+
 /// `a.b.c`, `b.c`, `c`.
 fn suffixes(name: &str) -> impl Iterator<Item = &str> {
     std::iter::once(name).chain(name.match_indices('.').map(move |(i, _)| &name[i + 1..]))
@@ -849,21 +855,37 @@ fn suffixes(name: &str) -> impl Iterator<Item = &str> {
 /// dot), so matching does not allocate.
 struct NameBuf {
     bytes: [u8; 255],
+    /// The name with its odd labels escaped, for the rare name that has
+    /// one (see [`NameBuf::fill`]); empty, and so unallocated, otherwise.
+    escaped: String,
 }
 
 impl NameBuf {
     fn new() -> Self {
-        Self { bytes: [0; 255] }
+        Self {
+            bytes: [0; 255],
+            escaped: String::new(),
+        }
     }
 
-    /// Writes the name; `None` for the root or a label that is not UTF-8.
+    /// Writes the name; `None` for the root.
+    ///
+    /// A label holding a dot, a backslash or a byte that is not printable
+    /// ASCII is written as `\DDD` escapes. Joined as they are, the labels
+    /// `a.ok`, `tracker`, `test` would read as a name under an allowed
+    /// `ok.tracker.test`, and a byte that is not UTF-8 would leave the
+    /// name matching nothing: a way past the lists. No list entry holds a
+    /// backslash, so an escaped label matches nothing itself, while the
+    /// domains above it match as for any other name.
     fn fill(&mut self, name: &LowerName) -> Option<&str> {
         let mut len = 0;
+        let mut plain = true;
         for label in name.iter() {
             if len > 0 {
                 *self.bytes.get_mut(len)? = b'.';
                 len += 1;
             }
+            plain &= label.iter().all(|&b| plain_byte(b));
             self.bytes
                 .get_mut(len..len + label.len())?
                 .copy_from_slice(label);
@@ -872,7 +894,23 @@ impl NameBuf {
         if len == 0 {
             return None;
         }
-        std::str::from_utf8(&self.bytes[..len]).ok()
+        if plain {
+            return std::str::from_utf8(&self.bytes[..len]).ok();
+        }
+        self.escaped.clear();
+        for (i, label) in name.iter().enumerate() {
+            if i > 0 {
+                self.escaped.push('.');
+            }
+            for &b in label {
+                if plain_byte(b) {
+                    self.escaped.push(char::from(b));
+                } else {
+                    let _ = write!(self.escaped, "\\{b:03}");
+                }
+            }
+        }
+        Some(&self.escaped)
     }
 }
 
@@ -950,6 +988,35 @@ mod tests {
         )]);
         assert_eq!(blocked(&s, "x.ads.example."), Some(0));
         assert_eq!(blocked(&s, "ok.ads.example."), None);
+    }
+
+    /// Labels that do not read back as they were joined (a dot inside,
+    /// a byte that is not UTF-8) neither hide a name from its listed
+    /// parent nor pass it off as an allowed sibling.
+    #[test]
+    fn odd_labels_match_as_labels() {
+        let s = build(vec![
+            input("vendor", ListKind::Block, "tracker.test\n"),
+            input("keep", ListKind::Allow, "ok.tracker.test\n"),
+        ]);
+        let name = |labels: &[&[u8]]| {
+            let mut name = Name::from_labels(labels.iter().copied()).unwrap();
+            name.set_fqdn(true);
+            LowerName::from(name)
+        };
+        let not_utf8 = name(&[b"\xff", b"tracker", b"test"]);
+        assert_eq!(s.blocking_list(&not_utf8), Some(0));
+        let dotted = name(&[b"a.ok", b"tracker", b"test"]);
+        assert_eq!(s.blocking_list(&dotted), Some(0));
+        assert!(!s.is_allowed(&dotted));
+        let escape = name(&[b"ok\\", b"tracker", b"test"]);
+        assert_eq!(s.blocking_list(&escape), Some(0));
+        // The ordinary names, for contrast.
+        assert_eq!(s.blocking_list(&name(&[b"ok", b"tracker", b"test"])), None);
+        assert_eq!(
+            s.blocking_list(&name(&[b"a", b"tracker", b"test"])),
+            Some(0)
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Blocking: sinkhole names on the block lists, and answers whose CNAME
-//! chain leads to one.
+//! chain (or HTTPS/SVCB target) leads to one.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::rdata::{A, AAAA, HTTPS};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use super::{Answer, Outcome, Peek, Query, REBIND_LIST, Rebind, Resolve};
@@ -133,25 +133,37 @@ impl<N: Resolve> Block<N> {
         self.active(snapshot) && snapshot.policy.cname_check
     }
 
-    /// The list that blocks a CNAME target of `answer` to a question for
-    /// `name`, and the target. An allowed `name` is answered whatever its
-    /// CNAME chain leads to.
+    /// The list that blocks a name `answer` sends a question for `name` on
+    /// to ([`onward_names`]), and that name. An allowed `name` is answered
+    /// whatever its CNAME chain leads to.
     fn cname_block(
         snapshot: &Snapshot,
         name: &LowerName,
         answer: &Answer,
     ) -> Option<(usize, Box<str>)> {
-        answer
-            .answers
-            .iter()
-            .find_map(|r| match &r.data {
-                RData::CNAME(target) => snapshot
-                    .blocking_list(&LowerName::new(&target.0))
-                    .map(|list| (list, target.0.to_lowercase().to_ascii().into_boxed_str())),
-                _ => None,
+        onward_names(answer)
+            .find_map(|target| {
+                snapshot
+                    .blocking_list(&LowerName::new(target))
+                    .map(|list| (list, target.to_lowercase().to_ascii().into_boxed_str()))
             })
             .filter(|_| !snapshot.is_allowed(name))
     }
+}
+
+/// The names an answer sends its client on to: CNAME targets, and the
+/// target names of HTTPS and SVCB records (RFC 9460; the root means the
+/// owner itself). A tracker behind a first-party name is reached through
+/// either, and clients may connect to an HTTPS record's address hints
+/// before they look its target up, so a listed one blocks the answer.
+pub(super) fn onward_names(answer: &Answer) -> impl Iterator<Item = &Name> {
+    answer.answers.iter().filter_map(|r| match &r.data {
+        RData::CNAME(target) => Some(&target.0),
+        RData::HTTPS(HTTPS(svcb)) | RData::SVCB(svcb) if !svcb.target_name.is_root() => {
+            Some(&svcb.target_name)
+        }
+        _ => None,
+    })
 }
 
 impl<N: Resolve> Resolve for Block<N> {
@@ -217,7 +229,7 @@ impl<N: Resolve> Resolve for Block<N> {
                 if self.checks_cnames(&snapshot)
                     && hit
                         .wire()
-                        .cname_targets()
+                        .onward_names()
                         .iter()
                         .any(|t| snapshot.blocking_list(t).is_some())
                     && !snapshot.is_allowed(query.name) =>

@@ -107,8 +107,9 @@ pub struct WireAnswer {
     bytes: Box<[u8]>,
     /// Each record's TTL: its offset in `bytes`, and its stored value.
     ttls: Box<[(u16, u32)]>,
-    /// The CNAME targets in the answer section, for the CNAME check.
-    cname_targets: Box<[LowerName]>,
+    /// The names the answer section sends the client on to, for the
+    /// CNAME check ([`super::block::onward_names`]).
+    onward_names: Box<[LowerName]>,
 }
 
 impl WireAnswer {
@@ -155,7 +156,7 @@ impl WireAnswer {
             question_len,
             bytes: buf.split_off(start).into_boxed_slice(),
             ttls,
-            cname_targets: cname_targets(answer),
+            onward_names: onward_names(answer),
         })
     }
 
@@ -201,7 +202,7 @@ impl WireAnswer {
             question_len: sections.start - DNS_HEADER_LEN,
             bytes,
             ttls,
-            cname_targets: cname_targets(answer),
+            onward_names: onward_names(answer),
         })
     }
 
@@ -256,21 +257,16 @@ impl WireAnswer {
         self.bytes.is_empty()
     }
 
-    /// The CNAME targets in the answer section.
-    pub fn cname_targets(&self) -> &[LowerName] {
-        &self.cname_targets
+    /// The names the answer section sends the client on to.
+    pub fn onward_names(&self) -> &[LowerName] {
+        &self.onward_names
     }
 }
 
-/// The CNAME targets in `answer`'s answer section.
-fn cname_targets(answer: &Answer) -> Box<[LowerName]> {
-    answer
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::CNAME(target) => Some(LowerName::new(&target.0)),
-            _ => None,
-        })
+/// The names `answer`'s answer section sends the client on to.
+fn onward_names(answer: &Answer) -> Box<[LowerName]> {
+    super::block::onward_names(answer)
+        .map(LowerName::new)
         .collect()
 }
 
@@ -423,7 +419,7 @@ impl Stored {
             Self::Wire(wire) => {
                 wire.bytes.len()
                     + wire.ttls.len() * size_of::<(u16, u32)>()
-                    + wire.cname_targets.len() * size_of::<LowerName>()
+                    + wire.onward_names.len() * size_of::<LowerName>()
             }
             Self::Records(sections) => sections.iter().map(Vec::len).sum::<usize>() * RECORD_MEMORY,
         }

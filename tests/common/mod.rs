@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
+use hickory_proto::rr::rdata::svcb::{IpHint, SVCB, SvcParamKey, SvcParamValue};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, HTTPS, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -52,6 +53,11 @@ fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>,
     let a = |owner: &str, ip: [u8; 4]| rec(owner, 300, RData::A(A(Ipv4Addr::from(ip))));
     // (rcode, answers, authorities, authentic_data, truncated)
     let ok = |answers: Vec<Record>| (ResponseCode::NoError, answers, vec![], false, false);
+    let https = |owner: &str, target: &str, hint: [u8; 4]| {
+        let hint = SvcParamValue::Ipv4Hint(IpHint(vec![A(Ipv4Addr::from(hint))]));
+        let svcb = SVCB::new(1, name(target), vec![(SvcParamKey::Ipv4Hint, hint)]);
+        rec(owner, 300, RData::HTTPS(HTTPS(svcb)))
+    };
     match (n.as_str(), t) {
         ("a.test.", RecordType::A) => ok(vec![a("a.test.", [192, 0, 2, 1])]),
         ("a.test.", RecordType::AAAA) => ok(vec![rec(
@@ -117,6 +123,29 @@ fn zone_answer(q: &Query, tcp: bool) -> (ResponseCode, Vec<Record>, Vec<Record>,
             ),
             a("collect.tracker.test.", [192, 0, 2, 66]),
         ]),
+        // An HTTPS record that sends the client to a tracker, with the
+        // tracker's address as a hint (RFC 9460), and one for its own name.
+        ("svc.test.", RecordType::HTTPS) => ok(vec![https(
+            "svc.test.",
+            "edge.tracker.test.",
+            [192, 0, 2, 66],
+        )]),
+        ("self-svc.test.", RecordType::HTTPS) => {
+            ok(vec![https("self-svc.test.", ".", [192, 0, 2, 1])])
+        }
+        // A CNAME into a label that is not UTF-8, under a blocked domain.
+        ("odd-cloaked.test.", RecordType::A) => {
+            let mut target = Name::from_labels(vec![&b"\xff"[..], b"tracker", b"test"]).unwrap();
+            target.set_fqdn(true);
+            ok(vec![
+                rec(
+                    "odd-cloaked.test.",
+                    300,
+                    RData::CNAME(CNAME(target.clone())),
+                ),
+                Record::from_rdata(target, 300, RData::A(A(Ipv4Addr::new(192, 0, 2, 66)))),
+            ])
+        }
         ("alias.allowed.test.", RecordType::A) => ok(vec![
             rec(
                 "alias.allowed.test.",
