@@ -870,8 +870,9 @@ impl NameBuf {
 
     /// Writes the name; `None` for the root.
     ///
-    /// A label holding a dot, a backslash or a byte that is not printable
-    /// ASCII is written as `\DDD` escapes. Joined as they are, the labels
+    /// A name with a label that holds a dot or is not UTF-8 is written
+    /// with such labels' odd bytes (a dot, a backslash, anything but
+    /// printable ASCII) as `\DDD` escapes. Joined as they are, the labels
     /// `a.ok`, `tracker`, `test` would read as a name under an allowed
     /// `ok.tracker.test`, and a byte that is not UTF-8 would leave the
     /// name matching nothing: a way past the lists. No list entry holds a
@@ -879,23 +880,27 @@ impl NameBuf {
     /// domains above it match as for any other name.
     fn fill(&mut self, name: &LowerName) -> Option<&str> {
         let mut len = 0;
-        let mut plain = true;
+        let mut labels = 0;
         for label in name.iter() {
             if len > 0 {
                 *self.bytes.get_mut(len)? = b'.';
                 len += 1;
             }
-            plain &= label.iter().all(|&b| plain_byte(b));
             self.bytes
                 .get_mut(len..len + label.len())?
                 .copy_from_slice(label);
             len += label.len();
+            labels += 1;
         }
         if len == 0 {
             return None;
         }
-        if plain {
-            return std::str::from_utf8(&self.bytes[..len]).ok();
+        // The common case, checked without a branch per byte: valid UTF-8,
+        // and no dots but the ones between labels.
+        if let Ok(text) = std::str::from_utf8(&self.bytes[..len])
+            && text.bytes().filter(|&b| b == b'.').count() + 1 == labels
+        {
+            return Some(text);
         }
         self.escaped.clear();
         for (i, label) in name.iter().enumerate() {
