@@ -185,10 +185,7 @@ impl Reloader {
             }
             let result = self.reload(refresh_urls, &shutdown).await;
             match &result {
-                Ok(summary) => {
-                    tracing::info!("reloaded: {summary}");
-                    crate::systemd::status(&format!("serving {summary}"));
-                }
+                Ok(summary) => tracing::info!("reloaded: {summary}"),
                 Err(error) => tracing::error!(
                     "reload failed, still serving the previous configuration: {error}"
                 ),
@@ -280,6 +277,13 @@ impl Reloader {
                 .await
                 .expect("list build does not panic");
         publish(&self.metrics, &built);
+        // Whatever caused the build: a reload, an edited list, a download,
+        // or a broken config whose lists were rebuilt with the running one.
+        crate::systemd::status(&format!(
+            "serving {} lists, {} blocked domains",
+            built.lists.len(),
+            built.blocked_domains()
+        ));
         self.store.store(built);
         self.store.load_full()
     }

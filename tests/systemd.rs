@@ -105,6 +105,20 @@ fn ready_watchdog_status_and_stopping() {
         Duration::from_secs(10),
     );
     assert!(!status.contains("READY=1"), "{status:?}");
+    // A broken config keeps the running one, whose lists are still
+    // rebuilt: the status says what is served.
+    std::fs::write(&config, "[[[broken\n").unwrap();
+    std::fs::write(
+        dir.path().join("block.txt"),
+        "tracker.test\nads.test\nmore.test\n",
+    )
+    .unwrap();
+    signal("-HUP");
+    wait_for(
+        &systemd,
+        "STATUS=serving 1 lists, 3 blocked domains",
+        Duration::from_secs(10),
+    );
 
     signal("-TERM");
     wait_for(&systemd, "STOPPING=1", Duration::from_secs(10));

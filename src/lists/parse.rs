@@ -167,7 +167,7 @@ pub fn parse_line<'a>(raw: &'a str, mut rule: impl FnMut(Rule<'a>)) -> Result<()
 
 /// Why a plain or hosts line naming a single label is skipped.
 const SINGLE_LABEL: Skip = Skip::Unsupported(
-    "a single label, which would block a whole top-level domain (write ||name^ to mean that)",
+    "a single label, which would match a whole top-level domain (write ||name^ or @@||name^ to mean that)",
 );
 
 fn regex_body(line: &str) -> Option<&str> {
