@@ -122,7 +122,10 @@ const BATCH: u32 = 64;
 struct Receiver<R> {
     handler: Arc<Handler<R>>,
     shutdown: CancellationToken,
-    /// Beaten by this thread's timer task: it stops when the thread does.
+    /// Beaten by this thread's timer task when it is idle, and by the
+    /// receive loop between batches when it is busy (a flood's queued
+    /// tasks can hold the timer task back for seconds while the loop
+    /// still turns). It stops when the thread does.
     heartbeat: Heartbeat,
 }
 
@@ -144,6 +147,7 @@ impl<R: Resolve> Receiver<R> {
                 if self.shutdown.is_cancelled() {
                     break;
                 }
+                self.heartbeat.beat();
                 tokio::task::yield_now().await;
             }
             let (len, src) = match socket.try_recv_from(&mut packet) {
