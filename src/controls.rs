@@ -38,8 +38,15 @@ impl Controls {
     }
 
     /// Pauses or resumes blocking; a pause with `for_` ends by itself,
-    /// unless another change comes first. Needs a tokio runtime.
+    /// unless another change comes first. A timed pause needs a tokio
+    /// runtime for its timer; without one it is refused (and logged)
+    /// rather than made a pause without end.
     pub fn set_paused(self: &Arc<Self>, paused: bool, for_: Option<Duration>) {
+        let runtime = tokio::runtime::Handle::try_current();
+        if paused && for_.is_some() && runtime.is_err() {
+            tracing::error!("a timed pause needs a tokio runtime for its timer; not paused");
+            return;
+        }
         let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
         // A timed pause's timer has nothing left to do once the switch
         // changes; a sleeping task per `for=1y` would pile up.
@@ -48,9 +55,9 @@ impl Controls {
         }
         let set = (((self.state.load(Ordering::SeqCst) >> 1) + 1) << 1) | u64::from(paused);
         self.state.store(set, Ordering::SeqCst);
-        if let (true, Some(d)) = (paused, for_) {
+        if let (true, Some(d), Ok(runtime)) = (paused, for_, runtime) {
             let me = Arc::clone(self);
-            let task = tokio::spawn(async move {
+            let task = runtime.spawn(async move {
                 tokio::time::sleep(d).await;
                 let mut timer = me.timer.lock().unwrap_or_else(PoisonError::into_inner);
                 // Only if nothing changed the switch meanwhile.
@@ -81,6 +88,16 @@ impl Controls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timed_pause_without_a_runtime_is_refused_not_made_endless() {
+        let c = Arc::new(Controls::default());
+        c.set_paused(true, Some(Duration::from_millis(1)));
+        assert!(!c.paused());
+        // A pause without end needs no timer.
+        c.set_paused(true, None);
+        assert!(c.paused());
+    }
 
     #[tokio::test]
     async fn a_timed_pause_ends_and_a_resume_cancels_it() {

@@ -702,7 +702,8 @@ impl Snapshot {
     }
 
     /// The index of the list that blocks `name`, or `None` if it is not
-    /// blocked: the query path's lookup. It does not allocate.
+    /// blocked: the query path's lookup. It does not allocate, but for a
+    /// name with an odd label (see `NameBuf::fill`).
     pub fn blocking_list(&self, name: &LowerName) -> Option<usize> {
         if self.deny.is_empty() && self.deny_sub.is_empty() && self.regexes.is_empty() {
             return None;
