@@ -119,13 +119,15 @@ pub async fn serve(
         let addr = udp.local_addr()?;
         tracing::info!(%addr, "listening for DNS over UDP");
         let threads = config.server.udp_threads;
+        let max_waiting = config.server.udp_max_waiting;
         let server =
-            crate::udp::start(udp, threads, handler.clone(), shutdown.clone()).map_err(|e| {
-                format!(
-                    "cannot start {threads} UDP thread(s) for {addr}: {e} \
+            crate::udp::start(udp, threads, max_waiting, handler.clone(), shutdown.clone())
+                .map_err(|e| {
+                    format!(
+                        "cannot start {threads} UDP thread(s) for {addr}: {e} \
                      (lower [server] udp_threads, or raise the process's thread limit)"
-                )
-            })?;
+                    )
+                })?;
         udp_servers.push(server);
     }
     let limits = TcpLimits {

@@ -127,6 +127,14 @@ pub struct ServerConfig {
     /// several on a machine with few cores (docs/performance.md); raise it
     /// only on a many-core machine serving a large network.
     pub udp_threads: usize,
+    /// Queries each UDP thread keeps waiting on the full path (on the
+    /// upstreams, mostly) before it drops new ones unanswered, as
+    /// unbound's `num-queries-per-thread` and dnsmasq's `dns-forward-max`
+    /// do. A flood of names nobody asked before otherwise queues without
+    /// bound (2 GB in 45 s in `scripts/watchdog-flood`); a home network's
+    /// misses wait by the dozen. Blocked and cached names are answered
+    /// whatever the count.
+    pub udp_max_waiting: usize,
     /// When started as root: the user to switch to once the sockets are
     /// bound (port 53 needs root or CAP_NET_BIND_SERVICE only to bind).
     pub user: Option<String>,
@@ -150,6 +158,7 @@ impl Default for ServerConfig {
             tcp_max_pipelined: 16,
             edns_udp_size: 1232,
             udp_threads: 1,
+            udp_max_waiting: 4096,
             user: None,
             group: None,
         }
@@ -1042,6 +1051,13 @@ impl Config {
                 "server",
                 "udp_threads",
                 "[server] udp_threads must be between 1 and 64".into(),
+            ));
+        }
+        if self.server.udp_max_waiting == 0 {
+            return Err(at_key(
+                "server",
+                "udp_max_waiting",
+                "[server] udp_max_waiting must be at least 1".into(),
             ));
         }
         // Below 512 EDNS means nothing (RFC 6891 §6.2.5); above 4096 a

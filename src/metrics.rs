@@ -38,6 +38,8 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     /// `telesink_cache_misses_total`
     pub cache_misses: IntCounter,
+    /// `telesink_overload_dropped_total`
+    pub overload_dropped: IntCounter,
     /// `telesink_cache_entries`, set when scraped.
     pub cache_entries: IntGauge,
     /// `telesink_cache_prefetches_total{result}`
@@ -119,6 +121,11 @@ impl Metrics {
                 "Cache lookups that found no fresh answer.",
             ),
             cache_entries: gauge(r, "telesink_cache_entries", "Answers currently cached."),
+            overload_dropped: counter(
+                r,
+                "telesink_overload_dropped_total",
+                "UDP queries dropped unanswered because their thread already had [server] udp_max_waiting queries waiting.",
+            ),
             cache_prefetches: counter_vec(
                 r,
                 "telesink_cache_prefetches_total",

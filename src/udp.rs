@@ -56,12 +56,14 @@ pub struct UdpServer {
 }
 
 /// Starts `threads` threads serving DNS on `socket` until `shutdown` is
-/// cancelled, each with a single-threaded runtime of its own. With more
-/// than one, every thread reads the same socket and whichever is free takes
-/// the next datagram.
+/// cancelled, each with a single-threaded runtime of its own and at most
+/// `max_waiting` queries waiting on the full path. With more than one,
+/// every thread reads the same socket and whichever is free takes the next
+/// datagram.
 pub fn start<R: Resolve>(
     socket: UdpSocket,
     threads: usize,
+    max_waiting: usize,
     handler: Arc<Handler<R>>,
     shutdown: CancellationToken,
 ) -> io::Result<UdpServer> {
@@ -77,6 +79,7 @@ pub fn start<R: Resolve>(
                 handler: handler.clone(),
                 shutdown: shutdown.clone(),
                 heartbeat,
+                max_waiting,
             };
             // Built here, not in the thread, so a failure stops start-up
             // instead of leaving an address silently unserved.
@@ -127,6 +130,9 @@ struct Receiver<R> {
     /// tasks can hold the timer task back for seconds while the loop
     /// still turns). It stops when the thread does.
     heartbeat: Heartbeat,
+    /// `[server] udp_max_waiting`: queries handed to the full path and not
+    /// yet answered, beyond which new ones needing it are dropped.
+    max_waiting: usize,
 }
 
 impl<R: Resolve> Receiver<R> {
@@ -136,6 +142,7 @@ impl<R: Resolve> Receiver<R> {
         let mut packet = vec![0; MAX_DATAGRAM];
         let mut reply = Vec::with_capacity(512);
         let mut batch = 0;
+        let overload_log = crate::throttle::Throttle::new(Duration::from_secs(10));
         tokio::spawn(keep_a_timer_armed(
             self.heartbeat.clone(),
             self.shutdown.clone(),
@@ -183,6 +190,23 @@ impl<R: Resolve> Receiver<R> {
                 };
                 if let Err(error) = sent {
                     tracing::debug!(%error, client = %src, "could not send a response");
+                }
+                continue;
+            }
+            // A flood of names nobody asked before would otherwise queue
+            // here without bound, each waiting seconds on the upstreams.
+            // Dropped like a packet lost on the way: the client asks again
+            // (or its other server), and nothing is sent to a source that
+            // may be forged.
+            if tasks.len() >= self.max_waiting {
+                self.handler.metrics().overload_dropped.inc();
+                if let Some(suppressed) = overload_log.ready() {
+                    tracing::warn!(
+                        suppressed,
+                        "{} UDP queries are waiting on the upstreams; dropping new ones \
+                         that need them until some are answered ([server] udp_max_waiting)",
+                        tasks.len()
+                    );
                 }
                 continue;
             }
@@ -851,6 +875,7 @@ mod tests {
         let server = start(
             socket,
             1,
+            4096,
             Arc::new(handler(BlockMode::Null)),
             shutdown.clone(),
         )

@@ -335,3 +335,40 @@ async fn silent_upstreams_give_servfail_within_the_total_budget() {
     );
     ts.stop().await;
 }
+
+/// A flood of names nobody asked before, to upstreams that do not answer:
+/// past `udp_max_waiting` waiting queries, new ones are dropped and
+/// counted, and a cached name is still answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_misses_is_bounded_and_cached_names_still_answer() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(
+        &config("[server]\nudp_max_waiting = 8"),
+        &[&stub],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(
+        addresses(&ask(ts.udp, "a.test.", RecordType::A).await),
+        ["192.0.2.1"]
+    );
+    stub.set_silent(true);
+    let flood = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..40 {
+        let q = request(&format!("u{i}.flood.test."), RecordType::A, false);
+        flood.send_to(&q.to_vec().unwrap(), ts.udp).await.unwrap();
+    }
+    eventually("the queries past udp_max_waiting are dropped", || async {
+        metric(&ts.metrics().await, "telesink_overload_dropped_total") >= 32.0
+    })
+    .await;
+    // The 8 still wait on the silent upstream (2 s); the cache answers.
+    assert_eq!(
+        addresses(&ask(ts.udp, "a.test.", RecordType::A).await),
+        ["192.0.2.1"]
+    );
+    let m = ts.metrics().await;
+    assert_eq!(metric(&m, "telesink_overload_dropped_total"), 32.0, "{m}");
+    ts.stop().await;
+}
