@@ -128,12 +128,12 @@ pub struct ServerConfig {
     /// only on a many-core machine serving a large network.
     pub udp_threads: usize,
     /// Queries each UDP thread keeps waiting on the full path (on the
-    /// upstreams, mostly) before it drops new ones unanswered, as
+    /// upstreams, mostly) before it drops new ones that would wait too, as
     /// unbound's `num-queries-per-thread` and dnsmasq's `dns-forward-max`
     /// do. A flood of names nobody asked before otherwise queues without
     /// bound (2 GB in 45 s in `scripts/watchdog-flood`); a home network's
-    /// misses wait by the dozen. Blocked and cached names are answered
-    /// whatever the count.
+    /// misses wait by the dozen. Whatever is answered without waiting
+    /// (blocked, cached and local names, refusals) still is.
     pub udp_max_waiting: usize,
     /// When started as root: the user to switch to once the sockets are
     /// bound (port 53 needs root or CAP_NET_BIND_SERVICE only to bind).
@@ -1539,6 +1539,7 @@ mod tests {
     fn settings_checked_after_parsing_name_their_line() {
         for (text, at) in [
             ("[server]\nudp_threads = 0\n", "x:2:1: "),
+            ("[server]\nudp_max_waiting = 0\n", "x:2:1: "),
             ("[cache]\nmax_ttl = \"1m\"\nmin_ttl = \"2m\"\n", "x:3:1: "),
             ("[http]\napi = true\nlisten = \"0.0.0.0:9153\"\n", "x:3:1: "),
             ("[server]\ngroup = \"telesink\"\n", "x:2:1: "),

@@ -195,26 +195,32 @@ impl<R: Resolve> Receiver<R> {
             }
             // A flood of names nobody asked before would otherwise queue
             // here without bound, each waiting seconds on the upstreams.
-            // Dropped like a packet lost on the way: the client asks again
+            // With `max_waiting` queries waiting, a new one still gets its
+            // first poll, which answers whatever needs no waiting (local
+            // names, refusals, stale answers, ...); one that would wait is
+            // dropped like a packet lost on the way: the client asks again
             // (or its other server), and nothing is sent to a source that
             // may be forged.
-            if tasks.len() >= self.max_waiting {
+            let room = tasks.len() < self.max_waiting;
+            let (socket, handler, packet) = (socket.clone(), self.handler.clone(), packet.to_vec());
+            let kept = spawn_eagerly(
+                tasks.track_future(async move {
+                    let reply = UdpReply { socket, to: src };
+                    respond(&*handler, packet, src, reply).await;
+                }),
+                room,
+            );
+            if !kept {
                 self.handler.metrics().overload_dropped.inc();
                 if let Some(suppressed) = overload_log.ready() {
                     tracing::warn!(
                         suppressed,
                         "{} UDP queries are waiting on the upstreams; dropping new ones \
-                         that need them until some are answered ([server] udp_max_waiting)",
+                         that would wait too ([server] udp_max_waiting)",
                         tasks.len()
                     );
                 }
-                continue;
             }
-            let (socket, handler, packet) = (socket.clone(), self.handler.clone(), packet.to_vec());
-            spawn_eagerly(tasks.track_future(async move {
-                let reply = UdpReply { socket, to: src };
-                respond(&*handler, packet, src, reply).await;
-            }));
         }
         tasks.close();
         tasks.wait().await;
@@ -234,14 +240,21 @@ impl<R: Resolve> Receiver<R> {
 /// A panic in that first poll costs the one query, as it would in a task
 /// (tokio catches those): it must not unwind through the receive loop and
 /// end this thread's service.
-fn spawn_eagerly(task: impl Future<Output = ()> + Send + 'static) {
+///
+/// Without `room`, a task still waiting after its first poll is dropped
+/// (cancelled) instead of spawned; returns `false` then.
+fn spawn_eagerly(task: impl Future<Output = ()> + Send + 'static, room: bool) -> bool {
     let mut task = Box::pin(task);
     let polled = panic::catch_unwind(AssertUnwindSafe(|| {
         task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     }));
     match polled {
-        Ok(Poll::Pending) => drop(tokio::spawn(task)),
+        Ok(Poll::Pending) if room => drop(tokio::spawn(task)),
         Ok(Poll::Ready(())) => {}
+        Ok(Poll::Pending) => {
+            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(task)));
+            return false;
+        }
         Err(_) => {
             tracing::error!("a query's handling panicked; the query is dropped");
             // Dropped as tokio drops a panicked task: a panic there too is
@@ -249,6 +262,7 @@ fn spawn_eagerly(task: impl Future<Output = ()> + Send + 'static) {
             let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(task)));
         }
     }
+    true
 }
 
 /// How far ahead [`keep_a_timer_armed`] keeps its timer: shorter than any

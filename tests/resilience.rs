@@ -337,14 +337,18 @@ async fn silent_upstreams_give_servfail_within_the_total_budget() {
 }
 
 /// A flood of names nobody asked before, to upstreams that do not answer:
-/// past `udp_max_waiting` waiting queries, new ones are dropped and
-/// counted, and a cached name is still answered at once.
+/// past `udp_max_waiting` waiting queries, new ones that would wait are
+/// dropped and counted, while whatever needs no waiting is answered: a
+/// cached name (the fast path), a local name and ANY (the full path's
+/// first poll).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_misses_is_bounded_and_cached_names_still_answer() {
     let stub = Stub::start().await;
     let dir = dir_with(&[]);
     let ts = Telesink::start(
-        &config("[server]\nudp_max_waiting = 8"),
+        &config(
+            "[server]\nudp_max_waiting = 8\n[local]\nrecords = { \"nas.lan\" = \"192.168.1.5\" }",
+        ),
         &[&stub],
         dir.path(),
     )
@@ -363,11 +367,19 @@ async fn a_flood_of_misses_is_bounded_and_cached_names_still_answer() {
         metric(&ts.metrics().await, "telesink_overload_dropped_total") >= 32.0
     })
     .await;
-    // The 8 still wait on the silent upstream (2 s); the cache answers.
+    // The 8 still wait on the silent upstream (2 s); the cache answers,
+    // and so do the links that answer at once.
     assert_eq!(
         addresses(&ask(ts.udp, "a.test.", RecordType::A).await),
         ["192.0.2.1"]
     );
+    assert_eq!(
+        addresses(&ask(ts.udp, "nas.lan.", RecordType::A).await),
+        ["192.168.1.5"]
+    );
+    let any = ask(ts.udp, "a.test.", RecordType::ANY).await;
+    assert_eq!(any.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(any.answers.len(), 1, "{any:?}");
     let m = ts.metrics().await;
     assert_eq!(metric(&m, "telesink_overload_dropped_total"), 32.0, "{m}");
     ts.stop().await;
