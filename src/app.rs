@@ -75,11 +75,7 @@ pub async fn serve(
     let snapshot =
         tokio::task::spawn_blocking(move || crate::lists::build(&for_build, None)).await?;
     publish(&metrics, &snapshot);
-    let summary = format!(
-        "{} lists, {} blocked domains",
-        snapshot.lists.len(),
-        snapshot.blocked_domains()
-    );
+    let summary = snapshot.summary();
     let lists = Arc::new(ListStore::new(snapshot));
     let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
 

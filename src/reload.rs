@@ -262,9 +262,8 @@ impl Reloader {
         self.watch();
         let snapshot = self.rebuild(config).await;
         Ok(format!(
-            "{} lists, {} blocked domains, built in {:.0?}",
-            snapshot.lists.len(),
-            snapshot.blocked_domains(),
+            "{}, built in {:.0?}",
+            snapshot.summary(),
             snapshot.build_time
         ))
     }
@@ -279,11 +278,7 @@ impl Reloader {
         publish(&self.metrics, &built);
         // Whatever caused the build: a reload, an edited list, a download,
         // or a broken config whose lists were rebuilt with the running one.
-        crate::systemd::status(&format!(
-            "serving {} lists, {} blocked domains",
-            built.lists.len(),
-            built.blocked_domains()
-        ));
+        crate::systemd::status(&format!("serving {}", built.summary()));
         self.store.store(built);
         self.store.load_full()
     }

@@ -693,6 +693,16 @@ impl Snapshot {
         self.deny.len() + self.deny_sub.len()
     }
 
+    /// `N lists, M blocked domains`: what the log and systemd's status
+    /// line say is being served.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} lists, {} blocked domains",
+            self.lists.len(),
+            self.blocked_domains()
+        )
+    }
+
     /// Heap bytes held by the name sets.
     pub fn heap_bytes(&self) -> usize {
         [&self.deny, &self.deny_sub, &self.allow, &self.allow_sub]
