@@ -1,8 +1,9 @@
 //! The HTTP listener: `GET /metrics` (Prometheus text format), `GET
 //! /healthz`, and the admin API: `POST /api/reload`, `GET
 //! /api/explain?name=NAME`, `GET /api/blocking` (the state), `POST
-//! /api/blocking?enabled=false&for=10m` and `POST /api/cache/flush`. The admin API takes `[http] token` as a
-//! bearer token when one is set, and `/metrics` takes `metrics_token`.
+//! /api/blocking?enabled=false&for=10m` and `POST /api/cache/flush`. The
+//! admin API takes `[http] token` as a bearer token when one is set, and
+//! `/metrics` takes `metrics_token`.
 
 use std::future::Future;
 use std::pin::Pin;

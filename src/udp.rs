@@ -131,7 +131,7 @@ struct Receiver<R> {
     /// still turns). It stops when the thread does.
     heartbeat: Heartbeat,
     /// `[server] udp_max_waiting`: queries handed to the full path and not
-    /// yet answered, beyond which new ones needing it are dropped.
+    /// yet answered, beyond which new ones that would wait are dropped.
     max_waiting: usize,
 }
 
@@ -216,7 +216,9 @@ impl<R: Resolve> Receiver<R> {
                     tracing::warn!(
                         suppressed,
                         "{} UDP queries are waiting on the upstreams; dropping new ones \
-                         that would wait too ([server] udp_max_waiting)",
+                         that would wait too. A flood, or upstreams that stopped \
+                         answering; if this is your own network's load, raise \
+                         [server] udp_max_waiting",
                         tasks.len()
                     );
                 }
