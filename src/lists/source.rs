@@ -354,18 +354,33 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncReadExt;
 
-    /// Two downloads of one copy at once take turns: the second asks
-    /// only after the first has stored its copy and validators.
-    #[tokio::test]
-    async fn downloads_of_one_copy_take_turns() {
+    /// One response of [`http_stub`]: after `delay`, a 200 with `body`
+    /// and, if given, an ETag.
+    struct Reply {
+        delay: Duration,
+        etag: Option<&'static str>,
+        body: &'static str,
+    }
+
+    /// An HTTP server on 127.0.0.1 that answers every request (kept in
+    /// the returned list, head only) with `reply(n)`, `n` counting from
+    /// 0; the third value is the most requests it had open at once.
+    async fn http_stub(
+        reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<Mutex<Vec<String>>>,
+        Arc<AtomicUsize>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (o, m) = (open.clone(), most.clone());
+        let (seen, m, reply) = (requests.clone(), most.clone(), Arc::new(reply));
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let (o, m) = (o.clone(), m.clone());
+                let (seen, o, m, reply) = (seen.clone(), open.clone(), m.clone(), reply.clone());
                 tokio::spawn(async move {
                     let mut req = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -377,11 +392,16 @@ mod tests {
                         req.extend_from_slice(&buf[..n]);
                     }
                     m.fetch_max(o.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                    // Long enough for the other download to start meanwhile.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let body = "ads.example\n";
+                    let n = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(String::from_utf8_lossy(&req).into_owned());
+                        seen.len() - 1
+                    };
+                    let Reply { delay, etag, body } = reply(n);
+                    tokio::time::sleep(delay).await;
+                    let etag = etag.map(|e| format!("ETag: {e}\r\n")).unwrap_or_default();
                     let response = format!(
-                        "HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nContent-Length: {}\r\n\r\n{body}",
+                        "HTTP/1.1 200 OK\r\n{etag}Content-Length: {}\r\n\r\n{body}",
                         body.len()
                     );
                     o.fetch_sub(1, Ordering::SeqCst);
@@ -389,6 +409,20 @@ mod tests {
                 });
             }
         });
+        (addr, requests, most)
+    }
+
+    /// Two downloads of one copy at once take turns: the second asks
+    /// only after the first has stored its copy and validators.
+    #[tokio::test]
+    async fn downloads_of_one_copy_take_turns() {
+        let (addr, _, most) = http_stub(|_| Reply {
+            // Long enough for the other download to start meanwhile.
+            delay: Duration::from_millis(200),
+            etag: Some("\"v1\""),
+            body: "ads.example\n",
+        })
+        .await;
         let dir = tempfile::tempdir().unwrap();
         let url = format!("http://{addr}/list.txt");
         let paths = CachePaths::new(dir.path(), "t", &url);
@@ -406,5 +440,74 @@ mod tests {
             std::fs::read_to_string(&paths.meta).unwrap(),
             "etag: \"v1\"\n"
         );
+    }
+
+    /// A new copy that comes without an ETag takes the old copy's ETag
+    /// with it: sent again, it could get a 304 that keeps a copy the
+    /// server never vouched for.
+    #[tokio::test]
+    async fn a_new_copy_without_validators_drops_the_old_ones() {
+        let (addr, requests, _) = http_stub(|n| Reply {
+            delay: Duration::ZERO,
+            etag: (n == 0).then_some("\"v1\""),
+            body: if n == 0 {
+                "old.example\n"
+            } else {
+                "new.example\n"
+            },
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://{addr}/list.txt");
+        let paths = CachePaths::new(dir.path(), "t", &url);
+        let client = crate::reload::http_client();
+        for _ in 0..3 {
+            let got = download(&client, &url, &paths, Duration::from_secs(10), 1 << 20).await;
+            assert_eq!(got, Ok(DownloadOutcome::Updated));
+        }
+        let requests = requests.lock().unwrap();
+        let asked_v1 = |r: &String| r.to_ascii_lowercase().contains("if-none-match: \"v1\"");
+        assert!(!asked_v1(&requests[0]), "{}", requests[0]);
+        assert!(asked_v1(&requests[1]), "{}", requests[1]);
+        assert!(!asked_v1(&requests[2]), "{}", requests[2]);
+        assert_eq!(
+            std::fs::read_to_string(&paths.body).unwrap(),
+            "new.example\n"
+        );
+        assert_eq!(std::fs::read_to_string(&paths.meta).unwrap(), "");
+    }
+
+    /// When the old validators cannot be removed, the download fails and
+    /// loses nothing: the old copy stays, and no part file is left behind.
+    #[tokio::test]
+    async fn validators_that_cannot_be_removed_keep_the_old_copy() {
+        let (addr, _, _) = http_stub(|_| Reply {
+            delay: Duration::ZERO,
+            etag: Some("\"v2\""),
+            body: "new.example\n",
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://{addr}/list.txt");
+        let paths = CachePaths::new(dir.path(), "t", &url);
+        std::fs::write(&paths.body, "old.example\n").unwrap();
+        // A directory where the validators belong: removing it as a file
+        // fails, whoever runs the test (root included).
+        std::fs::create_dir(&paths.meta).unwrap();
+        let client = crate::reload::http_client();
+        let got = download(&client, &url, &paths, Duration::from_secs(10), 1 << 20).await;
+        let error = got.unwrap_err();
+        assert!(error.starts_with("cannot store the download"), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(&paths.body).unwrap(),
+            "old.example\n"
+        );
+        let mut files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let stem = paths.body.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(files, [format!("{stem}.list"), format!("{stem}.meta")]);
     }
 }
