@@ -36,7 +36,8 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
         .iter()
         .chain(&full.blocking.allow)
         .any(|l| l.url.is_some());
-    if let Err(error) = prepare_cache_dir(&cache, user.uid, gid)
+    let default_dir = cache == std::path::Path::new(crate::config::SYSTEM_CACHE_DIR);
+    if let Err(error) = prepare_cache_dir(&cache, default_dir, user.uid, gid)
         && downloads
     {
         tracing::warn!(%error, dir = %cache.display(), "cannot make the directory for downloaded lists for user {name:?}: make it yourself, or set [blocking] cache_dir");
@@ -54,13 +55,19 @@ pub fn drop_privileges(full: &Config) -> Result<(), String> {
 }
 
 /// Makes `dir` for downloaded lists, owned by the user telesink switches
-/// to, if it does not exist; gives the default one to that user if root
-/// owns it (made by an earlier run without `user`), with the files in it.
-/// A directory set with `cache_dir` that exists is left as it is. Owners
+/// to, if it does not exist; gives the default one (`default_dir`) to
+/// that user if root owns it (made by an earlier run without `user`),
+/// with the files in it. A directory set with `cache_dir` that exists is
+/// left as it is. Owners
 /// are changed with `lchown`: if something replaced the new directory
 /// with a symbolic link meanwhile, the link changes owner, not what it
 /// points at.
-fn prepare_cache_dir(dir: &std::path::Path, uid: Uid, gid: Gid) -> std::io::Result<()> {
+fn prepare_cache_dir(
+    dir: &std::path::Path,
+    default_dir: bool,
+    uid: Uid,
+    gid: Gid,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let give = || std::os::unix::fs::lchown(dir, Some(uid.as_raw()), Some(gid.as_raw()));
     match std::fs::symlink_metadata(dir) {
@@ -72,11 +79,7 @@ fn prepare_cache_dir(dir: &std::path::Path, uid: Uid, gid: Gid) -> std::io::Resu
             give()
         }
         Err(e) => Err(e),
-        Ok(meta)
-            if meta.is_dir()
-                && meta.uid() == 0
-                && dir == std::path::Path::new(crate::config::SYSTEM_CACHE_DIR) =>
-        {
+        Ok(meta) if meta.is_dir() && meta.uid() == 0 && default_dir => {
             give()?;
             // Regular files only (`metadata` does not follow a link), and
             // none with other names elsewhere: a hard link put here would
@@ -137,4 +140,58 @@ fn switch(uid: Uid, gid: Gid) -> nix::Result<()> {
         return Err(nix::Error::EPERM);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The default directory left by a run as root is handed over with
+    /// its plain files, but not a hard link's file (another name of it may
+    /// be anywhere, `/etc/shadow` say) nor what a symbolic link points at;
+    /// a directory set in the config is not touched.
+    #[test]
+    fn root_owned_copies_are_handed_over_but_not_linked_files() {
+        if !Uid::effective().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the tests as root"
+            );
+            println!("SKIPPED: needs root");
+            return;
+        }
+        let nobody = User::from_name("nobody").unwrap().expect("a user nobody");
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let linked = outside.join("linked");
+        let pointed = outside.join("pointed");
+        std::fs::write(&linked, "x").unwrap();
+        std::fs::write(&pointed, "x").unwrap();
+        let owner = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().uid();
+
+        for default_dir in [false, true] {
+            let dir = root.path().join(format!("cache-{default_dir}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("copy.list"), "ads.example\n").unwrap();
+            std::fs::hard_link(&linked, dir.join("hard.list")).unwrap();
+            std::os::unix::fs::symlink(&pointed, dir.join("soft.list")).unwrap();
+            prepare_cache_dir(&dir, default_dir, nobody.uid, nobody.gid).unwrap();
+            let handed = if default_dir { nobody.uid.as_raw() } else { 0 };
+            assert_eq!(owner(&dir), handed, "the directory, default {default_dir}");
+            assert_eq!(
+                owner(&dir.join("copy.list")),
+                handed,
+                "a copy, default {default_dir}"
+            );
+            assert_eq!(owner(&linked), 0, "a hard link's file");
+            assert_eq!(owner(&pointed), 0, "a symbolic link's target");
+        }
+
+        // One that does not exist yet is made for the user, default or not.
+        let new = root.path().join("new/cache");
+        prepare_cache_dir(&new, false, nobody.uid, nobody.gid).unwrap();
+        assert_eq!(owner(&new), nobody.uid.as_raw());
+    }
 }
