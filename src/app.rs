@@ -103,12 +103,14 @@ pub async fn serve(
         metrics.clone(),
         controls.clone(),
     ));
+    let recent = crate::recent::RecentBlocked::new(config.http.recent_blocked);
     let handler = Handler::new(
         chain.clone(),
         metrics.clone(),
         clients,
         config.server.edns_udp_size,
-    );
+    )
+    .with_recent_blocked(recent.clone());
     let handler = Arc::new(handler);
     let mut udp_servers = Vec::new();
     for udp in listeners.udp {
@@ -158,6 +160,7 @@ pub async fn serve(
                 config: shared_config,
                 lookup: live_lookup(chain),
                 controls,
+                recent,
                 api: config.http.api,
                 token: config.http.token.as_deref().map(Arc::from),
                 metrics_token: config.http.metrics_token.as_deref().map(Arc::from),

@@ -779,8 +779,14 @@ pub struct HttpConfig {
     #[serde(deserialize_with = "optional_addr")]
     pub listen: Option<SocketAddr>,
     /// Serve the admin API (`/api/reload`, `/api/explain`, `/api/blocking`,
-    /// `/api/cache/flush`) besides `/metrics` and `/healthz`.
+    /// `/api/blocked`, `/api/cache/flush`) besides `/metrics` and
+    /// `/healthz`.
     pub api: bool,
+    /// Blocked queries kept in memory for `GET /api/blocked` (time,
+    /// client address and device, name, type, list), the newest replacing
+    /// the oldest: what to look at when an app stops working. 0 keeps
+    /// none. They are never written to disk; each costs about 400 bytes.
+    pub recent_blocked: usize,
     /// Bearer token for the admin API: requests must send
     /// `Authorization: Bearer TOKEN`. Required when the API is on and
     /// `listen` is not a loopback address; telesink refuses to start
@@ -799,6 +805,7 @@ impl Default for HttpConfig {
         Self {
             listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9153))),
             api: true,
+            recent_blocked: 500,
             token: None,
             metrics_token: None,
         }

@@ -1,7 +1,8 @@
 //! The HTTP listener: `GET /metrics` (Prometheus text format), `GET
 //! /healthz`, and the admin API: `POST /api/reload`, `GET
 //! /api/explain?name=NAME`, `GET /api/blocking` (the state), `POST
-//! /api/blocking?enabled=false&for=10m` and `POST /api/cache/flush`. The
+//! /api/blocking?enabled=false&for=10m`, `GET /api/blocked` (the last
+//! blocked queries) and `POST /api/cache/flush`. The
 //! admin API takes `[http] token` as a bearer token when one is set, and
 //! `/metrics` takes `metrics_token`.
 
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::controls::Controls;
 use crate::lists::ListStore;
 use crate::metrics::Metrics;
+use crate::recent::RecentBlocked;
 use crate::reload::ReloadHandle;
 use crate::resolver::{Answer, Outcome};
 
@@ -45,6 +47,8 @@ pub struct HttpState {
     pub lookup: Lookup,
     /// Runtime switches: pause blocking, flush the cache.
     pub controls: Arc<Controls>,
+    /// The last blocked queries, unless `[http] recent_blocked = 0`.
+    pub recent: Option<Arc<RecentBlocked>>,
     /// Whether the admin API is served at all.
     pub api: bool,
     /// `Authorization: Bearer` value the admin API requires, if any.
@@ -249,6 +253,56 @@ async fn flush_cache(State(state): State<HttpState>) -> Response {
     format!("flushed {n} cached answers\n").into_response()
 }
 
+#[derive(Deserialize)]
+struct BlockedParams {
+    /// At most this many, newest first.
+    limit: Option<usize>,
+    /// Only this device (its `client` label) or client address.
+    client: Option<String>,
+    /// Only names equal to or under this domain.
+    name: Option<String>,
+}
+
+async fn recent_blocked(
+    State(state): State<HttpState>,
+    Query(params): Query<BlockedParams>,
+) -> Response {
+    let Some(recent) = &state.recent else {
+        return (
+            StatusCode::NOT_FOUND,
+            "blocked queries are not kept: [http] recent_blocked = 0\n",
+        )
+            .into_response();
+    };
+    let domain =
+        match params.name.as_deref().map(|n| {
+            crate::lists::normalize(n.trim().trim_end_matches('.')).map(|n| n.into_owned())
+        }) {
+            Some(Err(_)) => {
+                let name = params.name.unwrap_or_default();
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("not a domain name: {name:?}\n"),
+                )
+                    .into_response();
+            }
+            Some(Ok(d)) => Some(d),
+            None => None,
+        };
+    let client = params.client.as_deref().map(str::trim);
+    let address = client.and_then(|c| c.parse::<std::net::IpAddr>().ok());
+    let blocked = recent.list(params.limit.unwrap_or(100), |q| {
+        client.is_none_or(|c| q.device == c || address == Some(q.client))
+            && domain.as_deref().is_none_or(|d| {
+                q.name == d
+                    || q.name
+                        .strip_suffix(d)
+                        .is_some_and(|rest| rest.ends_with('.'))
+            })
+    });
+    Json(serde_json::json!({ "blocked": blocked })).into_response()
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -351,6 +405,7 @@ pub async fn serve(
             .route("/api/reload", post(reload))
             .route("/api/explain", get(explain))
             .route("/api/blocking", get(blocking_status).post(set_blocking))
+            .route("/api/blocked", get(recent_blocked))
             .route("/api/cache/flush", post(flush_cache))
             .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
         app = app.merge(admin);

@@ -38,9 +38,11 @@
 //! - [`tcp`]: DNS over TCP with connection caps, first-byte and idle
 //!   timeouts, and pipelined queries answered out of order.
 //! - [`metrics`]: every Prometheus metric, with bounded labels only.
+//! - [`recent`]: the last blocked queries, in memory, for the admin API:
+//!   the names the metrics' labels never hold.
 //! - [`http`]: `/metrics`, `/healthz` and the admin API (`/api/reload`,
-//!   `/api/explain`, `/api/blocking`, `/api/cache/flush`), with bearer
-//!   tokens.
+//!   `/api/explain`, `/api/blocking`, `/api/blocked`, `/api/cache/flush`),
+//!   with bearer tokens.
 //! - [`controls`]: runtime switches the admin API sets (pause blocking,
 //!   flush the cache).
 //! - [`app`]: wiring; [`app::serve`] takes bound sockets and a shutdown
@@ -65,6 +67,7 @@ pub mod http;
 pub mod lists;
 pub mod metrics;
 pub mod privileges;
+pub mod recent;
 pub mod reload;
 pub mod resolver;
 pub mod server;

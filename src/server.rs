@@ -26,9 +26,10 @@ use hickory_server::server::{Request, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 
-use crate::clients::Clients;
+use crate::clients::{Clients, Device};
 use crate::metrics::Metrics;
-use crate::resolver::{DNS_HEADER_LEN, Query, Resolve};
+use crate::recent::{QueryName, RecentBlocked};
+use crate::resolver::{DNS_HEADER_LEN, Outcome, Query, Resolve};
 
 /// The request handler in front of the resolver chain: it takes requests
 /// as hickory parses them and answers with hickory's encoder, or with the
@@ -43,6 +44,8 @@ pub struct Handler<R> {
     clients: Arc<Clients>,
     /// The largest UDP payload telesink advertises and sends.
     edns_udp_size: u16,
+    /// Where blocked queries are kept for `GET /api/blocked`, if anywhere.
+    recent: Option<Arc<RecentBlocked>>,
 }
 
 impl<R: Resolve> Handler<R> {
@@ -53,7 +56,14 @@ impl<R: Resolve> Handler<R> {
             metrics,
             clients,
             edns_udp_size: edns_udp_size.max(512),
+            recent: None,
         }
+    }
+
+    /// Keeps blocked queries in `recent` from now on.
+    pub fn with_recent_blocked(mut self, recent: Option<Arc<RecentBlocked>>) -> Self {
+        self.recent = recent;
+        self
     }
 }
 
@@ -66,6 +76,28 @@ impl<R> Handler<R> {
     /// The metrics every answer is counted in.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Counts an answered query for its device, and keeps it if blocked;
+    /// `wire` is the name as the client sent it, when the caller has it.
+    pub(crate) fn observe_client(
+        &self,
+        query: &Query<'_>,
+        wire: Option<&[u8]>,
+        device: &Device,
+        outcome: &Outcome,
+    ) {
+        self.metrics.observe_client(device, outcome);
+        if let (Some(recent), Outcome::Blocked { list, cname }) = (&self.recent, outcome) {
+            recent.record(
+                wire.map_or(QueryName::Parsed(query.name), QueryName::Wire),
+                query.qtype,
+                query.client,
+                &device.name,
+                list,
+                cname.as_deref(),
+            );
+        }
     }
 
     /// The device names of client addresses.
@@ -145,15 +177,14 @@ impl<R: Resolve> Handler<R> {
             checking_disabled: request.metadata.checking_disabled,
         };
         let mut answer = self.chain.resolve(&query).await;
-        if answer.outcome == crate::resolver::Outcome::Dropped && reply.protocol() != Protocol::Udp
-        {
+        if answer.outcome == Outcome::Dropped && reply.protocol() != Protocol::Udp {
             // Dropping defends against replies sent to a forged source;
             // over TCP there is none, and silence would only keep the
             // client waiting on its connection: REFUSED, as with
             // `action = "refuse"`.
-            answer.outcome = crate::resolver::Outcome::RateLimited;
+            answer.outcome = Outcome::RateLimited;
         }
-        if answer.outcome == crate::resolver::Outcome::Dropped {
+        if answer.outcome == Outcome::Dropped {
             // Rate limited with `action = "drop"`: no reply at all, so it
             // counts as a query but not as a response.
             self.metrics
@@ -189,10 +220,10 @@ impl<R: Resolve> Handler<R> {
             started.elapsed(),
         );
         let client = match answer.outcome {
-            crate::resolver::Outcome::Refused => self.clients.outsider_label(query.client),
+            Outcome::Refused => self.clients.outsider_label(query.client),
             _ => self.clients.label(query.client),
         };
-        self.metrics.observe_client(&client, &answer.outcome);
+        self.observe_client(&query, None, &client, &answer.outcome);
         let max_size = max_size(reply.protocol(), edns_out.as_ref());
         let from_cache = answer
             .wire

@@ -530,7 +530,9 @@ impl<R: Resolve> Handler<R> {
         self.metrics()
             .observe_query(parsed.qtype, &outcome, rcode, started.elapsed());
         let client = self.clients().label(query.client);
-        self.metrics().observe_client(&client, &outcome);
+        // The name as sent: the question less its type and class.
+        let wire = &parsed.question[..parsed.question.len().saturating_sub(4)];
+        self.observe_client(&query, Some(wire), &client, &outcome);
         true
     }
 }

@@ -32,6 +32,7 @@ async fn admin_api_and_metrics_take_their_tokens() {
         ("GET", "/api/blocking"),
         ("POST", "/api/blocking?enabled=false"),
         ("POST", "/api/cache/flush"),
+        ("GET", "/api/blocked"),
     ] {
         let (status, _) = http_request(ts.http, method, path, None).await;
         assert_eq!(status, 401, "{method} {path} without a token");
@@ -104,6 +105,101 @@ async fn the_cache_can_be_flushed() {
         "asked again after the flush"
     );
     ts.stop().await;
+}
+
+/// The last blocked queries, newest first: from the UDP fast path, the
+/// full path (TCP) and a CNAME-cloaked answer alike, each with its device;
+/// answered names are not kept. Filters by device, address and domain.
+#[tokio::test]
+async fn recent_blocked_queries_are_listed() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "tracker.test\n")]);
+    let config = format!(
+        "{}[[clients]]\nname = \"tv\"\nips = [\"127.0.0.2\"]\n",
+        config("recent_blocked = 3")
+    );
+    let ts = Telesink::start(&config, &[&stub], dir.path()).await;
+    let tv = |qname: &str, qtype| request(qname, qtype, true);
+    udp_from(
+        "127.0.0.2:0",
+        ts.udp,
+        &tv("first.tracker.test.", RecordType::A),
+    )
+    .await;
+    udp_from(
+        "127.0.0.2:0",
+        ts.udp,
+        &tv("Ads.Tracker.Test.", RecordType::AAAA),
+    )
+    .await;
+    tcp(ts.tcp, &request("tcp.tracker.test.", RecordType::A, true)).await;
+    ask(ts.udp, "a.test.", RecordType::A).await;
+    let r = ask(ts.udp, "cloaked.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["0.0.0.0"]);
+
+    let get = |path: &'static str| {
+        let http = ts.http;
+        async move {
+            let (status, body) = http_request(http, "GET", path, None).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["blocked"].as_array().unwrap().clone()
+        }
+    };
+    let all = get("/api/blocked").await;
+    let names: Vec<_> = all.iter().map(|q| q["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["cloaked.test", "tcp.tracker.test", "ads.tracker.test"],
+        "the three newest of four, newest first; a.test was answered"
+    );
+    assert_eq!(all[0]["cname"], "collect.tracker.test");
+    assert_eq!(all[0]["device"], "unknown");
+    assert_eq!(all[0]["client"], "127.0.0.1");
+    assert_eq!(all[0]["list"], "vendor");
+    assert_eq!(all[2]["device"], "tv");
+    assert_eq!(all[2]["client"], "127.0.0.2");
+    assert_eq!(all[2]["qtype"], "AAAA");
+    assert!(all[2]["cname"].is_null());
+    assert!(
+        all[2]["time"].as_str().unwrap().ends_with('Z'),
+        "{}",
+        all[2]["time"]
+    );
+
+    assert_eq!(get("/api/blocked?limit=1").await.len(), 1);
+    let names = |v: Vec<serde_json::Value>| -> Vec<String> {
+        v.iter()
+            .map(|q| q["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(get("/api/blocked?client=tv").await),
+        ["ads.tracker.test"]
+    );
+    assert_eq!(
+        names(get("/api/blocked?client=127.0.0.1").await),
+        ["cloaked.test", "tcp.tracker.test"]
+    );
+    assert_eq!(
+        names(get("/api/blocked?name=Tracker.Test.").await),
+        ["tcp.tracker.test", "ads.tracker.test"]
+    );
+    assert!(get("/api/blocked?name=racker.test").await.is_empty());
+    let (status, _) = http_request(ts.http, "GET", "/api/blocked?name=a..b", None).await;
+    assert_eq!(status, 400);
+    ts.stop().await;
+
+    let ts = Telesink::start(&config_off(), &[&stub], dir.path()).await;
+    ask(ts.udp, "x.tracker.test.", RecordType::A).await;
+    let (status, body) = http_request(ts.http, "GET", "/api/blocked", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("recent_blocked = 0"), "{body}");
+    ts.stop().await;
+}
+
+fn config_off() -> String {
+    config("recent_blocked = 0")
 }
 
 #[test]

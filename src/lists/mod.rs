@@ -19,6 +19,7 @@ mod source;
 
 pub use parse::{Action, Pattern, Rule, Skip, normalize, parse_line};
 pub use set::{DomainSet, MAX_LISTS};
+pub(crate) use snapshot::write_escaped;
 pub use snapshot::{
     BuildLimits, ListInput, ListKind, ListMeta, ListText, MAX_LINE, MatchedRule, SkippedLine,
     Snapshot, Verdict, parse_lines, parse_text,

@@ -894,6 +894,24 @@ fn plain_byte(b: u8) -> bool {
     b.is_ascii_graphic() && b != b'.' && b != b'\\'
 }
 
+/// Appends `labels` to `out` as a name's text form (no trailing dot), each
+/// byte but printable ASCII, a dot or a backslash as a decimal `\DDD`
+/// escape (RFC 1035 §5.1): the form the lists are matched in.
+pub(crate) fn write_escaped<'a>(out: &mut String, labels: impl Iterator<Item = &'a [u8]>) {
+    for (i, label) in labels.enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        for &b in label {
+            if plain_byte(b) {
+                out.push(char::from(b));
+            } else {
+                let _ = write!(out, "\\{b:03}");
+            }
+        }
+    }
+}
+
 /// `a.b.c`, `b.c`, `c`.
 fn suffixes(name: &str) -> impl Iterator<Item = &str> {
     std::iter::once(name).chain(name.match_indices('.').map(move |(i, _)| &name[i + 1..]))
@@ -951,18 +969,7 @@ impl NameBuf {
             return Some(text);
         }
         self.escaped.clear();
-        for (i, label) in name.iter().enumerate() {
-            if i > 0 {
-                self.escaped.push('.');
-            }
-            for &b in label {
-                if plain_byte(b) {
-                    self.escaped.push(char::from(b));
-                } else {
-                    let _ = write!(self.escaped, "\\{b:03}");
-                }
-            }
-        }
+        write_escaped(&mut self.escaped, name.iter());
         Some(&self.escaped)
     }
 }
