@@ -31,6 +31,14 @@ use crate::metrics::Metrics;
 use crate::recent::{QueryName, RecentBlocked};
 use crate::resolver::{DNS_HEADER_LEN, Outcome, Query, Resolve};
 
+/// The largest query telesink reads, over UDP or TCP. A question is at
+/// most 259 bytes and the options a client sends (a cookie, padding,
+/// a client subnet) a few dozen more; a bigger query is not a lookup,
+/// and kept while it waits on the upstreams, 4,096 of them of 64 KiB
+/// each would hold a quarter of a gigabyte per thread. Over UDP it gets
+/// FORMERR at once; over TCP the connection is closed.
+pub const MAX_QUERY: usize = 4096;
+
 /// The request handler in front of the resolver chain: it takes requests
 /// as hickory parses them and answers with hickory's encoder, or with the
 /// bytes the cache just encoded (see `handle_request`). Cloning

@@ -242,7 +242,7 @@ async fn connection<R: Resolve>(
                 _ = stuck.cancelled() => break,
             };
             first = false;
-            if len == 0 {
+            if len == 0 || usize::from(len) > crate::server::MAX_QUERY {
                 break;
             }
             let mut body = vec![0u8; usize::from(len)];

@@ -41,7 +41,7 @@ use crate::config::BlockMode;
 use crate::resolver::{
     BlockPolicy, DNS_HEADER_LEN, Outcome, Peek, Query, Resolve, blocked_answer, plain_name_end,
 };
-use crate::server::{Deliver, Handler, Protocol, opt_record, respond};
+use crate::server::{Deliver, Handler, MAX_QUERY, Protocol, opt_record, respond};
 use crate::systemd::Heartbeat;
 
 /// The largest datagram read: the most a UDP payload can be.
@@ -181,6 +181,19 @@ impl<R: Resolve> Receiver<R> {
             if !can_answer(src) {
                 continue;
             }
+            if len > MAX_QUERY {
+                // Answered here from the header alone: nothing of it is
+                // kept, and the reply is smaller than the query.
+                if let Some(reply) = oversized_reply(packet) {
+                    self.handler
+                        .metrics()
+                        .responses
+                        .with_label_values(&["FORMERR"])
+                        .inc();
+                    let _ = socket.try_send_to(&reply, src);
+                }
+                continue;
+            }
             if self.handler.answer_now(packet, src, &mut reply) {
                 let sent = match socket.try_send_to(&reply, src) {
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -227,6 +240,21 @@ impl<R: Resolve> Receiver<R> {
         tasks.close();
         tasks.wait().await;
     }
+}
+
+/// FORMERR to a query over [`MAX_QUERY`] bytes: its ID, opcode and RD,
+/// no sections. `None` for a response (QR set), never answered.
+fn oversized_reply(packet: &[u8]) -> Option<[u8; DNS_HEADER_LEN]> {
+    let head = packet.get(..4)?;
+    if head[2] & 0x80 != 0 {
+        return None;
+    }
+    let mut reply = [0u8; DNS_HEADER_LEN];
+    reply[..2].copy_from_slice(&head[..2]);
+    // QR, the opcode and RD as asked; RA; RCODE 1 (FORMERR).
+    reply[2] = 0x80 | (head[2] & 0x79);
+    reply[3] = 0x80 | ResponseCode::FormErr.low();
+    Some(reply)
 }
 
 /// Runs `task` until it first waits, then leaves the rest to the runtime.

@@ -249,9 +249,10 @@ async fn many_questions_get_a_formerr_that_does_not_echo_them() {
     let stub = Stub::start().await;
     let dir = dir_with(&[]);
     let ts = Telesink::start(CONFIG, &[&stub], dir.path()).await;
-    // 13,000 root questions fill a 64 KiB TCP message; echoed back with the
-    // FORMERR, each query would cost as much again in the reply.
-    let n: u16 = 13_000;
+    // 800 root questions fill most of the largest query read (4 KiB);
+    // echoed back with the FORMERR, each query would cost as much again in
+    // the reply.
+    let n: u16 = 800;
     let mut query = vec![0x12, 0x34, 0x01, 0x00];
     query.extend_from_slice(&n.to_be_bytes());
     query.extend_from_slice(&[0; 6]);
@@ -438,4 +439,84 @@ async fn rebind_protection_blocks_public_names_pointing_into_the_lan() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("reserved"), "{err}");
+}
+
+/// `a.test.` A with EDNS, padded with an unknown option to `total` bytes.
+fn query_of_size(id: u16, total: usize) -> Vec<u8> {
+    let mut q = request("a.test.", RecordType::A, true);
+    q.metadata.id = id;
+    let mut bytes = q.to_vec().unwrap();
+    // The OPT record is last and empty: its RDLENGTH is the last 2 bytes.
+    assert_eq!(bytes[bytes.len() - 2..], [0, 0]);
+    let data = total - bytes.len() - 4;
+    let rdlen = u16::try_from(4 + data).unwrap();
+    let at = bytes.len() - 2;
+    bytes[at..].copy_from_slice(&rdlen.to_be_bytes());
+    bytes.extend_from_slice(&65001u16.to_be_bytes());
+    bytes.extend_from_slice(&u16::try_from(data).unwrap().to_be_bytes());
+    bytes.resize(total, 0);
+    bytes
+}
+
+/// A query over 4 KiB is not a lookup, and would hold its bytes while it
+/// waits on the upstreams: over UDP it gets FORMERR at once (the name is
+/// not even asked upstream), over TCP its connection is closed. One of
+/// exactly 4 KiB is answered.
+#[tokio::test]
+async fn queries_over_4_kib_are_refused_at_once() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let ts = Telesink::start(CONFIG, &[&stub], dir.path()).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    for (id, size, rcode) in [
+        (1u16, 4096, ResponseCode::NoError),
+        (2, 4097, ResponseCode::FormErr),
+        (3, 65000, ResponseCode::FormErr),
+    ] {
+        socket
+            .send_to(&query_of_size(id, size), ts.udp)
+            .await
+            .unwrap();
+        let (n, _) = tokio::time::timeout(DEADLINE, socket.recv_from(&mut buf))
+            .await
+            .expect("replies in time")
+            .unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.metadata.id, id);
+        assert_eq!(m.metadata.response_code, rcode, "{size} bytes: {m:?}");
+        if rcode == ResponseCode::FormErr {
+            assert_eq!(n, 12, "{size} bytes: a header only");
+        }
+    }
+    assert_eq!(
+        stub.count("a.test.", RecordType::A),
+        1,
+        "only the 4096-byte query went upstream"
+    );
+
+    let mut ok = TcpStream::connect(ts.tcp).await.unwrap();
+    ok.write_all(&framed(&query_of_size(4, 4096)))
+        .await
+        .unwrap();
+    let reply = read_frame(&mut ok)
+        .await
+        .expect("a 4096-byte query is answered");
+    assert_eq!(
+        addresses(&Message::from_vec(&reply).unwrap()),
+        ["192.0.2.1"]
+    );
+    let mut big = TcpStream::connect(ts.tcp).await.unwrap();
+    let mut out = framed(&query_of_size(5, 4097));
+    out.extend(framed(&probe(6)));
+    big.write_all(&out).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, big.read_to_end(&mut rest))
+        .await
+        .expect("closed promptly")
+        .ok();
+    assert!(rest.is_empty(), "nothing answered on the connection");
+    let r = ask(ts.udp, "a.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.1"], "and the server goes on");
+    ts.stop().await;
 }
