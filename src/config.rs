@@ -224,6 +224,8 @@ pub struct UpstreamConfig {
     /// with the lowest recent latency at once, first good answer wins) or
     /// `round_robin`. Every strategy skips an upstream that keeps failing
     /// for a backoff (5 s, doubling to 60 s), then probes it with one query.
+    /// Queries that were waiting on it together and fail together count as
+    /// one failure.
     pub strategy: Strategy,
 }
 

@@ -188,8 +188,15 @@ struct Member {
 /// Lock-free health of one upstream.
 #[derive(Default)]
 struct Health {
-    /// Consecutive attempts that timed out or failed.
+    /// Failures in a row: attempts that timed out or failed, each started
+    /// after the failure counted before it.
     failures: AtomicU32,
+    /// One more than the microseconds after the group's epoch when a
+    /// failure was last counted; 0 before any. When an upstream blips,
+    /// every query already waiting on it fails together: that is one
+    /// failure, not one per query, or a second's hiccup under load would
+    /// send it straight into the longest backoff.
+    failed_at: AtomicU64,
     /// Milliseconds after the group's epoch until which it is skipped; 0
     /// when healthy.
     down_until: AtomicU64,
@@ -232,26 +239,13 @@ impl Health {
     }
 }
 
-/// Records an attempt dropped because another upstream answered first
-/// (`fastest`): it took at least as long, so it counts as twice that.
-/// Without this, an upstream that always loses would never be measured.
-struct Lost<'a> {
-    health: &'a Health,
-    started: Instant,
-    done: bool,
-}
-
-impl Drop for Lost<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.health.sample(self.started.elapsed() * 2);
-        }
-    }
-}
-
 impl Group {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Whether `m` may be asked now: healthy, or its backoff is over and
@@ -324,13 +318,8 @@ impl Group {
         }
         let upstream = &m.upstream;
         let started = Instant::now();
-        let mut lost = Lost {
-            health: &m.health,
-            started,
-            done: false,
-        };
+        let started_us = self.now_us();
         let result = self.exchange(upstream, query).await;
-        lost.done = true;
         let label = match &result {
             Ok((reply, _)) if reply.metadata.truncation => "truncated",
             Ok((reply, _)) => match reply.metadata.response_code {
@@ -386,7 +375,7 @@ impl Group {
             }
             Err(error) => {
                 tracing::debug!(upstream = %upstream.label, %error, "upstream attempt failed");
-                self.unhealthy(m);
+                self.unhealthy(m, started_us);
                 Attempt::Unreachable
             }
         }
@@ -406,10 +395,26 @@ impl Group {
         h.sample(elapsed);
     }
 
-    fn unhealthy(&self, m: &Member) {
+    /// Counts a failure of an attempt started at `started_us`, unless
+    /// another was counted since it started (see [`Health::failed_at`]).
+    fn unhealthy(&self, m: &Member, started_us: u64) {
         let h = &m.health;
-        let failures = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
         h.probe_until.store(0, Ordering::Relaxed);
+        let now = self.now_us() + 1;
+        let mut last = h.failed_at.load(Ordering::Relaxed);
+        loop {
+            if last > started_us {
+                return;
+            }
+            match h
+                .failed_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(other) => last = other,
+            }
+        }
+        let failures = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures < FAILS_BEFORE_BACKOFF {
             return;
         }
@@ -454,6 +459,7 @@ impl Group {
         if self.strategy == Strategy::Fastest && order.len() >= 2 {
             // The two best at once; the first good answer wins and the
             // other request is dropped.
+            let raced = Instant::now();
             let a = self.attempt(order[0], query);
             let b = self.attempt(order[1], query);
             tokio::pin!(a, b);
@@ -464,7 +470,22 @@ impl Group {
                     r = &mut b, if !b_done => { b_done = true; r }
                 };
                 match result {
-                    Attempt::Answer(reply, bytes) => return Ok(answer_from_reply(reply, bytes)),
+                    Attempt::Answer(reply, bytes) => {
+                        // The other request is dropped. It took at least
+                        // as long, so it counts as twice that; without
+                        // this, an upstream that always loses would never
+                        // be measured. (Only here: a query dropped for
+                        // another reason says nothing of its upstreams.)
+                        let loser = match (a_done, b_done) {
+                            (true, false) => Some(order[1].0),
+                            (false, true) => Some(order[0].0),
+                            _ => None,
+                        };
+                        if let Some(i) = loser {
+                            self.upstreams[i].health.sample(raced.elapsed() * 2);
+                        }
+                        return Ok(answer_from_reply(reply, bytes));
+                    }
                     Attempt::Skipped => {}
                     Attempt::Failed | Attempt::Unreachable => asked = Asked::Some,
                 }
@@ -611,6 +632,88 @@ mod tests {
         };
         let answer = group.resolve_in(&order, &query).await;
         assert_eq!(answer.rcode, ResponseCode::NoError, "asked after all");
+    }
+
+    /// Queries waiting on an upstream when it stops answering fail
+    /// together, and count as one failure: a blip under load must not send
+    /// it into the longest backoff. Failures in a row still back it off.
+    #[tokio::test]
+    async fn failures_at_once_count_once() {
+        // An upstream that never answers.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let text = format!(
+            "[upstream]\nservers = [\"{addr}\"]\ntimeout = \"100ms\"\ntotal_timeout = \"1s\"\n"
+        );
+        let config = Config::from_toml(&text, "t", std::path::Path::new(".")).unwrap();
+        let forward = Arc::new(Forward::new(&config, Arc::new(Metrics::new())));
+        fn query(name: &LowerName) -> Query<'_> {
+            Query {
+                name,
+                qtype: RecordType::A,
+                qclass: DNSClass::IN,
+                client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                checking_disabled: false,
+            }
+        }
+        let mut asking = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let forward = forward.clone();
+            asking.spawn(async move {
+                let name = LowerName::from(Name::from_ascii(format!("n{i}.test.")).unwrap());
+                forward.default.resolve(&query(&name)).await.rcode
+            });
+        }
+        let answers = asking.join_all().await;
+        let group = &forward.default;
+        let health = &group.upstreams[0].health;
+        let names = [LowerName::from(Name::from_ascii("n0.test.").unwrap())];
+        assert!(
+            answers.iter().all(|&r| r == ResponseCode::ServFail),
+            "{answers:?}"
+        );
+        assert_eq!(health.failures.load(Ordering::Relaxed), 1);
+        assert_eq!(health.down_until.load(Ordering::Relaxed), 0, "not skipped");
+
+        // The next query fails on its own: two in a row, the first backoff.
+        let before = group.now_ms();
+        group.resolve(&query(&names[0])).await;
+        assert_eq!(health.failures.load(Ordering::Relaxed), 2);
+        let skipped_for = health.down_until.load(Ordering::Relaxed) - before;
+        assert!((5_000..5_500).contains(&skipped_for), "{skipped_for} ms");
+    }
+
+    /// A query dropped while it waits (the UDP waiting bound, a client
+    /// gone) says nothing of its upstream's latency; only `fastest`'s
+    /// loser is counted as slow.
+    #[tokio::test]
+    async fn a_dropped_query_is_no_latency_sample() {
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let text = format!("[upstream]\nservers = [\"{addr}\"]\n");
+        let config = Config::from_toml(&text, "t", std::path::Path::new(".")).unwrap();
+        let forward = Forward::new(&config, Arc::new(Metrics::new()));
+        let group = &forward.default;
+        let name = LowerName::from(Name::from_ascii("a.test.").unwrap());
+        let query = Query {
+            name: &name,
+            qtype: RecordType::A,
+            qclass: DNSClass::IN,
+            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            checking_disabled: false,
+        };
+        let mut buf = [0u8; 512];
+        {
+            let resolving = group.resolve(&query);
+            tokio::pin!(resolving);
+            tokio::select! {
+                _ = &mut resolving => panic!("a silent upstream answered"),
+                // Asked: the query reached the upstream.
+                got = silent.recv_from(&mut buf) => { got.unwrap(); }
+            }
+        }
+        let health = &group.upstreams[0].health;
+        assert_eq!(health.latency_us.load(Ordering::Relaxed), 0);
     }
 
     /// The hand-written query is byte for byte what hickory encodes, for
