@@ -530,10 +530,13 @@ pub struct CacheConfig {
     /// once per KiB, so the cache never holds much more than `capacity`
     /// KiB. About 10,000 covers a busy household.
     pub capacity: usize,
-    /// Cached TTLs are raised to at least this.
+    /// Cached TTLs are raised to at least this (not those of negative
+    /// answers: a name that appears must not stay missing longer than its
+    /// zone says).
     #[serde(with = "humantime_serde")]
     pub min_ttl: Duration,
-    /// Cached TTLs are lowered to at most this.
+    /// Cached TTLs, negative answers' included, are lowered to at most
+    /// this (and to at most 2^31 - 1 seconds, RFC 2181 §8).
     #[serde(with = "humantime_serde")]
     pub max_ttl: Duration,
     /// Upper bound for negative answers (NXDOMAIN, NODATA), whose TTL comes

@@ -599,8 +599,18 @@ impl<N> std::fmt::Debug for Cache<N> {
     }
 }
 
+/// A configured TTL in seconds, at most 2^31 - 1: a larger one has the top
+/// bit set, which clients take for 0 (RFC 2181 §8).
 fn secs(d: Duration) -> u32 {
-    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+    u32::try_from(d.as_secs()).map_or(MAX_TTL, |s| s.min(MAX_TTL))
+}
+
+/// The largest TTL there is (RFC 2181 §8).
+const MAX_TTL: u32 = i32::MAX as u32;
+
+/// A TTL as RFC 2181 §8 reads it: one with the top bit set means 0.
+fn sane(ttl: u32) -> u32 {
+    if ttl > MAX_TTL { 0 } else { ttl }
 }
 
 impl<N> Cache<N> {
@@ -690,7 +700,12 @@ impl Store {
             let RData::SOA(soa) = &record.data else {
                 unreachable!("found by its type")
             };
-            record.ttl = record.ttl.min(soa.minimum).min(self.negative_max_ttl);
+            // Capped by max_ttl too, but not raised by min_ttl: a name
+            // that appears must not stay missing longer than its zone says.
+            record.ttl = sane(record.ttl)
+                .min(sane(soa.minimum))
+                .min(self.negative_max_ttl)
+                .min(self.max_ttl);
             (record.ttl, Some(answer.answers.len() + at))
         } else {
             (u32::MAX, None)
@@ -707,7 +722,7 @@ impl Store {
             .enumerate()
         {
             if Some(i) != soa {
-                r.ttl = r.ttl.clamp(self.min_ttl, self.max_ttl);
+                r.ttl = sane(r.ttl).clamp(self.min_ttl, self.max_ttl);
             }
             ttl = ttl.min(r.ttl);
         }
@@ -1248,6 +1263,57 @@ mod tests {
             negative_max_ttl,
             metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// A TTL with its top bit set is 0 (RFC 2181 §8): not cached, and
+    /// not sent on as a day (or as 68 years); negative answers obey
+    /// max_ttl as well as negative_max_ttl; configured TTLs stay below
+    /// 2^31.
+    #[test]
+    fn ttl_limits() {
+        let store = ttl_store(60, 3600);
+        let mut answer = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
+        answer.answers = vec![Record::from_rdata(
+            name(QNAME),
+            0xffff_ffff,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 1))),
+        )];
+        assert_eq!(store.cacheable_ttl(&mut answer, RecordType::A), None);
+        assert_eq!(answer.answers[0].ttl, 0);
+        answer.answers[0].ttl = 0x7fff_ffff;
+        assert_eq!(store.cacheable_ttl(&mut answer, RecordType::A), Some(60));
+
+        let soa = |ttl, minimum| {
+            Record::from_rdata(
+                name("example.test."),
+                ttl,
+                RData::SOA(SOA::new(
+                    name("ns.test."),
+                    name("h.test."),
+                    1,
+                    2,
+                    3,
+                    4,
+                    minimum,
+                )),
+            )
+        };
+        let mut denial = Answer::empty(Outcome::Forwarded, ResponseCode::NXDomain);
+        denial.authorities = vec![soa(3600, 3600)];
+        assert_eq!(
+            store.cacheable_ttl(&mut denial, RecordType::A),
+            Some(60),
+            "max_ttl"
+        );
+        denial.authorities = vec![soa(3600, 0x8000_0000)];
+        assert_eq!(
+            store.cacheable_ttl(&mut denial, RecordType::A),
+            None,
+            "MINIMUM 0"
+        );
+
+        assert_eq!(secs(Duration::from_secs(100 * 365 * 86_400)), 0x7fff_ffff);
+        assert_eq!(secs(Duration::from_secs(86_400)), 86_400);
     }
 
     #[test]
