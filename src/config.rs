@@ -1094,6 +1094,9 @@ impl Config {
             ),
             ("upstream", "timeout", self.upstream.timeout),
             ("upstream", "total_timeout", self.upstream.total_timeout),
+            // 0 would close a connection a millisecond after each query
+            // and open a new one (a TLS handshake) for the next.
+            ("upstream", "idle_timeout", self.upstream.idle_timeout),
             (
                 "metrics",
                 "neighbour_refresh",
@@ -1529,6 +1532,7 @@ mod tests {
             ("server", "tcp_first_byte_timeout"),
             ("upstream", "timeout"),
             ("upstream", "total_timeout"),
+            ("upstream", "idle_timeout"),
             ("metrics", "neighbour_refresh"),
         ] {
             let text = format!("[{table}]\n# {key} = \"1s\"\n  {key} = \"0s\"\n");

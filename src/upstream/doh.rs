@@ -18,6 +18,9 @@ pub(super) struct Doh {
     /// `None` when TLS could not be set up: every attempt fails.
     client: Option<reqwest::Client>,
     url: String,
+    /// Failed requests are logged at most once per 10 s: with the server
+    /// unreachable, every query fails one.
+    fail_log: crate::throttle::Throttle,
 }
 
 impl Doh {
@@ -49,7 +52,12 @@ impl Doh {
                 .map_err(|error| tracing::error!(upstream = %label, %error, "cannot set up DoH"))
                 .ok()
         });
-        Self { label, client, url }
+        Self {
+            label,
+            client,
+            url,
+            fail_log: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
+        }
     }
 
     pub(super) async fn exchange(
@@ -74,7 +82,9 @@ impl Doh {
             .await
             .map_err(|e| {
                 let error = error_chain(&e);
-                tracing::warn!(upstream = %self.label, %error, "DoH request failed");
+                if let Some(suppressed) = self.fail_log.ready() {
+                    tracing::warn!(upstream = %self.label, %error, suppressed, "DoH request failed");
+                }
                 AttemptError::Io(std::io::Error::other(error))
             })?;
         let status = response.status();

@@ -285,9 +285,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 let mut framed = Vec::with_capacity(job.bytes.len() + 2);
                 framed.extend_from_slice(&len.to_be_bytes());
                 framed.extend_from_slice(&job.bytes);
-                if wr.write_all(&framed).await.is_err() {
+                // Bounded: while it waits, nothing else here runs (the
+                // dead-connection check included), and a server that
+                // stopped reading would hold every query sent this way.
+                let write = tokio::time::timeout(unanswered, wr.write_all(&framed)).await;
+                if !matches!(write, Ok(Ok(()))) {
                     let _ = job.reply.send(Err(closed()));
-                    break Some("write failed");
+                    break Some("write failed or stalled");
                 }
                 waiting.insert(id, Waiting { request: job.request, reply: job.reply });
                 silent_since.get_or_insert_with(Instant::now);
@@ -297,7 +301,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 match read {
                     Ok(0) => break Some("closed by the upstream"),
                     Err(_) => break Some("read failed"),
-                    Ok(_) => silent_since = None,
+                    Ok(_) => {}
                 }
                 // Every complete frame in the buffer.
                 while buf.len() >= 2 {
@@ -306,6 +310,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         break;
                     }
                     let frame: Vec<u8> = buf.drain(..2 + len).skip(2).collect();
+                    // A whole message, not just bytes: a server that
+                    // trickles a byte now and then is still silent.
+                    silent_since = None;
                     let Ok(mut reply) = Message::from_vec(&frame) else { continue };
                     let Some(w) = waiting.remove(&reply.metadata.id) else { continue };
                     let result = if same_question(&w.request, &reply) {
@@ -439,6 +446,48 @@ mod tests {
         while taken.load(Ordering::SeqCst) == POOL_SIZE {
             assert!(Instant::now() < deadline, "the silent connection was kept");
             assert!(timeout(50).await.is_err());
+        }
+    }
+
+    /// A server that sends a byte every 50 ms but never a whole message
+    /// is as silent as one that sends nothing.
+    #[tokio::test]
+    async fn a_connection_that_trickles_bytes_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let count = taken.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    // A frame of 65,535 bytes announced, never finished.
+                    let mut trickle = [0xffu8; 2].into_iter().chain(std::iter::repeat(0));
+                    let mut tick = tokio::time::interval(Duration::from_millis(50));
+                    loop {
+                        tick.tick().await;
+                        let byte = [trickle.next().unwrap()];
+                        if s.write_all(&byte).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool(port, Duration::from_millis(200));
+        let (m, bytes) = query();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while taken.load(Ordering::SeqCst) <= POOL_SIZE {
+            assert!(
+                Instant::now() < deadline,
+                "the trickling connection was kept"
+            );
+            let asked = pool.exchange(&m, &bytes);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), asked)
+                    .await
+                    .is_err()
+            );
         }
     }
 
