@@ -118,15 +118,22 @@ impl<R> Handler<R> {
         self.edns_udp_size
     }
 
-    /// The OPT of a reply to a query whose OPT said `payload` and `DO`:
-    /// no more than the client can take, and no more than telesink
-    /// advertises (answers that do not fit are truncated, TC, so the
-    /// client retries over TCP); DO copied (RFC 3225 §3).
-    fn reply_edns(&self, payload: u16, dnssec_ok: bool) -> Edns {
+    /// The OPT of a reply to a query whose OPT said `DO`: telesink's own
+    /// payload size, which is what a responder's OPT tells (RFC 6891
+    /// §6.2.3), and DO copied (RFC 3225 §3).
+    fn reply_edns(&self, dnssec_ok: bool) -> Edns {
         let mut edns = Edns::new();
-        edns.set_max_payload(payload.clamp(512, self.edns_udp_size));
+        edns.set_max_payload(self.edns_udp_size);
         edns.set_dnssec_ok(dnssec_ok);
         edns
+    }
+
+    /// The most a UDP reply to a query whose OPT said `payload` may take:
+    /// no more than the client can take, and no more than telesink
+    /// advertises (answers that do not fit are truncated, TC, so the
+    /// client retries over TCP); 512 bytes without OPT.
+    pub(crate) fn udp_limit(&self, payload: Option<u16>) -> u16 {
+        payload.map_or(512, |p| p.clamp(512, self.edns_udp_size))
     }
 }
 
@@ -149,7 +156,7 @@ impl<R: Resolve> Handler<R> {
         let mut edns_out = request
             .edns
             .as_ref()
-            .map(|edns| self.reply_edns(edns.max_payload(), edns.flags().dnssec_ok));
+            .map(|edns| self.reply_edns(edns.flags().dnssec_ok));
         let info = match reject(request) {
             Err(rcode) => {
                 let reencoded = reencoded_question(request);
@@ -232,7 +239,10 @@ impl<R: Resolve> Handler<R> {
             _ => self.clients.label(query.client),
         };
         self.observe_client(&query, None, &client, &answer.outcome);
-        let max_size = max_size(reply.protocol(), edns_out.as_ref());
+        let max_size = match reply.protocol() {
+            Protocol::Udp => self.udp_limit(request.edns.as_ref().map(Edns::max_payload)),
+            _ => u16::MAX,
+        };
         let from_cache = answer
             .wire
             .as_ref()
@@ -263,7 +273,7 @@ impl<R: Resolve> Handler<R> {
                     [],
                     answer.additionals.iter(),
                 );
-                send(response, &reply).await
+                send_within(response, &reply, max_size).await
             }
         };
         match sent {
@@ -499,8 +509,10 @@ impl Deliver for CapturedReply {
     }
 }
 
-/// The most a reply over `protocol` may take: the client's EDNS payload
-/// size (as the handler clamped it into `edns`) or 512 bytes over UDP.
+/// The most a reply over `protocol` may take when the client's limit is
+/// not at hand: no more than the payload size telesink advertises in
+/// `edns` (for error replies, which are a header, a question and OPT
+/// and fit in any), or 512 bytes over UDP without OPT.
 fn max_size(protocol: Protocol, edns: Option<&Edns>) -> u16 {
     match protocol {
         Protocol::Udp => edns.map_or(512, Edns::max_payload),
@@ -523,13 +535,30 @@ async fn send<'a>(
     >,
     reply: &impl Deliver,
 ) -> Result<ResponseInfo, NetError> {
+    let max_size = max_size(reply.protocol(), response.edns());
+    send_within(response, reply, max_size).await
+}
+
+/// [`send`] truncating at `max_size` bytes (the client's limit).
+async fn send_within<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+    >,
+    reply: &impl Deliver,
+    max_size: u16,
+) -> Result<ResponseInfo, NetError> {
     let id = response.metadata().id;
     let edns = response
         .edns()
         .map(|e| (e.max_payload(), e.flags().dnssec_ok));
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max_size(reply.protocol(), response.edns()));
+    encoder.set_max_size(max_size);
     let info = match response.destructive_emit(&mut encoder) {
         Ok(info) => {
             // When records do not fit, hickory rolls its offset back past
@@ -663,8 +692,7 @@ pub(crate) async fn respond<R: Resolve>(
             let Ok(no_questions) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
                 return;
             };
-            let edns =
-                unread_opt.map(|(payload, dnssec_ok)| handler.reply_edns(payload, dnssec_ok));
+            let edns = unread_opt.map(|(_, dnssec_ok)| handler.reply_edns(dnssec_ok));
             let error = MessageResponseBuilder::new(&no_questions, edns.as_ref())
                 .error_msg(&header.metadata, rcode);
             if let Err(error) = send(error, &reply).await {

@@ -492,11 +492,9 @@ impl<R: Resolve> Handler<R> {
             client: src.ip(),
             checking_disabled: parsed.checking_disabled(),
         };
-        // The client's payload size as the full path clamps it, and DO.
-        let edns = parsed
-            .edns
-            .map(|(payload, dnssec_ok)| (payload.clamp(512, self.edns_udp_size()), dnssec_ok));
-        let limit = edns.map_or(512, |(payload, _)| payload);
+        // The client's limit as the full path takes it, and DO.
+        let limit = self.udp_limit(parsed.edns.map(|(payload, _)| payload));
+        let edns = parsed.edns.map(|(_, dnssec_ok)| dnssec_ok);
         let (outcome, rcode) = match self.chain().peek(&query) {
             Peek::Slow => return false,
             Peek::Blocked { policy, list } => match null_address(&policy, parsed.qtype) {
@@ -543,8 +541,8 @@ impl<R: Resolve> Handler<R> {
                 (Outcome::Cached, wire.rcode)
             }
         };
-        if let Some((payload, dnssec_ok)) = edns {
-            reply.extend_from_slice(&opt_record(payload, dnssec_ok));
+        if let Some(dnssec_ok) = edns {
+            reply.extend_from_slice(&opt_record(self.edns_udp_size(), dnssec_ok));
             let additionals = u16::from_be_bytes([reply[10], reply[11]]);
             reply[10..12].copy_from_slice(&additionals.saturating_add(1).to_be_bytes());
         }

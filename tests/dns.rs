@@ -182,6 +182,30 @@ async fn an_upstream_reply_larger_than_asked_for_is_fetched_over_tcp() {
     ts.stop().await;
 }
 
+/// A reply's OPT tells telesink's own payload size (RFC 6891 §6.2.3),
+/// whatever the client's, on the full path (a miss, TCP, an error) and the
+/// fast path (a hit) alike; the client's size only limits the reply.
+#[tokio::test]
+async fn the_reply_advertises_telesinks_own_payload_size() {
+    let (_stub, ts, _dir) = plain().await;
+    for (name, payload) in [("a.test.", 512u16), ("b.test.", 1000), ("c.test.", 4096)] {
+        let mut q = request(name, RecordType::A, true);
+        q.edns.as_mut().unwrap().set_max_payload(payload);
+        let mut unknown_class = q.clone();
+        unknown_class.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+        for (what, r) in [
+            ("miss", udp(ts.udp, &q).await),
+            ("hit", udp(ts.udp, &q).await),
+            ("tcp", tcp(ts.tcp, &q).await),
+            ("notimp", udp(ts.udp, &unknown_class).await),
+        ] {
+            let edns = r.edns.as_ref().unwrap_or_else(|| panic!("{what}: OPT"));
+            assert_eq!(edns.max_payload(), 1232, "{what}, client {payload}");
+        }
+    }
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn the_do_bit_is_copied_into_the_reply() {
     let (_stub, ts, _dir) = plain().await;
