@@ -40,11 +40,14 @@ async fn expired_answers_are_served_stale_when_the_upstream_dies() {
     })
     .await;
     let asked = stub.count("short.test.", RecordType::A);
-    // Within the stale-refresh window the upstream is not asked again.
+    let misses = metric(&ts.metrics().await, "telesink_cache_misses_total");
+    // Within the stale-refresh window the upstream is not asked again...
     let r = ask(ts.udp, "short.test.", RecordType::A).await;
     assert_eq!(r.answers[0].ttl, 30);
     assert_eq!(stub.count("short.test.", RecordType::A), asked);
     let m = ts.metrics().await;
+    // ...and the answer, not a fresh one, counts as a cache miss.
+    assert_eq!(metric(&m, "telesink_cache_misses_total"), misses + 1.0);
     assert!(
         metric(&m, "telesink_queries_total{outcome=\"stale\",qtype=\"A\"}") >= 2.0,
         "{m}"

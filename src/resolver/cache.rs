@@ -943,11 +943,16 @@ impl<N: Resolve> Resolve for Cache<N> {
             }
             if age < entry.ttl.saturating_add(self.serve_stale) {
                 if entry.recently_failed(age) {
+                    // No fresh answer: a miss, as the metric's doc says,
+                    // or an outage would leave the hit ratio looking fine.
+                    self.metrics.cache_misses.inc();
                     return entry.answer(query.name, Outcome::Stale, age, Some(STALE_TTL));
                 }
                 stale = Some(entry);
             } else {
-                entries.remove(&KeyRef::of(query));
+                // This entry only: another thread may have stored a fresh
+                // one since it was read.
+                entries.remove_if(&KeyRef::of(query), |e| Arc::ptr_eq(e, &entry));
                 self.metrics.cache_entries.set(entries.len() as i64);
             }
         }
