@@ -502,24 +502,28 @@ impl Entry {
 /// waiters of an abandoned request resolve on their own.
 struct InFlight<'a> {
     map: &'a Mutex<HashMap<Key, broadcast::Sender<Answer>>>,
-    key: Key,
+    /// `None` once finished. (Not `mem::forget` of the whole guard: that
+    /// would leak the key's name, which is on the heap past 32 bytes.)
+    key: Option<Key>,
 }
 
 impl InFlight<'_> {
-    fn finish(self, answer: &Answer) {
-        let tx = lock(self.map).remove(&self.key);
+    fn finish(mut self, answer: &Answer) {
+        let Some(key) = self.key.take() else { return };
+        let tx = lock(self.map).remove(&key);
         // Most misses have no identical query waiting on them: the answer
         // is cloned only for those that do.
         if let Some(tx) = tx.filter(|tx| tx.receiver_count() > 0) {
             let _ = tx.send(answer.clone());
         }
-        std::mem::forget(self);
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        lock(self.map).remove(&self.key);
+        if let Some(key) = self.key.take() {
+            lock(self.map).remove(&key);
+        }
     }
 }
 
@@ -803,7 +807,7 @@ impl<N: Resolve> Fetch<N> {
         }
         let leader = InFlight {
             map: &self.in_flight,
-            key: key.clone(),
+            key: Some(key.clone()),
         };
         let answer = self.asked(key, query).await;
         leader.finish(&answer);
