@@ -499,7 +499,8 @@ impl Entry {
 }
 
 /// Removes an in-flight entry when its leader finishes or is dropped, so
-/// waiters of an abandoned request resolve on their own.
+/// waiters of an abandoned request share a new one (see
+/// [`Fetch::coalesced`]).
 struct InFlight<'a> {
     map: &'a Mutex<HashMap<Key, broadcast::Sender<Answer>>>,
     /// `None` once finished. (Not `mem::forget` of the whole guard: that
@@ -788,22 +789,30 @@ impl<N: Resolve> Fetch<N> {
     /// Asks `next`, sharing the request with identical queries in flight:
     /// the one that asks stores the answer before the others get it.
     async fn coalesced(&self, key: Key, query: &Query<'_>) -> Answer {
-        let waiting = {
-            let mut map = lock(&self.in_flight);
-            match map.get(&key) {
-                Some(tx) => Some(tx.subscribe()),
-                None => {
-                    map.insert(key.clone(), broadcast::channel(1).0);
-                    None
+        let mut abandoned = false;
+        loop {
+            let waiting = {
+                let mut map = lock(&self.in_flight);
+                match map.get(&key) {
+                    Some(tx) => Some(tx.subscribe()),
+                    None => {
+                        map.insert(key.clone(), broadcast::channel(1).0);
+                        None
+                    }
                 }
-            }
-        };
-        if let Some(mut rx) = waiting {
+            };
+            let Some(mut rx) = waiting else { break };
             if let Ok(answer) = rx.recv().await {
                 return answer;
             }
-            // The leading request was abandoned: ask on our own.
-            return self.asked(key, query).await;
+            // The leading request was abandoned (its client's query was
+            // dropped). Once, the waiters share a new one, led by the
+            // first of them back here; should that go too, each asks on
+            // its own.
+            if abandoned {
+                return self.asked(key, query).await;
+            }
+            abandoned = true;
         }
         let leader = InFlight {
             map: &self.in_flight,
@@ -1444,6 +1453,58 @@ mod tests {
                 .collect();
             answer
         }
+    }
+
+    /// An upstream that answers after 200 ms, counting what it is asked.
+    struct Slow(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Resolve for Slow {
+        async fn resolve(&self, query: &Query<'_>) -> Answer {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Addresses(1).resolve(query).await
+        }
+    }
+
+    /// When the query leading a shared request is dropped, the queries
+    /// waiting on it share one new request, not one each.
+    #[tokio::test]
+    async fn waiters_of_an_abandoned_request_share_a_new_one() {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cache = Arc::new(Cache::new(
+            &CacheConfig::default(),
+            &UpstreamConfig::default(),
+            Arc::new(Metrics::new()),
+            Slow(asked.clone()),
+        ));
+        let ask =
+            |cache: Arc<Cache<Slow>>| tokio::spawn(async move { cache.resolve(&query()).await });
+        let leader = ask(cache.clone());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while asked.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        let waiters: Vec<_> = (0..5).map(|_| ask(cache.clone())).collect();
+        let key = key_of(&query());
+        let waiting = || {
+            lock(&cache.fetch.in_flight)
+                .get(&key)
+                .map_or(0, broadcast::Sender::receiver_count)
+        };
+        while waiting() < 5 {
+            assert!(Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        leader.abort();
+        for w in waiters {
+            assert_eq!(w.await.unwrap().answers.len(), 1);
+        }
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            2,
+            "the leader's, then one shared"
+        );
     }
 
     #[tokio::test]
