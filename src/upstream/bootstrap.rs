@@ -16,6 +16,16 @@ use hickory_proto::rr::{Name, RData, RecordType};
 /// upstream costs no more than one bootstrap lookup a minute.
 const MIN_TTL: Duration = Duration::from_secs(60);
 
+/// Addresses are looked up again after at most this, whatever the TTL: a
+/// provider that moves its servers is followed within a day.
+const MAX_TTL: Duration = Duration::from_secs(86_400);
+
+/// When a lookup fails, the addresses from the last one that worked are
+/// used for this long before the next try: an upstream's servers rarely
+/// move, and a bootstrap resolver that is down for a while (the router
+/// rebooting) must not take every encrypted upstream down with it.
+const STALE_RETRY: Duration = Duration::from_secs(30);
+
 /// A lookup's entry in [`Bootstrap::running`], removed when the lookup
 /// ends, or when its task is dropped without ending (its runtime shut
 /// down, a panic): the waiters then see the channel closed instead of
@@ -124,7 +134,7 @@ impl Bootstrap {
         while let Some(done) = asks.join_next().await {
             match done {
                 Ok(Ok((ips, ttl))) => {
-                    let keep = Duration::from_secs(u64::from(ttl)).max(MIN_TTL);
+                    let keep = Duration::from_secs(u64::from(ttl)).clamp(MIN_TTL, MAX_TTL);
                     self.known
                         .lock()
                         .expect("not poisoned")
@@ -134,6 +144,11 @@ impl Bootstrap {
                 Ok(Err(e)) => last = e,
                 Err(e) => last = std::io::Error::other(e),
             }
+        }
+        if let Some((ips, until)) = self.known.lock().expect("not poisoned").get_mut(host) {
+            tracing::warn!(host, error = %last, retry = ?STALE_RETRY, "cannot look up the upstream's addresses through [upstream] bootstrap; using the ones from the last lookup");
+            *until = Instant::now() + STALE_RETRY;
+            return Ok(ips.clone());
         }
         Err(std::io::Error::new(
             last.kind(),
@@ -328,6 +343,45 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+        drop(silent);
+    }
+
+    /// Once known, an upstream's addresses outlive a bootstrap resolver
+    /// that stops answering: a failed lookup gives the last ones, kept a
+    /// while before the next try.
+    #[tokio::test]
+    async fn addresses_outlive_a_failed_lookup() {
+        let (server, asked) = resolver(Some(Duration::ZERO)).await;
+        let bootstrap = Arc::new(Bootstrap::new([server], Duration::from_millis(200)));
+        let ip = [IpAddr::from([192, 0, 2, 1])];
+        assert_eq!(bootstrap.lookup("dot.example").await.unwrap(), ip);
+        // They expire, and the resolver goes quiet.
+        let expire = |b: &Bootstrap| {
+            b.known.lock().unwrap().get_mut("dot.example").unwrap().1 = Instant::now();
+        };
+        expire(&bootstrap);
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let quiet = Arc::new(Bootstrap::new(
+            [silent.local_addr().unwrap()],
+            Duration::from_millis(200),
+        ));
+        *quiet.known.lock().unwrap() = bootstrap.known.lock().unwrap().clone();
+        assert_eq!(
+            quiet.lookup("dot.example").await.unwrap(),
+            ip,
+            "the last ones"
+        );
+        // Kept for a while: the next attempt does not wait on the resolver.
+        let started = Instant::now();
+        assert_eq!(quiet.lookup("dot.example").await.unwrap(), ip);
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        // A name never looked up still fails.
+        assert!(quiet.lookup("other.example").await.is_err());
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
         drop(silent);
     }
 
