@@ -201,7 +201,7 @@ impl Target {
                 .map(|ip| SocketAddr::new(ip, self.port))
                 .collect(),
         };
-        let tcp = TcpStream::connect(&addrs[..]).await?;
+        let tcp = connect_any(&addrs).await?;
         tcp.set_nodelay(true)?;
         let Some((config, server_name)) = &self.tls else {
             return Ok(Stream::Tcp(tcp));
@@ -222,6 +222,40 @@ impl Target {
                 std::io::Error::new(e.kind(), format!("TLS with {server_name:?} failed: {e}"))
             })?;
         Ok(Stream::Tls(Box::new(tls)))
+    }
+}
+
+/// How long a connection attempt to one address runs before the next
+/// address is tried beside it (RFC 8305 §5's connection attempt delay).
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// A connection to the first of `addrs` that accepts one. Each address
+/// gets [`ATTEMPT_DELAY`] before the next is tried too (at once if it
+/// fails), and the first to connect wins: one that silently drops
+/// packets does not hold up the rest until the attempt times out. (A
+/// plain connect to a list tries the addresses strictly one after the
+/// other.) The caller's timeout bounds the whole.
+async fn connect_any(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut rest = addrs.iter().copied();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address to connect to");
+    loop {
+        match rest.next() {
+            Some(addr) => drop(attempts.spawn(TcpStream::connect(addr))),
+            None if attempts.is_empty() => return Err(last),
+            None => {}
+        }
+        // The first of: a connection (done), a failure or the delay
+        // (either way, the next address).
+        tokio::select! {
+            Some(done) = attempts.join_next() => match done {
+                // The others are aborted as the set is dropped.
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(error)) => last = error,
+                Err(error) => last = std::io::Error::other(error),
+            },
+            () = tokio::time::sleep(ATTEMPT_DELAY) => {}
+        }
     }
 }
 
@@ -426,6 +460,64 @@ mod tests {
         ));
         let bytes = m.to_vec().unwrap();
         (m, bytes)
+    }
+
+    /// A listener on 127.0.0.1 whose accept queue is full: the kernel
+    /// drops the SYNs of further connections, as a dead host's path does.
+    fn black_hole() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        // Fill the queue; never accepted.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&addr.into());
+            held.push(std::net::TcpStream::from(s));
+        }
+        (addr, held, socket)
+    }
+
+    #[tokio::test]
+    async fn an_address_that_drops_packets_does_not_hold_up_the_next() {
+        let (dead, _held, _listener) = black_hole();
+        // Dead indeed: a plain connect does not complete in a second.
+        let plain = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(dead)).await;
+        assert!(plain.is_err(), "the black hole accepted: {plain:?}");
+        let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+        let started = Instant::now();
+        let stream = tokio::time::timeout(Duration::from_secs(2), connect_any(&[dead, good_addr]))
+            .await
+            .expect("connected in time")
+            .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), good_addr);
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        // A refused address is passed over at once.
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let started = Instant::now();
+        let stream = connect_any(&[refused, good_addr]).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), good_addr);
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(connect_any(&[refused]).await.is_err());
+        assert!(connect_any(&[]).await.is_err());
     }
 
     #[tokio::test]
