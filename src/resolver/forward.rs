@@ -30,11 +30,14 @@ pub struct Forward {
 
 /// A set of upstreams asked for the same names.
 struct Group {
-    upstreams: Vec<Member>,
+    /// Shared with the other groups that name the same server: one
+    /// health, one connection pool and one metrics label per server.
+    upstreams: Vec<Arc<Member>>,
     strategy: Strategy,
     /// The next first choice of `round_robin`.
     turn: AtomicUsize,
-    /// The zero of the health clocks.
+    /// The zero of the health clocks: the same in every group, as the
+    /// members are shared.
     epoch: Instant,
     timeout: Duration,
     edns_udp_size: u16,
@@ -59,24 +62,29 @@ impl Forward {
             &config.base_dir,
             config.server.edns_udp_size,
         );
-        let group = |servers: &[UpstreamAddr]| Group {
+        let epoch = Instant::now();
+        let mut members: std::collections::HashMap<String, Arc<Member>> = Default::default();
+        let mut group = |servers: &[UpstreamAddr]| Group {
             upstreams: servers
                 .iter()
                 .map(|s| {
-                    let upstream = Upstream::new(s, &ctx);
-                    metrics
-                        .upstream_healthy
-                        .with_label_values(&[upstream.label.as_str()])
-                        .set(1);
-                    Member {
-                        upstream,
-                        health: Health::default(),
-                    }
+                    let member = members.entry(s.to_string()).or_insert_with(|| {
+                        let upstream = Upstream::new(s, &ctx);
+                        metrics
+                            .upstream_healthy
+                            .with_label_values(&[upstream.label.as_str()])
+                            .set(1);
+                        Arc::new(Member {
+                            upstream,
+                            health: Health::default(),
+                        })
+                    });
+                    member.clone()
                 })
                 .collect(),
             strategy: config.upstream.strategy,
             turn: AtomicUsize::new(0),
-            epoch: Instant::now(),
+            epoch,
             timeout: config.upstream.timeout,
             edns_udp_size: config.server.edns_udp_size,
             metrics: metrics.clone(),
@@ -714,6 +722,28 @@ mod tests {
         }
         let health = &group.upstreams[0].health;
         assert_eq!(health.latency_us.load(Ordering::Relaxed), 0);
+    }
+
+    /// A server named in `[upstream] servers` and in a `[[forward]]` rule
+    /// is one upstream: its failures seen through one group back it off
+    /// in the other, and `telesink_upstream_healthy` has one value for it.
+    #[test]
+    fn a_server_in_several_groups_is_one_upstream() {
+        let text = "[upstream]\nservers = [\"127.0.0.1:5301\", \"127.0.0.1:5302\"]\n\
+                    [[forward]]\ndomains = [\"lan\"]\nservers = [\"127.0.0.1:5303\", \"127.0.0.1:5301\"]\n";
+        let config = Config::from_toml(text, "t", std::path::Path::new(".")).unwrap();
+        let forward = Forward::new(&config, Arc::new(Metrics::new()));
+        let lan = forward.group(&LowerName::from(Name::from_ascii("nas.lan.").unwrap()));
+        assert_eq!(lan.upstreams.len(), 2);
+        assert!(Arc::ptr_eq(
+            &forward.default.upstreams[0],
+            &lan.upstreams[1]
+        ));
+        assert!(!Arc::ptr_eq(
+            &forward.default.upstreams[1],
+            &lan.upstreams[0]
+        ));
+        assert_eq!(forward.default.epoch, lan.epoch);
     }
 
     /// The hand-written query is byte for byte what hickory encodes, for
