@@ -874,27 +874,45 @@ impl<N: Resolve> Cache<N> {
             entry.prefetching.store(false, Ordering::Relaxed);
             return;
         };
-        let store = self.fetch.store.clone();
-        let next = self.fetch.next.clone();
+        let fetch = self.fetch.clone();
         let key = key_of(query);
         let entry = entry.clone();
         tokio::spawn(async move {
             let query = query_for(&key, std::net::Ipv4Addr::LOCALHOST.into());
-            let mut answer = next.resolve(&query).await;
-            let result = if usable(&answer) {
-                store.store(key, &mut answer);
-                "success"
-            } else {
-                entry.prefetching.store(false, Ordering::Relaxed);
-                "failure"
+            let result = match fetch.prefetched(&query).await {
+                Some(mut answer) if usable(&answer) => {
+                    fetch.store.store(key, &mut answer);
+                    "success"
+                }
+                Some(_) => "failure",
+                // No upstream slot free: not tried, and not counted.
+                None => "",
             };
-            store
-                .metrics
-                .cache_prefetches
-                .with_label_values(&[result])
-                .inc();
+            if result != "success" {
+                entry.prefetching.store(false, Ordering::Relaxed);
+            }
+            if !result.is_empty() {
+                fetch
+                    .store
+                    .metrics
+                    .cache_prefetches
+                    .with_label_values(&[result])
+                    .inc();
+            }
             drop(permit);
         });
+    }
+}
+
+impl<N: Resolve> Fetch<N> {
+    /// Asks `next` for a prefetch within the limits a client's query has
+    /// (an upstream slot, the time budget), but only if a slot is free
+    /// now: a prefetch is worth it only while the upstreams have room, and
+    /// must not take a slot a client is waiting for. `None` if none is.
+    async fn prefetched(&self, query: &Query<'_>) -> Option<Answer> {
+        let _slot = self.upstream_slots.try_acquire().ok()?;
+        let asked = tokio::time::timeout(self.upstream_budget, self.next.resolve(query)).await;
+        Some(asked.unwrap_or_else(|_| Answer::empty(Outcome::Error, ResponseCode::ServFail)))
     }
 }
 
@@ -1505,6 +1523,34 @@ mod tests {
             2,
             "the leader's, then one shared"
         );
+    }
+
+    /// A prefetch takes an upstream slot only if one is free, and goes no
+    /// further than a client's query may.
+    #[tokio::test]
+    async fn prefetches_keep_to_the_upstream_limits() {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let upstream = UpstreamConfig {
+            max_in_flight: 2,
+            total_timeout: Duration::from_millis(100),
+            ..UpstreamConfig::default()
+        };
+        let cache = Cache::new(
+            &CacheConfig::default(),
+            &upstream,
+            Arc::new(Metrics::new()),
+            Slow(asked.clone()),
+        );
+        let fetch = &cache.fetch;
+        let held = fetch.upstream_slots.acquire_many(2).await.unwrap();
+        assert!(fetch.prefetched(&query()).await.is_none(), "no slot free");
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+        drop(held);
+        // The upstream takes 200 ms, the budget is 100 ms.
+        let answer = fetch.prefetched(&query()).await.expect("a slot was free");
+        assert_eq!(answer.rcode, ResponseCode::ServFail);
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert_eq!(fetch.upstream_slots.available_permits(), 2, "given back");
     }
 
     #[tokio::test]
