@@ -41,6 +41,9 @@ impl Doh {
                 .tls_backend_preconfigured((**doh).clone())
                 .pool_idle_timeout(ctx.idle_timeout)
                 .pool_max_idle_per_host(super::stream::POOL_SIZE)
+                // Shared among a host's addresses, so one that drops
+                // packets does not take the whole attempt.
+                .connect_timeout(ctx.timeout)
                 .dns_resolver(Shared(ctx.bootstrap.clone()))
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none());

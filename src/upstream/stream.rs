@@ -287,6 +287,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // before the last read and never answered says nothing of that: the
     // server dropped that one query.)
     let mut silent_since: Option<Instant> = None;
+    let mut frame_starts;
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
     let mut check = tokio::time::interval(unanswered.max(Duration::from_millis(100)) / 2);
@@ -331,11 +332,21 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 silent_since.get_or_insert_with(Instant::now);
                 idle_timer.as_mut().reset(Instant::now() + idle);
             }
-            read = rd.read_buf(&mut buf) => {
+            read = {
+                // Whether what comes now starts a message.
+                frame_starts = buf.is_empty();
+                rd.read_buf(&mut buf)
+            } => {
                 match read {
                     Ok(0) => break Some("closed by the upstream"),
                     Err(_) => break Some("read failed"),
                     Ok(_) => {}
+                }
+                // The first bytes of a reply: it has the whole timeout to
+                // arrive, whenever the server went quiet before it (a query
+                // it dropped earlier must not cut a slow reply short).
+                if frame_starts && silent_since.is_some() {
+                    silent_since = Some(Instant::now());
                 }
                 // Every complete frame in the buffer.
                 while buf.len() >= 2 {
@@ -581,6 +592,56 @@ mod tests {
                     .is_err()
             );
         }
+    }
+
+    /// A slow reply is not cut short because the server dropped an
+    /// earlier query on its connection: the reply's first bytes restart
+    /// the clock.
+    #[tokio::test]
+    async fn a_slow_reply_after_a_dropped_query_is_kept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let count = taken.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                // The very first query of all is dropped.
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    for n in 0.. {
+                        let Ok(len) = s.read_u16().await else { return };
+                        let mut query = vec![0u8; usize::from(len)];
+                        if s.read_exact(&mut query).await.is_err() || (first && n == 0) {
+                            continue;
+                        }
+                        let mut reply = Message::from_vec(&query).unwrap();
+                        reply.metadata.message_type = hickory_proto::op::MessageType::Response;
+                        let reply = reply.to_vec().unwrap();
+                        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&reply);
+                        // In 8 pieces, 40 ms apart: 280 ms in all.
+                        for piece in framed.chunks(framed.len().div_ceil(8)) {
+                            if s.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(40)).await;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool(port, Duration::from_millis(500));
+        let (m, bytes) = query();
+        let ask = |ms| tokio::time::timeout(Duration::from_millis(ms), pool.exchange(&m, &bytes));
+        // The pool's two connections take turns: the first, at 0 ms, is
+        // dropped on connection A; the second goes on B.
+        assert!(ask(100).await.is_err());
+        ask(2_000).await.expect("answered in time").unwrap();
+        // The third, on A at about 380 ms, is answered by about 660 ms:
+        // past 500 ms after the dropped one, within 500 ms of its start.
+        let (reply, _) = ask(2_000).await.expect("answered in time").unwrap();
+        assert_eq!(reply.queries, m.queries);
+        assert_eq!(taken.load(Ordering::SeqCst), 2, "A was kept");
     }
 
     #[tokio::test]
