@@ -103,7 +103,12 @@ pub async fn serve(
         metrics.clone(),
         controls.clone(),
     ));
-    let recent = crate::recent::RecentBlocked::new(config.http.recent_blocked);
+    // Kept only where the admin API can show them.
+    let recent = if config.http.api && config.http.listen.is_some() {
+        crate::recent::RecentBlocked::new(config.http.recent_blocked)
+    } else {
+        None
+    };
     let handler = Handler::new(
         chain.clone(),
         metrics.clone(),

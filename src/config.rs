@@ -554,7 +554,9 @@ pub struct CacheConfig {
     #[serde(with = "humantime_serde")]
     pub stale_timeout: Duration,
     /// Refresh popular answers in the background in the last tenth of
-    /// their TTL, so they never expire while in use.
+    /// their TTL, so they never expire while in use; only while one of
+    /// `[upstream] max_in_flight`'s slots is free, within its
+    /// `total_timeout`.
     pub prefetch: bool,
     /// Cache hits an answer needs, since it was stored, before a hit in
     /// the last tenth of its TTL refreshes it in the background.
@@ -775,7 +777,10 @@ impl ListConfig {
     }
 }
 
-/// `[http]`: metrics and health.
+/// The most `[http] recent_blocked` may be (about 40 MB).
+pub const MAX_RECENT_BLOCKED: usize = 100_000;
+
+/// `[http]`: metrics, health and the admin API.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -790,7 +795,9 @@ pub struct HttpConfig {
     /// Blocked queries kept in memory for `GET /api/blocked` (time,
     /// client address and device, name, type, list), the newest replacing
     /// the oldest: what to look at when an app stops working. 0 keeps
-    /// none. They are never written to disk; each costs about 400 bytes.
+    /// none, and so does a config without the admin API. They are never
+    /// written to disk; each costs about 400 bytes, allocated at start;
+    /// at most 100,000.
     pub recent_blocked: usize,
     /// Bearer token for the admin API: requests must send
     /// `Authorization: Bearer TOKEN`. Required when the API is on and
@@ -1070,6 +1077,15 @@ impl Config {
                 "server",
                 "udp_max_waiting",
                 "[server] udp_max_waiting must be at least 1".into(),
+            ));
+        }
+        // Allocated whole at start, about 400 bytes a slot: a typo of a few
+        // zeros must not take the memory of a Pi.
+        if self.http.recent_blocked > MAX_RECENT_BLOCKED {
+            return Err(at_key(
+                "http",
+                "recent_blocked",
+                format!("[http] recent_blocked must be at most {MAX_RECENT_BLOCKED}"),
             ));
         }
         // Below 512 EDNS means nothing (RFC 6891 §6.2.5); above 4096 a
@@ -1523,6 +1539,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn recent_blocked_is_bounded() {
+        let parse = |n: usize| {
+            Config::from_toml(
+                &format!("[http]\nrecent_blocked = {n}\n"),
+                "x",
+                Path::new("."),
+            )
+        };
+        assert!(parse(MAX_RECENT_BLOCKED).is_ok());
+        assert_eq!(
+            parse(MAX_RECENT_BLOCKED + 1).unwrap_err().to_string(),
+            "x:2:1: [http] recent_blocked must be at most 100000"
+        );
     }
 
     #[test]
