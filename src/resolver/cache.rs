@@ -737,6 +737,15 @@ impl Store {
     /// Stores `answer` under `key` if it may be cached.
     fn store(&self, key: Key, answer: &mut Answer) {
         let Some(entries) = &self.entries else {
+            // Passed on uncached: still no TTL a client would misread.
+            for r in answer
+                .answers
+                .iter_mut()
+                .chain(answer.authorities.iter_mut())
+                .chain(answer.additionals.iter_mut())
+            {
+                r.ttl = sane(r.ttl);
+            }
             return;
         };
         if let Some(ttl) = self.cacheable_ttl(answer, key.1) {
@@ -1347,6 +1356,16 @@ mod tests {
             None,
             "MINIMUM 0"
         );
+
+        // With the cache off, an answer passed on is cleaned as well.
+        let mut passed = Answer::empty(Outcome::Forwarded, ResponseCode::NoError);
+        passed.answers = vec![Record::from_rdata(
+            name(QNAME),
+            0x8000_0000,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 1))),
+        )];
+        store.store(key_of(&query()), &mut passed);
+        assert_eq!(passed.answers[0].ttl, 0);
 
         assert_eq!(secs(Duration::from_secs(100 * 365 * 86_400)), 0x7fff_ffff);
         assert_eq!(secs(Duration::from_secs(86_400)), 86_400);
