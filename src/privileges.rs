@@ -9,7 +9,7 @@ use crate::config::{Config, ServerConfig};
 /// warned about.
 ///
 /// The directory for downloaded lists is prepared first (see
-/// [`prepare_cache_dir`]): the user may not be able to make it (the
+/// `prepare_cache_dir`): the user may not be able to make it (the
 /// default is then `/var/cache/telesink`), and every download would fail.
 /// With `url` lists configured, a directory the user still cannot write
 /// is reported, with what to do.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::throttle::Throttle;
 
-/// When a thread last ran its timers, in milliseconds since [`epoch`].
+/// When a thread last ran its timers, in milliseconds since `epoch`.
 ///
 /// A UDP receive thread beats a few times a second from a timer task on
 /// its own runtime ([`crate::udp`]); the beats stop when that runtime

@@ -85,7 +85,7 @@ const STALE_REFRESH: u32 = 30;
 ///
 /// The bytes are the answer, authority and additional sections (without
 /// OPT), with the stored TTLs: either as the upstream sent them, where
-/// [`wire::sections`] finds they read the same after any header and the
+/// `wire::sections` finds they read the same after any header and the
 /// question in any case, or as hickory's encoder writes them after a
 /// header and the question. Either way the fast and the full path send
 /// the same bytes. Compression pointers in them are offsets into the whole
