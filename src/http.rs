@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -227,7 +228,7 @@ struct BlockingParams {
     enabled: bool,
     /// Pause for this long, then resume by itself (`"10m"`).
     #[serde(default, rename = "for", with = "humantime_serde")]
-    for_: Option<std::time::Duration>,
+    for_: Option<Duration>,
 }
 
 async fn set_blocking(State(state): State<HttpState>, Query(p): Query<BlockingParams>) -> Response {
@@ -411,7 +412,73 @@ pub async fn serve(
         app = app.merge(admin);
     }
     let app = app.with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    accept_loop(listener, app, shutdown).await;
+    Ok(())
+}
+
+/// Connections served at once; more are closed as they come. Prometheus,
+/// a dashboard and an admin's curl need a handful.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client has to send a request's headers, on a new connection
+/// or a kept-alive one.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long open connections get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves `app` on `listener` until `shutdown`, then waits at most
+/// [`SHUTDOWN_GRACE`] for the requests being answered. Every connection
+/// has [`HEADER_TIMEOUT`] per request's headers and a 16 KiB buffer, and
+/// at most [`MAX_CONNECTIONS`] are open: a client that opens connections
+/// and sends nothing, or dribbles a header forever, holds neither memory
+/// nor descriptors nor the shutdown (this listener may face the LAN, and
+/// anything on the machine can reach it on loopback).
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(16 * 1024);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    let full_log = crate::throttle::Throttle::new(Duration::from_secs(60));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, mostly: give the others time to
+                    // close rather than spin.
+                    tracing::debug!(%error, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(suppressed) = full_log.ready() {
+                tracing::warn!(%peer, suppressed, "{MAX_CONNECTIONS} HTTP connections open; closing new ones");
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    // Idle connections close now; a request being answered
+                    // gets the grace period.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    connections.close();
+    connections.wait().await;
 }

@@ -305,3 +305,61 @@ async fn web_pages_cannot_use_the_admin_api() {
     assert_eq!(status, 200);
     ts.stop().await;
 }
+
+/// The HTTP listener cannot be held by slow clients: connections past 64
+/// are closed at once, a request's headers must come within 5 s, and a
+/// half-sent request does not hold up shutdown.
+#[tokio::test]
+async fn slow_http_clients_cannot_hold_the_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let stub = Stub::start().await;
+    let dir = dir_with(&[("block.txt", "")]);
+    let ts = Telesink::start(&config(""), &[&stub], dir.path()).await;
+    let half = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ";
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(ts.http).await.unwrap();
+        s.write_all(half).await.unwrap();
+        held.push(s);
+    }
+    let started = tokio::time::Instant::now();
+    let closed = |mut s: TcpStream| async move {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(2 * DEADLINE, s.read(&mut buf)).await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    };
+    let extra = TcpStream::connect(ts.http).await.unwrap();
+    assert!(closed(extra).await, "the 65th connection is closed");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "at once: {:?}",
+        started.elapsed()
+    );
+    // The 64 are closed when their 5 s for the headers are up.
+    for s in held {
+        assert!(closed(s).await, "a dribbling client is cut off");
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, body) = http_request(ts.http, "GET", "/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut stuck = TcpStream::connect(ts.http).await.unwrap();
+    stuck.write_all(half).await.unwrap();
+    // Accepted before the stop.
+    let (status, _) = http_request(ts.http, "GET", "/healthz", None).await;
+    assert_eq!(status, 200);
+    let stopping = tokio::time::Instant::now();
+    ts.stop().await;
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(4),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
+    drop(stuck);
+}
