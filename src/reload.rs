@@ -183,7 +183,14 @@ impl Reloader {
                     refresh_urls = true;
                 }
             }
-            let result = self.reload(refresh_urls, &shutdown).await;
+            // A reload downloads every `url` list, each within
+            // download_timeout: shutdown must not wait for that. Dropped
+            // midway, a download removes its part file and leaves the copy
+            // as it was.
+            let result = tokio::select! {
+                result = self.reload(refresh_urls, &shutdown) => result,
+                () = shutdown.cancelled() => break,
+            };
             match &result {
                 Ok(summary) => tracing::info!("reloaded: {summary}"),
                 Err(error) => tracing::error!(

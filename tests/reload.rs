@@ -749,3 +749,49 @@ async fn a_list_that_is_a_symbolic_link_is_watched_where_it_points() {
     wait_blocked(&ts, "three.blocked.test.", true).await;
     ts.stop().await;
 }
+
+/// Stopping does not wait for a reload's downloads: a list server that
+/// accepts and never answers, with download_timeout at 20 s, and telesink
+/// still stops at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_downloading_does_not_hold_up_the_stop() {
+    use tokio::io::AsyncWriteExt;
+
+    let stub = Stub::start().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = dir_with(&[]);
+    let text = config_text(&format!(
+        "[blocking]\ncache_dir = \"cache\"\ndownload_timeout = \"20s\"\n\
+         [[blocking.lists]]\nname = \"remote\"\nurl = \"http://{addr}/list.txt\"\nrefresh = \"1h\""
+    ));
+    let ts = start_from_file(dir.path(), &text, &stub).await;
+    // A reload through the API, which waits for it (not read here).
+    let mut api = tokio::net::TcpStream::connect(ts.http).await.unwrap();
+    let request = format!(
+        "POST /api/reload HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+        ts.http
+    );
+    api.write_all(request.as_bytes()).await.unwrap();
+    // The reload has read the config: it is downloading now.
+    let http = ts.http;
+    eventually("the reload started", || async move {
+        let m = http_get(http, "/metrics").await.unwrap();
+        metric(&m, "telesink_config_reloads_total{result=\"success\"}") >= 1.0
+    })
+    .await;
+    let stopping = tokio::time::Instant::now();
+    ts.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
+    drop(api);
+}
