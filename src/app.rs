@@ -68,6 +68,11 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
+    // Taken over before the first build, which takes seconds with a big
+    // list: until then SIGHUP's default action would end the process.
+    // One that comes meanwhile reloads once the writer runs.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
 
     // Lists are parsed on the blocking pool: a million-line file must not
     // hold up a runtime worker.
@@ -88,7 +93,7 @@ pub async fn serve(
     );
     let reloader = tokio::spawn(reloader.run(shutdown.clone()));
     #[cfg(unix)]
-    tokio::spawn(reload_on_sighup(reload.clone(), shutdown.clone()));
+    tokio::spawn(reload_on_sighup(hup, reload.clone(), shutdown.clone()));
 
     let clients = Arc::new(Clients::new(&config.clients, &config.metrics));
     tokio::spawn(
@@ -230,9 +235,12 @@ fn live_lookup<R: Resolve>(chain: Arc<R>) -> crate::http::Lookup {
 }
 
 #[cfg(unix)]
-async fn reload_on_sighup(reload: ReloadHandle, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
+async fn reload_on_sighup(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    reload: ReloadHandle,
+    shutdown: CancellationToken,
+) {
+    let mut hup = match hup {
         Ok(s) => s,
         Err(error) => {
             tracing::warn!(%error, "cannot listen for SIGHUP");
