@@ -81,6 +81,11 @@ async fn local_records_are_authoritative_and_never_forwarded() {
     let r = ask(ts.udp, "tracked.lan.", RecordType::A).await;
     assert_eq!(addresses(&r), ["0.0.0.0"]);
     assert_eq!(stub.count("x.tracker.test.", RecordType::A), 0);
+    // It is the target that is listed, and the blocked queries say so.
+    let (status, body) = http_request(ts.http, "GET", "/api/blocked?name=tracked.lan", None).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["blocked"][0]["cname"], "x.tracker.test", "{body}");
 
     let text = ts.metrics().await;
     assert!(

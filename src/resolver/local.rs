@@ -377,6 +377,13 @@ impl<N: Resolve> Local<N> {
             answer.authentic_data = false;
             answer.outcome = match rest.outcome {
                 Outcome::Forwarded | Outcome::Cached | Outcome::Local => Outcome::Local,
+                // The local name is not listed, its target is: as for a
+                // cloaked answer, the target is named (in GET
+                // /api/blocked and the live part of explain).
+                Outcome::Blocked { list, cname: None } => Outcome::Blocked {
+                    list,
+                    cname: Some(Name::from(owner.clone()).to_ascii().into_boxed_str()),
+                },
                 other => other,
             };
             answer.answers.extend(rest.answers);
