@@ -278,10 +278,20 @@ impl Reloader {
     /// Builds and stores a snapshot for `config` on the blocking pool.
     async fn rebuild(&self, config: Config) -> Arc<Snapshot> {
         let previous = self.store.load_full();
-        let built =
-            tokio::task::spawn_blocking(move || crate::lists::build(&config, Some(&previous)))
-                .await
-                .expect("list build does not panic");
+        let old = previous.clone();
+        let built = match tokio::task::spawn_blocking(move || {
+            crate::lists::build(&config, Some(&previous))
+        })
+        .await
+        {
+            Ok(built) => built,
+            // A bug, but not one to stop the list writer for: the lists in
+            // use stay, and the next change is built again.
+            Err(error) => {
+                tracing::error!(%error, "the list build failed; keeping the lists in use");
+                return old;
+            }
+        };
         publish(&self.metrics, &built);
         // Whatever caused the build: a reload, an edited list, a download,
         // or a broken config whose lists were rebuilt with the running one.

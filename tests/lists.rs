@@ -163,6 +163,7 @@ fn shipped_lists_are_clean() {
             other => panic!("{name}: shipped lists hold plain domains only, found {other:?}"),
         });
         let invalid: Vec<_> = skipped
+            .first
             .iter()
             .filter(|s| matches!(s.skip, Skip::Invalid(_)))
             .collect();

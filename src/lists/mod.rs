@@ -21,8 +21,8 @@ pub use parse::{Action, Pattern, Rule, Skip, normalize, parse_line};
 pub use set::{DomainSet, MAX_LISTS};
 pub(crate) use snapshot::write_escaped;
 pub use snapshot::{
-    BuildLimits, ListInput, ListKind, ListMeta, ListText, MAX_LINE, MatchedRule, SkippedLine,
-    Snapshot, Verdict, parse_lines, parse_text,
+    BuildLimits, ListInput, ListKind, ListMeta, ListText, MAX_LINE, MatchedRule, Skipped,
+    SkippedLine, Snapshot, Verdict, parse_lines, parse_text,
 };
 pub use source::{CachePaths, DownloadOutcome, download, read_all, read_list};
 

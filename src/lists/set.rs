@@ -110,11 +110,21 @@ impl DomainSet {
     /// a large list is built without the arena and table doubling (which
     /// briefly holds two copies).
     pub fn reserve(&mut self, names: usize, bytes: usize) {
-        self.arena.reserve(bytes + names * HEADER);
+        // Only a hint: if the memory is not there, the set grows as names
+        // come (most lines of a broken list hold none) instead of the
+        // process aborting.
+        if self
+            .arena
+            .try_reserve(bytes.saturating_add(names.saturating_mul(HEADER)))
+            .is_err()
+        {
+            return;
+        }
         let hasher = &self.hasher;
         let arena = &self.arena;
-        self.table
-            .reserve(names, |&o| hasher.hash_one(Self::name_at(arena, o)));
+        let _ = self
+            .table
+            .try_reserve(names, |&o| hasher.hash_one(Self::name_at(arena, o)));
     }
 
     /// The list mask of `name`, or 0 if absent.

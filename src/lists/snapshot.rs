@@ -123,7 +123,7 @@ impl ListText {
     /// Calls `rule` for every rule with its 1-based line number, and
     /// returns the lines skipped; an error if a file cannot be read to its
     /// end (then some rules may already have been passed to `rule`).
-    pub fn parse(self, rule: impl FnMut(usize, Rule<'_>)) -> std::io::Result<Vec<SkippedLine>> {
+    pub fn parse(self, rule: impl FnMut(usize, Rule<'_>)) -> std::io::Result<Skipped> {
         match self {
             Self::Memory(text) => Ok(parse_text(&text, rule)),
             Self::File(file) => parse_lines(&mut BufReader::with_capacity(READ_BUFFER, file), rule),
@@ -156,10 +156,14 @@ impl ListText {
 
 /// Counts the lines of a list that may hold a rule, and their bytes: not
 /// blank, not a comment. What the sets reserve room for, so a file of
-/// blank lines or comments reserves nothing.
+/// blank lines or comments reserves nothing. A line counts at most
+/// [`MAX_NAME_BYTES`] bytes: a file of huge lines or none (a disk image
+/// given as a list) must not reserve its whole size.
 struct RuleLines {
     lines: usize,
     bytes: usize,
+    /// Bytes of the current line counted so far.
+    line_bytes: usize,
     /// Still in the leading whitespace of a line.
     at_start: bool,
     /// The current line is counted.
@@ -171,6 +175,7 @@ impl Default for RuleLines {
         Self {
             lines: 0,
             bytes: 0,
+            line_bytes: 0,
             at_start: true,
             counting: false,
         }
@@ -183,6 +188,7 @@ impl RuleLines {
             if b == b'\n' {
                 self.at_start = true;
                 self.counting = false;
+                self.line_bytes = 0;
                 continue;
             }
             if self.at_start {
@@ -193,10 +199,17 @@ impl RuleLines {
                 self.counting = b != b'#' && b != b'!';
                 self.lines += usize::from(self.counting);
             }
-            self.bytes += usize::from(self.counting);
+            if self.counting && self.line_bytes < MAX_NAME_BYTES {
+                self.line_bytes += 1;
+                self.bytes += 1;
+            }
         }
     }
 }
+
+/// The most a line adds to a set's reservation: a name is at most 253
+/// bytes (a hosts line with several is reserved short, and grows).
+const MAX_NAME_BYTES: usize = 256;
 
 /// How many times a list's regular expressions may be halved to fit the
 /// regex crate's size limit: at most 2^3 = 8 sets per list, each matched
@@ -238,6 +251,41 @@ struct ListRegexes {
     action: Action,
     patterns: Vec<String>,
     set: RegexSet,
+}
+
+/// The lines a parse skipped: the first few in full, for the log, and
+/// how many of each kind. Not every line: a file of millions of junk
+/// lines must not be kept in memory as their text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// The first [`LOGGED_INVALID_LINES`] skipped lines.
+    pub first: Vec<SkippedLine>,
+    /// Lines that were not a rule in any supported format.
+    pub invalid: usize,
+    /// Valid rules of a kind DNS blocking cannot honour.
+    pub unsupported: usize,
+}
+
+impl Skipped {
+    fn push(&mut self, line: SkippedLine) {
+        match line.skip {
+            Skip::Invalid(_) => self.invalid += 1,
+            Skip::Unsupported(_) => self.unsupported += 1,
+        }
+        if self.first.len() < LOGGED_INVALID_LINES {
+            self.first.push(line);
+        }
+    }
+
+    /// Lines skipped in all.
+    pub fn len(&self) -> usize {
+        self.invalid + self.unsupported
+    }
+
+    /// Whether no line was skipped.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A line that could not be used, with where it was.
@@ -345,9 +393,9 @@ impl Default for BuildLimits {
 }
 
 /// Calls `rule` for every rule of `text` with its 1-based line number, and
-/// returns the lines skipped (all of them; callers log the first few).
-pub fn parse_text<'a>(text: &'a str, mut rule: impl FnMut(usize, Rule<'a>)) -> Vec<SkippedLine> {
-    let mut skipped = Vec::new();
+/// returns the lines skipped ([`Skipped`]: the first few, and counts).
+pub fn parse_text<'a>(text: &'a str, mut rule: impl FnMut(usize, Rule<'a>)) -> Skipped {
+    let mut skipped = Skipped::default();
     for (index, line) in text.lines().enumerate() {
         parse_numbered(index + 1, line, &mut rule, &mut skipped);
     }
@@ -366,8 +414,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub fn parse_lines(
     reader: &mut dyn BufRead,
     mut rule: impl FnMut(usize, Rule<'_>),
-) -> std::io::Result<Vec<SkippedLine>> {
-    let mut skipped = Vec::new();
+) -> std::io::Result<Skipped> {
+    let mut skipped = Skipped::default();
     let mut buf = Vec::new();
     let mut number = 0;
     loop {
@@ -418,7 +466,7 @@ fn parse_numbered<'a>(
     number: usize,
     line: &'a str,
     rule: &mut impl FnMut(usize, Rule<'a>),
-    skipped: &mut Vec<SkippedLine>,
+    skipped: &mut Skipped,
 ) {
     if let Err(skip) = parse_line(line, |r| rule(number, r)) {
         skipped.push(SkippedLine {
@@ -532,7 +580,7 @@ impl Snapshot {
         &mut self,
         index: usize,
         meta: &mut ListMeta,
-        parse: impl FnOnce(&mut dyn FnMut(usize, Rule<'_>)) -> std::io::Result<Vec<SkippedLine>>,
+        parse: impl FnOnce(&mut dyn FnMut(usize, Rule<'_>)) -> std::io::Result<Skipped>,
         (lines, bytes): (usize, usize),
         limits: BuildLimits,
     ) -> Result<(), String> {
@@ -570,12 +618,9 @@ impl Snapshot {
             }
         })
         .map_err(|e| format!("read failed: {e}"))?;
-        meta.invalid_lines = skipped
-            .iter()
-            .filter(|s| matches!(s.skip, Skip::Invalid(_)))
-            .count();
-        meta.unsupported_lines = skipped.len() - meta.invalid_lines;
-        for bad in skipped.iter().take(LOGGED_INVALID_LINES) {
+        meta.invalid_lines = skipped.invalid;
+        meta.unsupported_lines = skipped.unsupported;
+        for bad in &skipped.first {
             tracing::warn!(
                 list = %meta.name,
                 "{}:{}: skipped {:?}: {}",
@@ -1237,8 +1282,11 @@ mod tests {
             ]
         );
         assert_eq!(skipped.len(), 1);
-        assert_eq!(skipped[0].line, 2);
-        assert_eq!(skipped[0].skip, Skip::Invalid("a line longer than 64 KiB"));
+        assert_eq!(skipped.first[0].line, 2);
+        assert_eq!(
+            skipped.first[0].skip,
+            Skip::Invalid("a line longer than 64 KiB")
+        );
     }
 
     /// A reader that fails, as a disk can halfway through a file.
@@ -1458,5 +1506,26 @@ mod tests {
                 matches!(expected, Verdict::Allowed { .. })
             );
         }
+    }
+
+    /// A list of junk keeps neither its skipped lines nor a reservation
+    /// of its size: the first few lines for the log, and counts.
+    #[test]
+    fn junk_costs_no_memory_of_its_size() {
+        let mut count = RuleLines::default();
+        count.feed(&vec![b'a'; 1 << 20]);
+        assert_eq!(
+            (count.lines, count.bytes),
+            (1, MAX_NAME_BYTES),
+            "one huge line"
+        );
+        count.feed(b"\nads.example\n# comment\n");
+        assert_eq!((count.lines, count.bytes), (2, MAX_NAME_BYTES + 11));
+
+        let junk = "not a domain line\n".repeat(10_000) + "example.com##.ad\n";
+        let skipped = parse_text(&junk, |_, _| {});
+        assert_eq!((skipped.invalid, skipped.unsupported), (10_000, 1));
+        assert_eq!(skipped.first.len(), LOGGED_INVALID_LINES);
+        assert_eq!(skipped.first[0].line, 1);
     }
 }

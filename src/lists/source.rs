@@ -86,11 +86,28 @@ pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInpu
 /// as it was when opened even if it is replaced meanwhile (editors and
 /// downloads write a new file and rename it over the old one).
 fn open(path: &Path) -> std::io::Result<File> {
-    let file = File::open(path)?;
-    if file.metadata()?.is_dir() {
+    // A named pipe would block the open, and the single list writer with
+    // it; a device (/dev/zero) would be read forever.
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::IsADirectory,
             "is a directory",
+        ));
+    }
+    if !kind.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let file = File::open(path)?;
+    // Replaced by something else between the two looks: checked again on
+    // what was opened (which, being open, cannot block any more).
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
         ));
     }
     Ok(file)
@@ -509,5 +526,31 @@ mod tests {
         files.sort();
         let stem = paths.body.file_stem().unwrap().to_str().unwrap();
         assert_eq!(files, [format!("{stem}.list"), format!("{stem}.meta")]);
+    }
+
+    /// Only regular files are read as lists: a named pipe would block the
+    /// list writer in `open`, a device would be read forever.
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("list.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        for path in [fifo.as_path(), Path::new("/dev/zero")] {
+            let error = open(path).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "not a regular file",
+                "{}",
+                path.display()
+            );
+        }
+        assert_eq!(open(dir.path()).unwrap_err().to_string(), "is a directory");
+        let file = dir.path().join("list.txt");
+        std::fs::write(&file, "ads.example\n").unwrap();
+        assert!(open(&file).is_ok());
     }
 }
