@@ -344,7 +344,16 @@ impl Reloader {
             let removed = self.removed.clone();
             let watcher =
                 notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                    let Ok(event) = event else { return };
+                    // Events may have been lost (the kernel's queue
+                    // overflowed under a burst of changes, or the watch
+                    // failed): rebuild, as if every file had changed.
+                    let event = match event {
+                        Ok(event) if !event.need_rescan() => event,
+                        _ => {
+                            let _ = tx.try_send(Trigger::Files);
+                            return;
+                        }
+                    };
                     if matches!(event.kind, notify::EventKind::Access(_)) {
                         return;
                     }
