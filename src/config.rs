@@ -1079,6 +1079,14 @@ impl Config {
                 "[server] udp_max_waiting must be at least 1".into(),
             ));
         }
+        if self.blocking.download_max_bytes == 0 {
+            return Err(at_key(
+                "blocking",
+                "download_max_bytes",
+                "[blocking] download_max_bytes must be greater than 0 (every download would fail)"
+                    .into(),
+            ));
+        }
         // Allocated whole at start, about 400 bytes a slot: a typo of a few
         // zeros must not take the memory of a Pi.
         if self.http.recent_blocked > MAX_RECENT_BLOCKED {
@@ -1113,6 +1121,12 @@ impl Config {
             // 0 would close a connection a millisecond after each query
             // and open a new one (a TLS handshake) for the next.
             ("upstream", "idle_timeout", self.upstream.idle_timeout),
+            // 0 would fail every download, for good.
+            (
+                "blocking",
+                "download_timeout",
+                self.blocking.download_timeout,
+            ),
             (
                 "metrics",
                 "neighbour_refresh",
@@ -1542,6 +1556,23 @@ mod tests {
     }
 
     #[test]
+    fn download_max_bytes_zero_is_refused() {
+        let parse = |n: u64| {
+            Config::from_toml(
+                &format!("[blocking]\ndownload_max_bytes = {n}\n"),
+                "x",
+                Path::new("."),
+            )
+        };
+        assert!(parse(1).is_ok());
+        let err = parse(0).unwrap_err().to_string();
+        assert!(
+            err.starts_with("x:2:1: [blocking] download_max_bytes must be greater than 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn recent_blocked_is_bounded() {
         let parse = |n: usize| {
             Config::from_toml(
@@ -1565,6 +1596,7 @@ mod tests {
             ("upstream", "timeout"),
             ("upstream", "total_timeout"),
             ("upstream", "idle_timeout"),
+            ("blocking", "download_timeout"),
             ("metrics", "neighbour_refresh"),
         ] {
             let text = format!("[{table}]\n# {key} = \"1s\"\n  {key} = \"0s\"\n");
