@@ -322,6 +322,10 @@ impl Part {
         modified: Option<&str>,
     ) -> std::io::Result<()> {
         self.file.flush().await?;
+        // On disk before it replaces the copy: a Pi that loses power right
+        // after the rename must not come back with an empty list (kept by
+        // every 304 after it, its ETag being current).
+        self.file.sync_all().await?;
         // The old validators go first: were the new ones not written, the
         // new body must not be kept under the old body's ETag.
         match tokio::fs::remove_file(&paths.meta).await {
