@@ -96,14 +96,14 @@ pub fn parse_line<'a>(raw: &'a str, mut rule: impl FnMut(Rule<'a>)) -> Result<()
         return Ok(());
     }
     // Regular expressions are taken whole: `#` may be part of them.
-    if let Some(body) = regex_body(line) {
+    if let Some(body) = regex_rule(line) {
         rule(Rule {
             action: Action::Block,
             pattern: Pattern::Regex(body),
         });
         return Ok(());
     }
-    if let Some(body) = line.strip_prefix("@@").and_then(regex_body) {
+    if let Some(body) = line.strip_prefix("@@").and_then(regex_rule) {
         rule(Rule {
             action: Action::Allow,
             pattern: Pattern::Regex(body),
@@ -173,6 +173,21 @@ const SINGLE_LABEL: Skip = Skip::Unsupported(
 fn regex_body(line: &str) -> Option<&str> {
     let body = line.strip_prefix('/')?.strip_suffix('/')?;
     (!body.is_empty()).then_some(body)
+}
+
+/// [`regex_body`] of `line`, or of what comes before a `#` comment after
+/// whitespace (`/^ads\./ # ad servers`), as for any other line; the whole
+/// line first, so a `#` inside the expression stays in it.
+fn regex_rule(line: &str) -> Option<&str> {
+    if let Some(body) = regex_body(line) {
+        return Some(body);
+    }
+    if !line.starts_with('/') {
+        return None;
+    }
+    line.match_indices('#')
+        .filter(|&(i, _)| line[..i].ends_with(char::is_whitespace))
+        .find_map(|(i, _)| regex_body(line[..i].trim_end()))
 }
 
 /// Drops a `#` comment that follows whitespace.
@@ -316,6 +331,18 @@ mod tests {
         let (out, r) = rules(line);
         assert_eq!(r, Ok(()), "{line}");
         out
+    }
+
+    #[test]
+    fn a_regex_may_have_a_comment_after_it() {
+        assert_eq!(
+            ok("/^ads[0-9]*\\./ # ad servers"),
+            ["block /^ads[0-9]*\\./"]
+        );
+        assert_eq!(ok("@@/^ok\\./\t# fine"), ["allow /^ok\\./"]);
+        // A `#` inside the expression stays in it.
+        assert_eq!(ok("/a #b/ # c"), ["block /a #b/"]);
+        assert_eq!(ok("/a #b/"), ["block /a #b/"]);
     }
 
     #[test]
