@@ -26,9 +26,11 @@ pub struct RuleSite {
 pub struct Explanation {
     /// The name asked about, lowercase, without a trailing dot.
     pub name: String,
-    /// `blocked`, `allowed` or `not listed`.
+    /// `local` (a `[local] records` name: answered before any list is
+    /// looked at), `blocked`, `allowed` or `not listed`.
     pub verdict: &'static str,
-    /// The rule that decided it (block or allow).
+    /// The rule that decided it (block or allow); for a local name, what
+    /// the lists alone would say.
     pub rule: Option<RuleSite>,
     /// For an allowed name: the block rule the allow rule overrode.
     pub overrode: Option<RuleSite>,
@@ -56,7 +58,7 @@ pub fn explain(snapshot: &Snapshot, config: &Config, name: &str) -> Explanation 
             line: find_line(config, &meta.name, meta.kind, rule),
         }
     };
-    let (verdict, rule, overrode) = match snapshot.verdict(&name) {
+    let (mut verdict, rule, overrode) = match snapshot.verdict(&name) {
         Verdict::NotListed => ("not listed", None, None),
         Verdict::Blocked { list, rule } => ("blocked", Some(site(list, &rule)), None),
         Verdict::Allowed {
@@ -69,6 +71,15 @@ pub fn explain(snapshot: &Snapshot, config: &Config, name: &str) -> Explanation 
             overrode.map(|(l, r)| site(l, &r)),
         ),
     };
+    // Local records sit before blocking in the chain: whatever the lists
+    // say, such a name gets its records.
+    let local = config.local.records.keys().any(|key| {
+        let key = key.trim().trim_end_matches('.');
+        crate::lists::normalize(key).is_ok_and(|k| k == name.as_str())
+    });
+    if local {
+        verdict = "local";
+    }
     Explanation {
         name,
         verdict,
@@ -143,7 +154,15 @@ impl Explanation {
     /// The explanation as text, for the command line.
     pub fn text(&self) -> String {
         let mut out = format!("{}: {}", self.name, self.verdict);
-        if let Some(rule) = &self.rule {
+        if self.verdict == "local" {
+            out.push_str(" (answered from [local] records, before any list)");
+            if let Some(rule) = &self.rule {
+                out.push_str(&format!(
+                    "\n  the lists alone would match {}",
+                    rule.describe()
+                ));
+            }
+        } else if let Some(rule) = &self.rule {
             out.push_str(&format!(" by {}", rule.describe()));
         }
         if let Some(o) = &self.overrode {
@@ -154,5 +173,27 @@ impl Explanation {
         }
         out.push('\n');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[local] records` name is answered before any list: explain says
+    /// so, and what the lists alone would have done.
+    #[test]
+    fn a_local_name_is_explained_as_local() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("block.txt"), "||lan^\n").unwrap();
+        let text = "[local]\nrecords = { \"NAS.lan.\" = \"192.168.1.10\" }\n\
+                    [[blocking.lists]]\nname = \"wide\"\npath = \"block.txt\"\n";
+        let config = Config::from_toml(text, "t.toml", dir.path()).unwrap();
+        let snapshot = crate::lists::build(&config, None);
+        let nas = explain(&snapshot, &config, "nas.lan.");
+        assert_eq!(nas.verdict, "local");
+        assert_eq!(nas.rule.as_ref().map(|r| r.rule.as_str()), Some("lan"));
+        assert!(nas.text().contains("before any list"), "{}", nas.text());
+        assert_eq!(explain(&snapshot, &config, "tv.lan").verdict, "blocked");
     }
 }
