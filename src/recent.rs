@@ -160,18 +160,35 @@ impl RecentBlocked {
     /// The kept queries, newest first, at most `limit`, those for which
     /// `keep` holds.
     pub fn list(&self, limit: usize, keep: impl Fn(&BlockedQuery) -> bool) -> Vec<BlockedQuery> {
-        let mut entries: Vec<(u64, BlockedQuery)> = self
+        // Newest first by sequence number, each slot locked only to read
+        // it; entries are formatted one by one until `limit` are kept, so
+        // a request for a few costs a few, whatever the ring's size.
+        let mut order: Vec<(u64, usize)> = self
             .slots
             .iter()
-            .filter_map(|slot| {
-                let slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                (slot.seq != 0).then(|| (slot.seq, slot.show()))
-            })
-            .filter(|(_, q)| keep(q))
+            .enumerate()
+            .map(|(i, slot)| (slot.lock().unwrap_or_else(PoisonError::into_inner).seq, i))
+            .filter(|&(seq, _)| seq != 0)
             .collect();
-        entries.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-        entries.truncate(limit);
-        entries.into_iter().map(|(_, q)| q).collect()
+        order.sort_unstable_by_key(|&(seq, _)| std::cmp::Reverse(seq));
+        let mut kept = Vec::new();
+        for (seq, i) in order {
+            if kept.len() >= limit {
+                break;
+            }
+            let query = {
+                let slot = self.slots[i].lock().unwrap_or_else(PoisonError::into_inner);
+                // Written over since: a newer query, left for next time.
+                if slot.seq != seq {
+                    continue;
+                }
+                slot.show()
+            };
+            if keep(&query) {
+                kept.push(query);
+            }
+        }
+        kept
     }
 }
 
