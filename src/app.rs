@@ -251,7 +251,7 @@ async fn reload_on_sighup(
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received, reloading");
-                reload.signal();
+                reload.signal().await;
             }
             _ = shutdown.cancelled() => return,
         }

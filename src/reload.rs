@@ -64,9 +64,11 @@ impl ReloadHandle {
             .map_err(|_| "telesink is shutting down".to_string())?
     }
 
-    /// Asks for a reload without waiting (SIGHUP).
-    pub fn signal(&self) {
-        let _ = self.tx.try_send(Trigger::Signal);
+    /// Asks for a reload, not waiting for it (SIGHUP). Waits for room in
+    /// the queue, if a burst of file changes filled it, rather than lose
+    /// the refresh of the `url` lists that only a SIGHUP or the API asks.
+    pub async fn signal(&self) {
+        let _ = self.tx.send(Trigger::Signal).await;
     }
 }
 
@@ -650,5 +652,36 @@ fn sweep_parts(dir: &Path) {
         {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIGHUP is not lost when file changes filled the queue: it waits
+    /// for room and comes after them.
+    #[tokio::test]
+    async fn a_sighup_behind_a_full_queue_is_kept() {
+        let config = Arc::new(ArcSwap::from_pointee(Config::default()));
+        let store = Arc::new(ListStore::new(Snapshot::default()));
+        let (mut reloader, handle) = Reloader::new(None, config, store, Arc::new(Metrics::new()));
+        while reloader.tx.try_send(Trigger::Files).is_ok() {}
+        let signal = handle.signal();
+        tokio::pin!(signal);
+        let waiting = tokio::select! {
+            biased;
+            () = &mut signal => false,
+            () = std::future::ready(()) => true,
+        };
+        assert!(waiting, "the SIGHUP was dropped, not queued");
+        // Room for one: it goes in, after the file changes.
+        assert!(matches!(reloader.rx.recv().await, Some(Trigger::Files)));
+        signal.await;
+        let mut last = None;
+        while let Ok(trigger) = reloader.rx.try_recv() {
+            last = Some(trigger);
+        }
+        assert!(matches!(last, Some(Trigger::Signal)));
     }
 }
