@@ -66,6 +66,8 @@ pub struct Metrics {
     pub client_last_query: GaugeVec,
     /// `telesink_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `telesink_config_last_reload_successful`
+    pub config_last_reload_ok: IntGauge,
     /// `telesink_blocklist_reloads_total{list,result}`
     pub blocklist_reloads: IntCounterVec,
     /// `telesink_blocklist_last_success_timestamp_seconds{list}`
@@ -206,8 +208,13 @@ impl Metrics {
             config_reloads: counter_vec(
                 r,
                 "telesink_config_reloads_total",
-                "Configuration reloads, by result (success, failure).",
+                "Configuration reloads (the file changed, or SIGHUP or the API asked), by result (success, failure).",
                 &["result"],
+            ),
+            config_last_reload_ok: gauge(
+                r,
+                "telesink_config_last_reload_successful",
+                "1 when the configuration file as it is now was accepted (or not reloaded since start), 0 when it was rejected and the previous one is still in use.",
             ),
             blocklist_reloads: counter_vec(
                 r,
@@ -241,6 +248,8 @@ impl Metrics {
             metrics.config_reloads.with_label_values(&[result]);
             metrics.cache_prefetches.with_label_values(&[result]);
         }
+        // Started, so accepted.
+        metrics.config_last_reload_ok.set(1);
         let build_info = gauge_vec(
             &metrics.registry,
             "telesink_build_info",

@@ -76,6 +76,9 @@ impl ReloadHandle {
 pub struct Reloader {
     /// The file the config came from; `None` for the embedded default.
     config_path: Option<PathBuf>,
+    /// Its text as last read: a rebuild for an edited list re-reads the
+    /// config too, but counts as a config reload only if it changed.
+    config_text: Option<String>,
     /// The running configuration, shared with readers such as `explain`.
     config: Arc<ArcSwap<Config>>,
     store: Arc<ListStore>,
@@ -119,7 +122,11 @@ impl Reloader {
         metrics: Arc<Metrics>,
     ) -> (Self, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
+        let config_text = config_path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok());
         let me = Self {
+            config_text,
             config_path,
             config,
             store,
@@ -214,13 +221,25 @@ impl Reloader {
         shutdown: &CancellationToken,
     ) -> Result<String, String> {
         let mut config = (**self.config.load()).clone();
-        if let Some(path) = &self.config_path {
-            match Config::load(path) {
-                Ok(new) => {
+        if let Some(path) = self.config_path.clone() {
+            let text = std::fs::read_to_string(&path).ok();
+            // A reload of the config: asked for, or the file changed.
+            let counts = refresh_urls || text != self.config_text;
+            self.config_text = text;
+            let count = |result: &str| {
+                if counts {
                     self.metrics
                         .config_reloads
-                        .with_label_values(&["success"])
+                        .with_label_values(&[result])
                         .inc();
+                }
+                self.metrics
+                    .config_last_reload_ok
+                    .set(i64::from(result == "success"));
+            };
+            match Config::load(&path) {
+                Ok(new) => {
+                    count("success");
                     let restart = needs_restart(&config, &new);
                     if !restart.is_empty() {
                         tracing::warn!(
@@ -246,10 +265,7 @@ impl Reloader {
                     }
                 }
                 Err(error) => {
-                    self.metrics
-                        .config_reloads
-                        .with_label_values(&["failure"])
-                        .inc();
+                    count("failure");
                     // The lists may still have changed: rebuild them with
                     // the running config.
                     tracing::error!("{error}; keeping the running configuration");

@@ -176,12 +176,36 @@ async fn config_edits_apply_and_an_invalid_edit_keeps_the_running_config() {
     // A broken edit: reported, counted, and the old lists keep serving.
     write(&format!("{first}\n[blocking]\nmode = \"bogus\"\n"));
     let http = ts.http;
-    eventually("config reload failure counted", || async move {
+    let reloads = |result: &'static str| async move {
         let m = http_get(http, "/metrics").await.unwrap();
-        metric(&m, "telesink_config_reloads_total{result=\"failure\"}") >= 1.0
+        metric(
+            &m,
+            &format!("telesink_config_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    let accepted = || async move {
+        let m = http_get(http, "/metrics").await.unwrap();
+        metric(&m, "telesink_config_last_reload_successful")
+    };
+    assert_eq!(accepted().await, 1.0);
+    eventually("config reload failure counted", || async move {
+        reloads("failure").await >= 1.0
     })
     .await;
     assert!(is_blocked(&ts, "a.blocked.test.").await);
+    assert_eq!(accepted().await, 0.0, "the file as it is was rejected");
+    // A list edit rebuilds the lists, reading the config again: neither a
+    // config reload nor an acceptance.
+    let failures = reloads("failure").await;
+    std::fs::write(dir.path().join("a.txt"), "a.blocked.test\nd.blocked.test\n").unwrap();
+    let udp = ts.udp;
+    eventually("list edit applied", || async move {
+        addresses(&ask(udp, "d.blocked.test.", RecordType::A).await) == ["0.0.0.0"]
+    })
+    .await;
+    assert_eq!(reloads("failure").await, failures);
+    assert_eq!(reloads("success").await, 0.0);
+    assert_eq!(accepted().await, 0.0);
 
     // A good edit adds a list and changes the mode without a restart.
     write(&config_text(
@@ -196,6 +220,7 @@ async fn config_edits_apply_and_an_invalid_edit_keeps_the_running_config() {
             == ResponseCode::NXDomain
     })
     .await;
+    assert_eq!(accepted().await, 1.0);
     // The new list's file is watched too.
     std::fs::write(dir.path().join("b.txt"), "c.blocked.test\n").unwrap();
     eventually("new list's file is watched", || async move {
