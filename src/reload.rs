@@ -503,13 +503,12 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
         let failure = metrics
             .blocklist_reloads
             .with_label_values(&[name, "failure"]);
-        // A url list's load is its download, counted by the downloader.
-        if !matches!(list.source, ListSource::Url(_)) {
-            if list.error.is_some() {
-                failure.inc()
-            } else {
-                success.inc()
-            }
+        // A url list's load is its download, counted by the downloader;
+        // but a copy on disk that cannot be read fails its list here.
+        if list.error.is_some() {
+            failure.inc();
+        } else if !matches!(list.source, ListSource::Url(_)) {
+            success.inc();
         }
         let refresh = list
             .refresh
@@ -626,10 +625,16 @@ struct Downloader {
 impl Downloader {
     async fn run(self, stop: CancellationToken) {
         // A copy younger than the refresh period is used as it is; startup
-        // never waits for the network.
+        // never waits for the network. One that cannot be read (left by an
+        // earlier run as another user) is downloaded again at once: the
+        // new copy replaces it by a rename.
+        // (Its type first: opening a named pipe would block.)
+        let readable = std::fs::metadata(&self.paths.body).is_ok_and(|m| m.is_file())
+            && std::fs::File::open(&self.paths.body).is_ok();
         let age = std::fs::metadata(&self.paths.body)
             .and_then(|m| m.modified())
             .ok()
+            .filter(|_| readable)
             .and_then(|t| t.elapsed().ok());
         let mut wait = match age {
             Some(age) if age < self.refresh => self.refresh - age,

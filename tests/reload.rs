@@ -820,3 +820,42 @@ async fn a_reload_downloading_does_not_hold_up_the_stop() {
     );
     drop(api);
 }
+
+/// A url list whose copy on disk cannot be read (here a named pipe; in
+/// life a file left by a run as another user) fails its list where the
+/// alerts see it, and is downloaded again at once, not after `refresh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_list_copy_is_a_failure_and_downloaded_again() {
+    let stub = Stub::start().await;
+    let server = ListServer::start("remote.blocked.test\n").await;
+    let dir = dir_with(&[]);
+    let url = format!("http://{}/list.txt", server.addr);
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let copy = telesink::lists::CachePaths::new(&cache, "remote", &url).body;
+    let made = std::process::Command::new("mkfifo")
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let text = config_text(&format!(
+        "[blocking]\ncache_dir = \"cache\"\n\
+         [[blocking.lists]]\nname = \"remote\"\nurl = \"{url}\"\nrefresh = \"1d\""
+    ));
+    let ts = start_from_file(dir.path(), &text, &stub).await;
+    let m = ts.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "telesink_blocklist_reloads_total{list=\"remote\",result=\"failure\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    let udp = ts.udp;
+    eventually("downloaded again at once", || async move {
+        addresses(&ask(udp, "remote.blocked.test.", RecordType::A).await) == ["0.0.0.0"]
+    })
+    .await;
+    assert!(std::fs::metadata(&copy).unwrap().is_file());
+    ts.stop().await;
+}
