@@ -86,6 +86,20 @@ fn main() -> ExitCode {
                     list.error.as_deref().unwrap_or_default()
                 );
             }
+            // A url list is read from its downloaded copy, under the cache
+            // directory of whoever runs this (a shell has no
+            // STATE_DIRECTORY): without one here its names are not listed.
+            for list in snapshot
+                .lists
+                .iter()
+                .filter(|l| l.error.is_none() && l.loaded_at.is_none())
+            {
+                eprintln!(
+                    "warning: list {:?} has no downloaded copy at {}: its names show as not listed \
+                     (set [blocking] cache_dir, or run as the service's user)",
+                    &*list.name, list.origin
+                );
+            }
             print!(
                 "{}",
                 telesink::explain::explain(&snapshot, &config, &name).text()

@@ -611,6 +611,23 @@ fn cli_explain_block_allow_override_and_not_listed() {
         out.starts_with("xn--bcher-kva.test: blocked by rule xn--bcher-kva.test"),
         "{out}"
     );
+
+    // A url list without a downloaded copy where the command looks: said.
+    std::fs::write(
+        &path,
+        "[blocking]\ncache_dir = \"cache\"\n\
+         [[blocking.lists]]\nname = \"remote\"\nurl = \"http://127.0.0.1:9/list.txt\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_telesink"))
+        .args(["explain", "a.test", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("warning: list \"remote\" has no downloaded copy at"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
