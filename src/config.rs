@@ -1037,8 +1037,7 @@ impl Config {
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
         // A problem about a named list points at the line of its name, when
         // the name can be found in the text; otherwise it names the file.
-        let fail = |near: Option<&str>, message: String| -> ConfigError {
-            let at = near.and_then(|n| text.find(&format!("\"{n}\"")));
+        let located = |at: Option<usize>, message: String| -> ConfigError {
             match at.map(|at| line_column(text, at)) {
                 Some((line, column)) => ConfigError::Parse {
                     path: self.origin.clone(),
@@ -1051,6 +1050,13 @@ impl Config {
                     message,
                 },
             }
+        };
+        let fail = |near: Option<&str>, message: String| {
+            located(near.and_then(|n| text.find(&format!("\"{n}\""))), message)
+        };
+        // A name used twice is pointed at where it is used again.
+        let fail_again = |near: Option<&str>, message: String| {
+            located(near.and_then(|n| text.rfind(&format!("\"{n}\""))), message)
         };
         let invalid = |message: String| fail(None, message);
         // A problem with one setting points at its key.
@@ -1248,7 +1254,7 @@ impl Config {
                 ));
             }
             if !devices.insert(client.name.as_str()) {
-                return Err(fail(
+                return Err(fail_again(
                     here,
                     format!("[[clients]] name {:?} is used twice", client.name),
                 ));
@@ -1310,7 +1316,7 @@ impl Config {
                     ));
                 }
                 if !seen.insert(list.name.as_str()) {
-                    return Err(fail(
+                    return Err(fail_again(
                         here,
                         format!(
                             "[[{table}]] name {:?} is used twice; names must be unique",
@@ -1568,6 +1574,29 @@ mod tests {
         let err = parse(0).unwrap_err().to_string();
         assert!(
             err.starts_with("x:2:1: [blocking] download_max_bytes must be greater than 0"),
+            "{err}"
+        );
+    }
+
+    /// A name used twice is reported where it is used again.
+    #[test]
+    fn a_name_used_twice_points_at_its_second_use() {
+        let text = "[[blocking.lists]]\nname = \"a\"\npath = \"a.txt\"\n\
+                    [[blocking.lists]]\nname = \"a\"\npath = \"b.txt\"\n";
+        let err = Config::from_toml(text, "x", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("x:5:8: [[blocking.lists]] name \"a\" is used twice"),
+            "{err}"
+        );
+        let text = "[[clients]]\nname = \"tv\"\nips = [\"192.168.1.2\"]\n\
+                    [[clients]]\nname = \"tv\"\nips = [\"192.168.1.3\"]\n";
+        let err = Config::from_toml(text, "x", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("x:5:8: [[clients]] name \"tv\" is used twice"),
             "{err}"
         );
     }
