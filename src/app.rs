@@ -76,6 +76,7 @@ pub async fn serve(
 
     // Lists are parsed on the blocking pool: a million-line file must not
     // hold up a runtime worker.
+    let build_started = std::time::SystemTime::now();
     let for_build = config.clone();
     let snapshot =
         tokio::task::spawn_blocking(move || crate::lists::build(&for_build, None)).await?;
@@ -91,6 +92,7 @@ pub async fn serve(
         lists.clone(),
         metrics.clone(),
     );
+    let reloader = reloader.first_build_started(build_started);
     let reloader = tokio::spawn(reloader.run(shutdown.clone()));
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(hup, reload.clone(), shutdown.clone()));

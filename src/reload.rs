@@ -98,6 +98,9 @@ pub struct Reloader {
     removed: Arc<std::sync::Mutex<HashSet<PathBuf>>>,
     /// Cancels the background downloaders of the current configuration.
     downloads: CancellationToken,
+    /// When the lists in use began to be read, before any watch was in
+    /// place (see [`Reloader::first_build_started`]).
+    first_build: Option<SystemTime>,
     http: reqwest::Client,
 }
 
@@ -139,13 +142,39 @@ impl Reloader {
             removed: Arc::new(std::sync::Mutex::new(HashSet::new())),
             downloads: CancellationToken::new(),
             http: http_client(),
+            first_build: None,
         };
         (me, ReloadHandle { tx })
+    }
+
+    /// The first build, made before this writer runs, began to read the
+    /// files at `at`: a list or the config saved since (seconds, with a
+    /// big list on a Pi) changed before the watches were in place, and is
+    /// picked up by one more build as the writer starts.
+    pub fn first_build_started(mut self, at: SystemTime) -> Self {
+        self.first_build = Some(at);
+        self
+    }
+
+    /// Whether a watched file was modified after `at`.
+    fn changed_since(&self, at: SystemTime) -> bool {
+        let files = self.watched_files.lock().unwrap_or_else(|e| e.into_inner());
+        files.iter().any(|f| {
+            std::fs::metadata(f)
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified > at)
+        })
     }
 
     /// Runs until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.watch();
+        if self.first_build.is_some_and(|at| self.changed_since(at)) {
+            tracing::info!(
+                "a list or the config changed while the lists were first read; reading them again"
+            );
+            let _ = self.tx.try_send(Trigger::Files);
+        }
         {
             let config = self.config.load();
             sweep_parts(&config.blocking.cache_dir(&config.base_dir));
@@ -704,5 +733,46 @@ mod tests {
             last = Some(trigger);
         }
         assert!(matches!(last, Some(Trigger::Signal)));
+    }
+
+    /// A list saved while the first build read the lists (before any
+    /// watch) is read again once the writer starts.
+    #[tokio::test]
+    async fn files_saved_during_the_first_build_are_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("block.txt");
+        std::fs::write(&list, "a.test\n").unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "[[blocking.lists]]\nname = \"l\"\npath = \"block.txt\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let store = Arc::new(ListStore::new(crate::lists::build(&config, None)));
+        let metrics = Arc::new(Metrics::new());
+        let started = SystemTime::now();
+        let (reloader, _handle) = Reloader::new(
+            Some(path),
+            Arc::new(ArcSwap::from_pointee(config)),
+            store.clone(),
+            metrics.clone(),
+        );
+        let reloader = reloader.first_build_started(started);
+        // Saved during the build, before any watch (its time set, as file
+        // times are coarse).
+        std::fs::write(&list, "a.test\nb.test\n").unwrap();
+        let file = std::fs::File::options().append(true).open(&list).unwrap();
+        file.set_modified(started + Duration::from_secs(1)).unwrap();
+        drop(file);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(reloader.run(shutdown.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.load().blocked_domains() < 2 {
+            assert!(std::time::Instant::now() < deadline, "not read again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap();
     }
 }
