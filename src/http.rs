@@ -427,12 +427,105 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long open connections get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a response may wait for the client to read it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection whose writes fail once one has made no progress for
+/// `timeout`: hyper has no write timeout, and a client that asks (or
+/// pipelines) and never reads would hold its connection, and a slot of
+/// [`MAX_CONNECTIONS`], for good. Reads pass through (hyper times the
+/// headers). The timer exists only while a write waits.
+struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// `poll` of a write or flush, with the deadline.
+    fn timed<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: impl FnOnce(
+            Pin<&mut S>,
+            &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>>
+    where
+        S: Unpin,
+    {
+        use std::task::Poll;
+        match poll(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(result) => {
+                self.stalled = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.timed(cx, |inner, cx| inner.poll_write(cx, buf))
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.timed(cx, |inner, cx| inner.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.timed(cx, |inner, cx| inner.poll_shutdown(cx))
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown`, then waits at most
 /// [`SHUTDOWN_GRACE`] for the requests being answered. Every connection
-/// has [`HEADER_TIMEOUT`] per request's headers and a 16 KiB buffer, and
-/// at most [`MAX_CONNECTIONS`] are open: a client that opens connections
-/// and sends nothing, or dribbles a header forever, holds neither memory
-/// nor descriptors nor the shutdown (this listener may face the LAN, and
+/// has [`HEADER_TIMEOUT`] per request's headers, [`WRITE_TIMEOUT`] for a
+/// response that is not read, and a 16 KiB buffer, and at most
+/// [`MAX_CONNECTIONS`] are open: a client that opens connections and
+/// sends nothing, dribbles a header forever or never reads, holds neither
+/// memory nor descriptors nor the shutdown (this listener may face the LAN, and
 /// anything on the machine can reach it on loopback).
 async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -463,6 +556,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stream = WriteDeadline::new(stream, WRITE_TIMEOUT);
         let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
@@ -481,4 +575,29 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
     }
     connections.close();
     connections.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A write the other end never reads fails after the timeout; one it
+    /// reads goes through.
+    #[tokio::test]
+    async fn a_write_nobody_reads_times_out() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut stream = WriteDeadline::new(near, Duration::from_millis(200));
+        stream.write_all(&[0; 64]).await.unwrap();
+        let started = std::time::Instant::now();
+        let error = stream.write_all(&[0; 64]).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // Read, it makes progress again, and the deadline starts anew.
+        let mut buf = [0; 64];
+        tokio::io::AsyncReadExt::read_exact(&mut far, &mut buf)
+            .await
+            .unwrap();
+        stream.write_all(&[1; 64]).await.unwrap();
+    }
 }
