@@ -26,9 +26,12 @@ pub struct RuleSite {
 pub struct Explanation {
     /// The name asked about, lowercase, without a trailing dot.
     pub name: String,
-    /// `local` (a `[local] records` name: answered before any list is
-    /// looked at), `blocked`, `allowed` or `not listed`.
+    /// `local` (a `[local] records` or special-use name: answered before
+    /// any list is looked at), `blocked`, `allowed` or `not listed`.
     pub verdict: &'static str,
+    /// For a `[local] records` CNAME chain that leads out of the local
+    /// records: the name it leads to, which the verdict is about.
+    pub local_cname: Option<String>,
     /// The rule that decided it (block or allow); for a local name, what
     /// the lists alone would say.
     pub rule: Option<RuleSite>,
@@ -71,17 +74,28 @@ pub fn explain(snapshot: &Snapshot, config: &Config, name: &str) -> Explanation 
             overrode.map(|(l, r)| site(l, &r)),
         ),
     };
-    // Local records sit before blocking in the chain: whatever the lists
-    // say, such a name gets its records.
-    let local = config.local.records.keys().any(|key| {
-        let key = key.trim().trim_end_matches('.');
-        crate::lists::normalize(key).is_ok_and(|k| k == name.as_str())
-    });
-    if local {
-        verdict = "local";
+    // The local link sits before blocking in the chain: whatever the
+    // lists say, such a name gets its records, or its special-use answer;
+    // a local CNAME out of the local records is as blocked as its target.
+    let lower = hickory_proto::rr::Name::from_ascii(format!("{name}."))
+        .ok()
+        .map(hickory_proto::rr::LowerName::from);
+    let local = lower.and_then(|n| crate::resolver::local_verdict(config, &n));
+    match local {
+        Some(crate::resolver::LocalVerdict::Cname(target)) => {
+            let target = explain(snapshot, config, &target.to_ascii());
+            return Explanation {
+                name,
+                local_cname: Some(target.name),
+                ..target
+            };
+        }
+        Some(_) => verdict = "local",
+        None => {}
     }
     Explanation {
         name,
+        local_cname: None,
         verdict,
         rule,
         overrode,
@@ -147,6 +161,7 @@ impl Explanation {
             "verdict": self.verdict,
             "rule": self.rule.as_ref().map(RuleSite::json),
             "overrode": self.overrode.as_ref().map(RuleSite::json),
+            "local_cname": self.local_cname,
             "blocking_enabled": !self.blocking_disabled,
         })
     }
@@ -154,8 +169,11 @@ impl Explanation {
     /// The explanation as text, for the command line.
     pub fn text(&self) -> String {
         let mut out = format!("{}: {}", self.name, self.verdict);
+        if let Some(target) = &self.local_cname {
+            out.push_str(&format!(" (through its [local] CNAME to {target})"));
+        }
         if self.verdict == "local" {
-            out.push_str(" (answered from [local] records, before any list)");
+            out.push_str(" (answered locally, before any list)");
             if let Some(rule) = &self.rule {
                 out.push_str(&format!(
                     "\n  the lists alone would match {}",
@@ -185,8 +203,13 @@ mod tests {
     #[test]
     fn a_local_name_is_explained_as_local() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("block.txt"), "||lan^\n").unwrap();
-        let text = "[local]\nrecords = { \"NAS.lan.\" = \"192.168.1.10\" }\n\
+        std::fs::write(
+            dir.path().join("block.txt"),
+            "||lan^\ntracker.test\nuse-application-dns.net\n",
+        )
+        .unwrap();
+        let text = "[local]\nrecords = { \"NAS.lan.\" = \"192.168.1.10\", \
+                    \"tracked.home\" = \"x.tracker.test\", \"alias.home\" = \"nas.lan\" }\n\
                     [[blocking.lists]]\nname = \"wide\"\npath = \"block.txt\"\n";
         let config = Config::from_toml(text, "t.toml", dir.path()).unwrap();
         let snapshot = crate::lists::build(&config, None);
@@ -195,5 +218,28 @@ mod tests {
         assert_eq!(nas.rule.as_ref().map(|r| r.rule.as_str()), Some("lan"));
         assert!(nas.text().contains("before any list"), "{}", nas.text());
         assert_eq!(explain(&snapshot, &config, "tv.lan").verdict, "blocked");
+        // A local CNAME out of the local records: as blocked as its target.
+        let tracked = explain(&snapshot, &config, "tracked.home");
+        assert_eq!(tracked.verdict, "blocked");
+        assert_eq!(tracked.name, "tracked.home");
+        assert_eq!(tracked.local_cname.as_deref(), Some("x.tracker.test"));
+        assert_eq!(
+            tracked.rule.as_ref().map(|r| r.rule.as_str()),
+            Some("tracker.test")
+        );
+        assert!(
+            tracked
+                .text()
+                .contains("through its [local] CNAME to x.tracker.test"),
+            "{}",
+            tracked.text()
+        );
+        // One to another local name stays local.
+        assert_eq!(explain(&snapshot, &config, "alias.home").verdict, "local");
+        // A special-use name is answered locally, listed or not.
+        assert_eq!(
+            explain(&snapshot, &config, "use-application-dns.net").verdict,
+            "local"
+        );
     }
 }

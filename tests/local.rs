@@ -86,6 +86,13 @@ async fn local_records_are_authoritative_and_never_forwarded() {
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["blocked"][0]["cname"], "x.tracker.test", "{body}");
+    // And explain says why: through the local CNAME, by the target's rule.
+    let (status, body) = http_request(ts.http, "GET", "/api/explain?name=tracked.lan", None).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["verdict"], "blocked", "{body}");
+    assert_eq!(v["local_cname"], "x.tracker.test", "{body}");
+    assert_eq!(v["rule"]["rule"], "tracker.test", "{body}");
 
     let text = ts.metrics().await;
     assert!(

@@ -413,6 +413,65 @@ impl<N: Resolve> Resolve for Local<N> {
     }
 }
 
+/// What the local link does with a name before any list is looked at,
+/// for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalVerdict {
+    /// Answered from `[local] records`.
+    Records,
+    /// A special-use name, answered locally (`[local] special_names`).
+    Special,
+    /// A `[local] records` CNAME chain leading out of the local records,
+    /// to this name, which the rest of the chain (the lists) answers.
+    Cname(Name),
+}
+
+/// How `config`'s local link answers `name`, or `None` if it passes the
+/// name on.
+pub fn local_verdict(config: &crate::config::Config, name: &LowerName) -> Option<LocalVerdict> {
+    let local = Local::new(&config.local, forwarded_domains(config), Nothing);
+    let Some(mut records) = local.records.get(name) else {
+        return local.special_zone(name).map(|_| LocalVerdict::Special);
+    };
+    for _ in 0..MAX_CNAME_HOPS {
+        let target = records.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) => Some(c.0.clone()),
+            _ => None,
+        });
+        let Some(target) = target else {
+            return Some(LocalVerdict::Records);
+        };
+        let lower = LowerName::from(target.clone());
+        match local.records.get(&lower) {
+            Some(next) => records = next,
+            None if local.special_zone(&lower).is_some() => return Some(LocalVerdict::Records),
+            None => return Some(LocalVerdict::Cname(target)),
+        }
+    }
+    Some(LocalVerdict::Records)
+}
+
+/// The `[[forward]]` domains, which take private reverse zones over from
+/// the local link.
+pub(crate) fn forwarded_domains(config: &crate::config::Config) -> Vec<LowerName> {
+    config
+        .forward
+        .iter()
+        .flat_map(|rule| rule.domains.iter())
+        .filter_map(|d| parse_domain(d))
+        .collect()
+}
+
+/// The end of a chain that is never reached ([`local_verdict`] only looks
+/// at the local link's data).
+struct Nothing;
+
+impl Resolve for Nothing {
+    async fn resolve(&self, _query: &Query<'_>) -> Answer {
+        Answer::empty(Outcome::Error, ResponseCode::ServFail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,7 +59,7 @@ pub use block::{Block, BlockPolicy, blocked_answer};
 pub use cache::{Cache, CacheHit, WireAnswer};
 pub(crate) use forward::dname_targets_uncompressed;
 pub use forward::{Forward, answer_from_reply, is_query_response};
-pub use local::{Local, LocalRecords};
+pub use local::{Local, LocalRecords, LocalVerdict, local_verdict};
 pub use ratelimit::RateLimit;
 pub use rebind::{REBIND_LIST, Rebind, is_private, rebind_domain};
 
@@ -376,13 +376,7 @@ pub fn chain_with<U: Resolve>(
     // local record to an outside name goes down through Block, so the
     // target is still checked. Private reverse zones covered by a
     // `[[forward]]` rule are left to Forward.
-    let forwarded = config
-        .forward
-        .iter()
-        .flat_map(|rule| rule.domains.iter())
-        .filter_map(|d| crate::config::parse_domain(d))
-        .collect();
-    let local = Local::new(&config.local, forwarded, block);
+    let local = Local::new(&config.local, local::forwarded_domains(config), block);
     // Rate limiting comes right after access control: a flooding client is
     // stopped before it costs a lookup of any kind, and refused outsiders
     // do not use up anyone's bucket.
