@@ -657,9 +657,7 @@ impl Downloader {
         // never waits for the network. One that cannot be read (left by an
         // earlier run as another user) is downloaded again at once: the
         // new copy replaces it by a rename.
-        // (Its type first: opening a named pipe would block.)
-        let readable = std::fs::metadata(&self.paths.body).is_ok_and(|m| m.is_file())
-            && std::fs::File::open(&self.paths.body).is_ok();
+        let readable = crate::lists::readable_file(&self.paths.body);
         let age = std::fs::metadata(&self.paths.body)
             .and_then(|m| m.modified())
             .ok()

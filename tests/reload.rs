@@ -849,12 +849,17 @@ async fn an_unreadable_list_copy_is_a_failure_and_downloaded_again() {
     let url = format!("http://{}/list.txt", server.addr);
     let cache = dir.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
-    let copy = telesink::lists::CachePaths::new(&cache, "remote", &url).body;
+    let paths = telesink::lists::CachePaths::new(&cache, "remote", &url);
+    let copy = paths.body.clone();
     let made = std::process::Command::new("mkfifo")
         .arg(&copy)
         .status()
         .unwrap();
     assert!(made.success());
+    // Its validators are current: sent, they would get a 304 that keeps
+    // the copy that cannot be read.
+    let body = "remote.blocked.test\n";
+    std::fs::write(&paths.meta, format!("etag: \"v{}\"\n", body.len())).unwrap();
     let text = config_text(&format!(
         "[blocking]\ncache_dir = \"cache\"\n\
          [[blocking.lists]]\nname = \"remote\"\nurl = \"{url}\"\nrefresh = \"1d\""
@@ -874,5 +879,10 @@ async fn an_unreadable_list_copy_is_a_failure_and_downloaded_again() {
     })
     .await;
     assert!(std::fs::metadata(&copy).unwrap().is_file());
+    assert_eq!(
+        server.not_modified.load(Ordering::SeqCst),
+        0,
+        "asked unconditionally"
+    );
     ts.stop().await;
 }

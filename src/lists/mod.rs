@@ -24,6 +24,7 @@ pub use snapshot::{
     BuildLimits, ListInput, ListKind, ListMeta, ListText, MAX_LINE, MatchedRule, Skipped,
     SkippedLine, Snapshot, Verdict, parse_lines, parse_text,
 };
+pub(crate) use source::readable_file;
 pub use source::{CachePaths, DownloadOutcome, download, read_all, read_list};
 
 /// Lists compiled into the binary: (name, path in the repository, text).

@@ -86,9 +86,16 @@ pub fn read_list(list: &ListConfig, kind: ListKind, config: &Config) -> ListInpu
 /// as it was when opened even if it is replaced meanwhile (editors and
 /// downloads write a new file and rename it over the old one).
 fn open(path: &Path) -> std::io::Result<File> {
-    // A named pipe would block the open, and the single list writer with
-    // it; a device (/dev/zero) would be read forever.
-    let kind = std::fs::metadata(path)?.file_type();
+    // Opened without blocking (a named pipe would block the open, and the
+    // single list writer with it), then checked for what it is: a device
+    // (/dev/zero) would be read forever. O_NONBLOCK changes nothing for a
+    // regular file.
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
     if kind.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::IsADirectory,
@@ -101,16 +108,13 @@ fn open(path: &Path) -> std::io::Result<File> {
             "not a regular file",
         ));
     }
-    let file = File::open(path)?;
-    // Replaced by something else between the two looks: checked again on
-    // what was opened (which, being open, cannot block any more).
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
     Ok(file)
+}
+
+/// Whether `path` is a regular file this process can read, found out
+/// without blocking on whatever else it may be.
+pub(crate) fn readable_file(path: &Path) -> bool {
+    open(path).is_ok()
 }
 
 /// The files a downloaded list is kept in.
@@ -189,7 +193,9 @@ pub async fn download(
     let _turn = lock.lock().await;
     let run = async {
         let mut request = client.get(url);
-        if paths.body.exists()
+        // Validators only for a copy that can be read: a 304 would keep
+        // one that cannot.
+        if readable_file(&paths.body)
             && let Ok(meta) = tokio::fs::read_to_string(&paths.meta).await
         {
             for line in meta.lines() {
@@ -206,9 +212,13 @@ pub async fn download(
             .map_err(|e| format!("request failed: {e}"))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_MODIFIED {
-            // Touch the copy so its age shows when it was last confirmed.
+            // Touch the copy so its age shows when it was last confirmed
+            // (opened without blocking, as anything but a regular file
+            // would have sent no validators).
+            use std::os::unix::fs::OpenOptionsExt;
             let _ = File::options()
                 .append(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
                 .open(&paths.body)
                 .and_then(|f| f.set_modified(SystemTime::now()));
             return Ok(DownloadOutcome::NotModified);
@@ -334,6 +344,12 @@ impl Part {
         }
         tokio::fs::rename(&self.path, &paths.body).await?;
         self.committed = true;
+        // The rename on disk too, before the validators that go with it.
+        if let Some(dir) = paths.body.parent()
+            && let Ok(dir) = File::open(dir)
+        {
+            let _ = dir.sync_all();
+        }
         let mut meta = String::new();
         if let Some(e) = etag {
             meta.push_str(&format!("etag: {e}\n"));
