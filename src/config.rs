@@ -1056,7 +1056,13 @@ impl Config {
         };
         // A name used twice is pointed at where it is used again.
         let fail_again = |near: Option<&str>, message: String| {
-            located(near.and_then(|n| text.rfind(&format!("\"{n}\""))), message)
+            let second = near.and_then(|n| {
+                let quoted = format!("\"{n}\"");
+                let first = text.find(&quoted)?;
+                let after = first + quoted.len();
+                text[after..].find(&quoted).map(|at| after + at)
+            });
+            located(second, message)
         };
         let invalid = |message: String| fail(None, message);
         // A problem with one setting points at its key.
@@ -1590,8 +1596,10 @@ mod tests {
             err.starts_with("x:5:8: [[blocking.lists]] name \"a\" is used twice"),
             "{err}"
         );
+        // Not its third use, nor a list of the same name further down.
         let text = "[[clients]]\nname = \"tv\"\nips = [\"192.168.1.2\"]\n\
-                    [[clients]]\nname = \"tv\"\nips = [\"192.168.1.3\"]\n";
+                    [[clients]]\nname = \"tv\"\nips = [\"192.168.1.3\"]\n\
+                    [[clients]]\nname = \"tv\"\nips = [\"192.168.1.4\"]\n";
         let err = Config::from_toml(text, "x", Path::new("."))
             .unwrap_err()
             .to_string();

@@ -542,7 +542,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
                 Err(error) => {
                     // Out of descriptors, mostly: give the others time to
                     // close rather than spin.
-                    tracing::debug!(%error, "HTTP accept failed");
+                    if let Some(suppressed) = full_log.ready() {
+                        tracing::warn!(%error, suppressed, "HTTP accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -258,7 +258,7 @@ struct ListRegexes {
 /// lines must not be kept in memory as their text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Skipped {
-    /// The first [`LOGGED_INVALID_LINES`] skipped lines.
+    /// The first few (five) skipped lines.
     pub first: Vec<SkippedLine>,
     /// Lines that were not a rule in any supported format.
     pub invalid: usize,
