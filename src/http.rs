@@ -420,12 +420,58 @@ pub async fn serve(
 /// a dashboard and an admin's curl need a handful.
 const MAX_CONNECTIONS: usize = 64;
 
+/// Connections one client address may hold of [`MAX_CONNECTIONS`], so a
+/// single client cannot lock Prometheus and the admin out.
+const MAX_PER_PEER: usize = 16;
+
 /// How long a client has to send a request's headers, on a new connection
 /// or a kept-alive one.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long open connections get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Open connections by client address.
+type PeerCounts = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One of a client address's [`MAX_PER_PEER`] connections, given back
+/// when dropped.
+struct PeerSlot {
+    counts: PeerCounts,
+    peer: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    fn take(counts: &PeerCounts, peer: std::net::IpAddr) -> Option<Self> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = map.entry(peer).or_insert(0);
+        if *open >= MAX_PER_PEER {
+            return None;
+        }
+        *open += 1;
+        Some(Self {
+            counts: counts.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = map.get_mut(&self.peer) {
+            *open -= 1;
+            if *open == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// How long a response may wait for the client to read it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -533,6 +579,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(16 * 1024);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_peer: PeerCounts = Arc::default();
     let connections = tokio_util::task::TaskTracker::new();
     let full_log = crate::throttle::Throttle::new(Duration::from_secs(60));
     loop {
@@ -550,6 +597,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
                 }
             },
             () = shutdown.cancelled() => break,
+        };
+        let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip()) else {
+            if let Some(suppressed) = full_log.ready() {
+                tracing::warn!(%peer, suppressed, "{MAX_PER_PEER} HTTP connections open from one address; closing its new ones");
+            }
+            continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             if let Some(suppressed) = full_log.ready() {
@@ -572,7 +625,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
                     let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
                 }
             }
-            drop(slot);
+            drop((slot, peer_slot));
         });
     }
     connections.close();
