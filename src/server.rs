@@ -175,7 +175,7 @@ impl<R: Resolve> Handler<R> {
                     .responses
                     .with_label_values(&[crate::metrics::rcode_label(rcode)])
                     .inc();
-                let sent = send(builder.build_no_records(metadata), &reply).await;
+                let sent = send(builder.build_no_records(metadata), &reply, None).await;
                 return sent.unwrap_or_else(|error| {
                     tracing::debug!(%error, "could not send an error response");
                     failed(request, rcode)
@@ -273,7 +273,7 @@ impl<R: Resolve> Handler<R> {
                     [],
                     answer.additionals.iter(),
                 );
-                send_within(response, &reply, max_size).await
+                send(response, &reply, Some(max_size)).await
             }
         };
         match sent {
@@ -522,7 +522,8 @@ fn max_size(protocol: Protocol, edns: Option<&Edns>) -> u16 {
 
 /// What hickory's `ResponseHandle` does with a response
 /// (`MessageResponse::encode`, which is crate-private in hickory-server
-/// 0.26), then hands the bytes to `reply`: the size limit per protocol,
+/// 0.26), then hands the bytes to `reply`: the size limit (`limit`, the
+/// client's, or else the one for the protocol and the response's OPT),
 /// and a bare SERVFAIL when the response cannot be encoded.
 async fn send<'a>(
     response: MessageResponse<
@@ -534,24 +535,9 @@ async fn send<'a>(
         impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
     >,
     reply: &impl Deliver,
+    limit: Option<u16>,
 ) -> Result<ResponseInfo, NetError> {
-    let max_size = max_size(reply.protocol(), response.edns());
-    send_within(response, reply, max_size).await
-}
-
-/// [`send`] truncating at `max_size` bytes (the client's limit).
-async fn send_within<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-    >,
-    reply: &impl Deliver,
-    max_size: u16,
-) -> Result<ResponseInfo, NetError> {
+    let max_size = limit.unwrap_or_else(|| max_size(reply.protocol(), response.edns()));
     let id = response.metadata().id;
     let edns = response
         .edns()
@@ -695,7 +681,7 @@ pub(crate) async fn respond<R: Resolve>(
             let edns = unread_opt.map(|(_, dnssec_ok)| handler.reply_edns(dnssec_ok));
             let error = MessageResponseBuilder::new(&no_questions, edns.as_ref())
                 .error_msg(&header.metadata, rcode);
-            if let Err(error) = send(error, &reply).await {
+            if let Err(error) = send(error, &reply, None).await {
                 tracing::debug!(%error, client = %src, %rcode, "could not send an error reply");
             }
         }
@@ -884,7 +870,7 @@ mod tests {
         let response =
             MessageResponseBuilder::new(&queries, None).build(metadata, records.iter(), [], [], []);
         let capture = CapturedReply::new(Protocol::Udp);
-        send(response, &capture).await.unwrap();
+        send(response, &capture, None).await.unwrap();
         let bytes = capture.take().unwrap();
         assert!(bytes.len() <= 512, "{}", bytes.len());
         let head = header(&bytes);
@@ -997,7 +983,7 @@ mod tests {
                 builder.edns(&edns);
                 let response = builder.build(metadata, answers.iter(), authorities.iter(), [], []);
                 let capture = CapturedReply::new(Protocol::Udp);
-                send(response, &capture).await.unwrap();
+                send(response, &capture, None).await.unwrap();
                 assert_eq!(Some(sent), capture.take(), "{qname} at age {age}");
             }
         }
