@@ -343,6 +343,22 @@ pub enum Verdict {
     },
 }
 
+impl Verdict {
+    /// The verdict from the first allow and the first block rule found:
+    /// an allow beats a block, and names the block it overrode.
+    fn of(allowed: Option<(usize, MatchedRule)>, blocked: Option<(usize, MatchedRule)>) -> Self {
+        match (allowed, blocked) {
+            (Some((list, rule)), overrode) => Self::Allowed {
+                list,
+                rule,
+                overrode,
+            },
+            (None, Some((list, rule))) => Self::Blocked { list, rule },
+            (None, None) => Self::NotListed,
+        }
+    }
+}
+
 /// Every list as it was at one moment: immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -799,15 +815,7 @@ impl Snapshot {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let found = self.decide(&name, Need::Full);
         let rule = |(list, hit): (usize, Hit<'_>)| (list, hit.rule(&name));
-        match (found.allowed.map(rule), found.blocked.map(rule)) {
-            (Some((list, rule)), overrode) => Verdict::Allowed {
-                list,
-                rule,
-                overrode,
-            },
-            (None, Some((list, rule))) => Verdict::Blocked { list, rule },
-            (None, None) => Verdict::NotListed,
-        }
+        Verdict::of(found.allowed.map(rule), found.blocked.map(rule))
     }
 
     /// The first allow rule and the first block rule for `full` (lowercase,
@@ -1441,15 +1449,7 @@ mod tests {
                     .map(|rule| (i, rule))
             })
         };
-        match (first(true), first(false)) {
-            (Some((list, rule)), overrode) => Verdict::Allowed {
-                list,
-                rule,
-                overrode,
-            },
-            (None, Some((list, rule))) => Verdict::Blocked { list, rule },
-            (None, None) => Verdict::NotListed,
-        }
+        Verdict::of(first(true), first(false))
     }
 
     fn model_rule() -> impl proptest::strategy::Strategy<Value = ModelRule> {
