@@ -573,6 +573,17 @@ mod tests {
 
     use super::*;
 
+    /// An A query for `name` from loopback.
+    fn query(name: &LowerName) -> Query<'_> {
+        Query {
+            name,
+            qtype: RecordType::A,
+            qclass: DNSClass::IN,
+            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            checking_disabled: false,
+        }
+    }
+
     #[test]
     fn a_compressed_dname_target_fails_the_attempt() {
         use hickory_proto::rr::Record;
@@ -631,13 +642,7 @@ mod tests {
         // ...and before it asks, another query takes the probe.
         health.probe_until.store(u64::MAX, Ordering::Relaxed);
         let name = LowerName::from(Name::from_ascii("a.test.").unwrap());
-        let query = Query {
-            name: &name,
-            qtype: RecordType::A,
-            qclass: DNSClass::IN,
-            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            checking_disabled: false,
-        };
+        let query = query(&name);
         let answer = group.resolve_in(&order, &query).await;
         assert_eq!(answer.rcode, ResponseCode::NoError, "asked after all");
     }
@@ -655,15 +660,6 @@ mod tests {
         );
         let config = Config::from_toml(&text, "t", std::path::Path::new(".")).unwrap();
         let forward = Arc::new(Forward::new(&config, Arc::new(Metrics::new())));
-        fn query(name: &LowerName) -> Query<'_> {
-            Query {
-                name,
-                qtype: RecordType::A,
-                qclass: DNSClass::IN,
-                client: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                checking_disabled: false,
-            }
-        }
         let mut asking = tokio::task::JoinSet::new();
         for i in 0..8 {
             let forward = forward.clone();
@@ -703,13 +699,7 @@ mod tests {
         let forward = Forward::new(&config, Arc::new(Metrics::new()));
         let group = &forward.default;
         let name = LowerName::from(Name::from_ascii("a.test.").unwrap());
-        let query = Query {
-            name: &name,
-            qtype: RecordType::A,
-            qclass: DNSClass::IN,
-            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            checking_disabled: false,
-        };
+        let query = query(&name);
         let mut buf = [0u8; 512];
         {
             let resolving = group.resolve(&query);

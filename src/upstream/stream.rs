@@ -435,11 +435,7 @@ mod tests {
                         if !answer {
                             continue;
                         }
-                        let mut reply = Message::from_vec(&query).unwrap();
-                        reply.metadata.message_type = hickory_proto::op::MessageType::Response;
-                        let reply = reply.to_vec().unwrap();
-                        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
-                        framed.extend_from_slice(&reply);
+                        let framed = framed_reply(&query);
                         if s.write_all(&framed).await.is_err() {
                             return;
                         }
@@ -450,6 +446,16 @@ mod tests {
             }
         });
         (port, taken)
+    }
+
+    /// `query` answered as it is (no records), framed for TCP.
+    fn framed_reply(query: &[u8]) -> Vec<u8> {
+        let mut reply = Message::from_vec(query).unwrap();
+        reply.metadata.message_type = hickory_proto::op::MessageType::Response;
+        let reply = reply.to_vec().unwrap();
+        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&reply);
+        framed
     }
 
     fn pool(port: u16, unanswered: Duration) -> Pool {
@@ -614,11 +620,7 @@ mod tests {
                         if s.read_exact(&mut query).await.is_err() || (first && n == 0) {
                             continue;
                         }
-                        let mut reply = Message::from_vec(&query).unwrap();
-                        reply.metadata.message_type = hickory_proto::op::MessageType::Response;
-                        let reply = reply.to_vec().unwrap();
-                        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
-                        framed.extend_from_slice(&reply);
+                        let framed = framed_reply(&query);
                         // In 8 pieces, 40 ms apart: 280 ms in all.
                         for piece in framed.chunks(framed.len().div_ceil(8)) {
                             if s.write_all(piece).await.is_err() {
