@@ -44,8 +44,10 @@ use crate::resolver::{
 use crate::server::{Deliver, Handler, MAX_QUERY, Protocol, opt_record, respond};
 use crate::systemd::Heartbeat;
 
-/// The largest datagram read: the most a UDP payload can be.
-const MAX_DATAGRAM: usize = 65_535;
+/// The receive buffer: one byte more than the largest query read, so a
+/// longer datagram shows as one that filled it (the kernel cuts it there)
+/// and gets its FORMERR from the header.
+const RECEIVE_BUFFER: usize = MAX_QUERY + 1;
 
 /// The receive threads of one socket.
 #[derive(Debug)]
@@ -139,7 +141,7 @@ impl<R: Resolve> Receiver<R> {
     async fn serve(self, socket: UdpSocket) {
         let socket = Arc::new(socket);
         let tasks = TaskTracker::new();
-        let mut packet = vec![0; MAX_DATAGRAM];
+        let mut packet = vec![0; RECEIVE_BUFFER];
         let mut reply = Vec::with_capacity(512);
         let mut batch = 0;
         let overload_log = crate::throttle::Throttle::new(Duration::from_secs(10));
