@@ -190,7 +190,7 @@ impl<R: Resolve> Receiver<R> {
                     self.handler
                         .metrics()
                         .responses
-                        .with_label_values(&["FORMERR"])
+                        .with_label_values(&[crate::metrics::rcode_label(ResponseCode::FormErr)])
                         .inc();
                     let _ = socket.try_send_to(&reply, src);
                 }
