@@ -338,6 +338,24 @@ impl ListServer {
                             )
                         }
                         "empty" => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string(),
+                        // A 200 that is not a list: an API's error, a
+                        // plain-text one, a compressed file.
+                        "json" | "plain-error" | "gzip" => {
+                            let body: &[u8] = match mode {
+                                "json" => b"{\"error\": \"x.blocked.test: rate limited\"}\n",
+                                "plain-error" => b"Too many requests, x.blocked.test.\n",
+                                _ => b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xcb\x48\xcd\xc9",
+                            };
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend_from_slice(body);
+                            let _ = stream.write_all(&r).await;
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
                         // The list, announced as a web page by a server
                         // that gets the type wrong.
                         "ok-as-html" => format!(
@@ -413,7 +431,8 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
     assert!(is_blocked(&ts, "new.blocked.test.").await);
 
     // 500, a timeout, an oversized body (announced, or only counted as it
-    // arrives), a web page and an empty body all keep the previous copy.
+    // arrives), a web page, an empty body and a 200 without a single rule
+    // all keep the previous copy.
     let failures = [
         "error",
         "slow",
@@ -422,6 +441,9 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
         "html",
         "html-as-text",
         "empty",
+        "json",
+        "plain-error",
+        "gzip",
     ];
     for mode in failures {
         server.set(mode);

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 
-use super::snapshot::{ListInput, ListKind, ListText};
+use super::snapshot::{ListInput, ListKind, ListText, MAX_LINE};
 use crate::config::{Config, ListConfig, ListSource};
 
 /// Reads every configured list, block lists first (blocking I/O).
@@ -246,6 +246,7 @@ pub async fn download(
         let mut part = Part::create(paths).await.map_err(cannot_store)?;
         let mut written = 0u64;
         let mut text_seen = false;
+        let mut first_rule = FirstRule::default();
         while let Some(chunk) = response
             .chunk()
             .await
@@ -276,11 +277,23 @@ pub async fn download(
                     None => {}
                 }
             }
+            first_rule.feed(&chunk);
             part.file.write_all(&chunk).await.map_err(cannot_store)?;
         }
         if !text_seen {
             return Err(
                 "the download is empty (to empty a list on purpose, remove it from the config)"
+                    .to_string(),
+            );
+        }
+        // Nor is a 200 whose text holds no rule at all: a JSON or
+        // plain-text error ("rate limit exceeded"), a compressed file, a
+        // page with no markup. It would empty the list, and every 304
+        // after it would keep it so.
+        if !first_rule.finish() {
+            return Err(
+                "no line of the download is a rule (an error message, or a file in another \
+                 format? check the URL)"
                     .to_string(),
             );
         }
@@ -292,6 +305,56 @@ pub async fn download(
     tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| format!("timed out after {}", humantime::format_duration(timeout)))?
+}
+
+/// Looks for the first rule in a download as its chunks arrive, holding
+/// at most one line (of at most [`MAX_LINE`] bytes) at a time; once one
+/// is found the rest is not looked at.
+#[derive(Default)]
+struct FirstRule {
+    /// The start of a line that a chunk cut.
+    line: Vec<u8>,
+    /// The line being held is longer than [`MAX_LINE`]: the rest of it is
+    /// passed over (such a line is skipped by the build too).
+    too_long: bool,
+    found: bool,
+}
+
+impl FirstRule {
+    fn feed(&mut self, mut chunk: &[u8]) {
+        while !self.found && !chunk.is_empty() {
+            let end = chunk.iter().position(|&b| b == b'\n');
+            let piece = &chunk[..end.unwrap_or(chunk.len())];
+            if !self.too_long {
+                if self.line.len() + piece.len() > MAX_LINE {
+                    self.too_long = true;
+                    self.line = Vec::new();
+                } else {
+                    self.line.extend_from_slice(piece);
+                }
+            }
+            let Some(end) = end else { return };
+            self.end_line();
+            chunk = &chunk[end + 1..];
+        }
+    }
+
+    fn end_line(&mut self) {
+        if !std::mem::take(&mut self.too_long) {
+            let line = String::from_utf8_lossy(&self.line);
+            let _ = super::parse_line(&line, |_| self.found = true);
+        }
+        self.line.clear();
+    }
+
+    /// Whether the text held a rule, its last line (without a newline)
+    /// included.
+    fn finish(mut self) -> bool {
+        if !self.found {
+            self.end_line();
+        }
+        self.found
+    }
 }
 
 /// The bytes of a UTF-8 byte order mark, which may open a list.
@@ -390,6 +453,50 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncReadExt;
+
+    /// Whether [`FirstRule`] finds a rule in `text` cut into chunks of 1
+    /// to 16 bytes, and whole.
+    fn rule_in(text: &[u8]) -> bool {
+        let found: Vec<bool> = (1..=16)
+            .chain([text.len().max(1)])
+            .map(|size| {
+                let mut first = FirstRule::default();
+                text.chunks(size).for_each(|c| first.feed(c));
+                first.finish()
+            })
+            .collect();
+        assert!(found.iter().all(|&f| f == found[0]), "{found:?}");
+        found[0]
+    }
+
+    #[test]
+    fn a_download_is_told_from_text_without_rules() {
+        for list in [
+            &b"# a list\n\nads.test\n"[..],
+            b"0.0.0.0 ads.test",
+            b"\xef\xbb\xbf||ads.test^\r\n",
+            b"@@||ok.test^\n",
+            b"! title\r\n\r\n*.ads.test\r\n",
+        ] {
+            assert!(rule_in(list), "{}", String::from_utf8_lossy(list));
+        }
+        for junk in [
+            &b"{\"error\": \"rate limit exceeded\"}\n"[..],
+            b"Rate limit exceeded. Try again later.\n",
+            b"Forbidden",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xfe",
+            b"# only comments\n! and more\n",
+        ] {
+            assert!(!rule_in(junk), "{}", String::from_utf8_lossy(junk));
+        }
+        // A line over MAX_LINE is passed over, not held: the rule after
+        // it is found, and one inside it is not.
+        let mut long = vec![b'x'; MAX_LINE];
+        long.extend_from_slice(b" ads.test\nads.test\n");
+        assert!(rule_in(&long));
+        long.truncate(MAX_LINE + 10);
+        assert!(!rule_in(&long));
+    }
 
     /// One response of [`http_stub`]: after `delay`, a 200 with `body`
     /// and, if given, an ETag.
