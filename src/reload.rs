@@ -347,18 +347,33 @@ impl Reloader {
         self.store.load_full()
     }
 
-    /// Downloads every `url` list now (SIGHUP and the API ask for fresh data).
+    /// Downloads every `url` list now (SIGHUP and the API ask for fresh
+    /// data), [`PARALLEL_DOWNLOADS`] at a time: the reload, its API reply
+    /// and any list edit queued behind it wait for the slowest few, not
+    /// for the sum of every list's download time. Dropped (at shutdown),
+    /// it cancels the downloads still running.
     async fn download_all(&self, config: &Config) {
+        let config = Arc::new(config.clone());
+        let mut running = tokio::task::JoinSet::new();
         for list in config.blocking.lists.iter().chain(&config.blocking.allow) {
-            if let ListSource::Url(url) = list.resolved_source(&config.base_dir) {
-                let paths = CachePaths::new(
-                    &config.blocking.cache_dir(&config.base_dir),
-                    &list.name,
-                    &url,
-                );
-                fetch(&self.http, &self.metrics, &list.name, &url, &paths, config).await;
+            let ListSource::Url(url) = list.resolved_source(&config.base_dir) else {
+                continue;
+            };
+            if running.len() >= PARALLEL_DOWNLOADS {
+                running.join_next().await;
             }
+            let paths = CachePaths::new(
+                &config.blocking.cache_dir(&config.base_dir),
+                &list.name,
+                &url,
+            );
+            let (http, metrics, config) = (self.http.clone(), self.metrics.clone(), config.clone());
+            let name = list.name.clone();
+            running.spawn(async move {
+                fetch(&http, &metrics, &name, &url, &paths, &config).await;
+            });
         }
+        while running.join_next().await.is_some() {}
     }
 
     /// Watches the directories of the config file and of every local list.
@@ -588,6 +603,10 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// How many `url` lists a reload downloads at once: enough that a few
+/// slow servers do not hold up the rest, few enough for a Pi's uplink.
+const PARALLEL_DOWNLOADS: usize = 4;
+
 /// How soon a failed download is tried again (unless the refresh period
 /// is shorter).
 const RETRY: Duration = Duration::from_secs(300);
@@ -731,6 +750,51 @@ mod tests {
             last = Some(trigger);
         }
         assert!(matches!(last, Some(Trigger::Signal)));
+    }
+
+    /// A reload downloads its `url` lists side by side, at most
+    /// PARALLEL_DOWNLOADS at a time, and every one of them.
+    #[tokio::test]
+    async fn a_reload_downloads_lists_side_by_side() {
+        use crate::lists::test_http::{Reply, http_stub};
+        use std::sync::atomic::Ordering;
+        let (addr, requests, most) = http_stub(|_| Reply {
+            // Long enough for the others to start meanwhile.
+            delay: Duration::from_millis(300),
+            etag: None,
+            body: "ads.example\n",
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!("[blocking]\ncache_dir = \"{}\"\n", dir.path().display());
+        for n in 0..6 {
+            text.push_str(&format!(
+                "[[blocking.lists]]\nname = \"l{n}\"\nurl = \"http://{addr}/{n}.txt\"\n"
+            ));
+        }
+        let config = Config::from_toml(&text, "test", dir.path()).unwrap();
+        let store = Arc::new(ListStore::new(Snapshot::default()));
+        let (reloader, _handle) = Reloader::new(
+            None,
+            Arc::new(ArcSwap::from_pointee(config.clone())),
+            store,
+            Arc::new(Metrics::new()),
+        );
+        reloader.download_all(&config).await;
+        assert_eq!(requests.lock().unwrap().len(), 6);
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            PARALLEL_DOWNLOADS,
+            "requests at once"
+        );
+        for n in 0..6 {
+            let url = format!("http://{addr}/{n}.txt");
+            let paths = CachePaths::new(dir.path(), &format!("l{n}"), &url);
+            assert_eq!(
+                std::fs::read_to_string(paths.body).unwrap(),
+                "ads.example\n"
+            );
+        }
     }
 
     /// A list saved while the first build read the lists (before any

@@ -25,6 +25,8 @@ pub use snapshot::{
     SkippedLine, Snapshot, Verdict, parse_lines, parse_text,
 };
 pub(crate) use source::readable_file;
+#[cfg(test)]
+pub(crate) use source::test_http;
 pub use source::{CachePaths, DownloadOutcome, download, read_all, read_list};
 
 /// Lists compiled into the binary: (name, path in the repository, text).

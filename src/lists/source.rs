@@ -448,68 +448,26 @@ impl Drop for Part {
     }
 }
 
+/// An HTTP server for download tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_http {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::AsyncReadExt;
-
-    /// Whether [`FirstRule`] finds a rule in `text` cut into chunks of 1
-    /// to 16 bytes, and whole.
-    fn rule_in(text: &[u8]) -> bool {
-        let found: Vec<bool> = (1..=16)
-            .chain([text.len().max(1)])
-            .map(|size| {
-                let mut first = FirstRule::default();
-                text.chunks(size).for_each(|c| first.feed(c));
-                first.finish()
-            })
-            .collect();
-        assert!(found.iter().all(|&f| f == found[0]), "{found:?}");
-        found[0]
-    }
-
-    #[test]
-    fn a_download_is_told_from_text_without_rules() {
-        for list in [
-            &b"# a list\n\nads.test\n"[..],
-            b"0.0.0.0 ads.test",
-            b"\xef\xbb\xbf||ads.test^\r\n",
-            b"@@||ok.test^\n",
-            b"! title\r\n\r\n*.ads.test\r\n",
-        ] {
-            assert!(rule_in(list), "{}", String::from_utf8_lossy(list));
-        }
-        for junk in [
-            &b"{\"error\": \"rate limit exceeded\"}\n"[..],
-            b"Rate limit exceeded. Try again later.\n",
-            b"Forbidden",
-            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xfe",
-            b"# only comments\n! and more\n",
-        ] {
-            assert!(!rule_in(junk), "{}", String::from_utf8_lossy(junk));
-        }
-        // A line over MAX_LINE is passed over, not held: the rule after
-        // it is found, and one inside it is not.
-        let mut long = vec![b'x'; MAX_LINE];
-        long.extend_from_slice(b" ads.test\nads.test\n");
-        assert!(rule_in(&long));
-        long.truncate(MAX_LINE + 10);
-        assert!(!rule_in(&long));
-    }
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// One response of [`http_stub`]: after `delay`, a 200 with `body`
     /// and, if given, an ETag.
-    struct Reply {
-        delay: Duration,
-        etag: Option<&'static str>,
-        body: &'static str,
+    pub(crate) struct Reply {
+        pub delay: Duration,
+        pub etag: Option<&'static str>,
+        pub body: &'static str,
     }
 
     /// An HTTP server on 127.0.0.1 that answers every request (kept in
     /// the returned list, head only) with `reply(n)`, `n` counting from
     /// 0; the third value is the most requests it had open at once.
-    async fn http_stub(
+    pub(crate) async fn http_stub(
         reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
     ) -> (
         std::net::SocketAddr,
@@ -554,6 +512,57 @@ mod tests {
             }
         });
         (addr, requests, most)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_http::{Reply, http_stub};
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// Whether [`FirstRule`] finds a rule in `text` cut into chunks of 1
+    /// to 16 bytes, and whole.
+    fn rule_in(text: &[u8]) -> bool {
+        let found: Vec<bool> = (1..=16)
+            .chain([text.len().max(1)])
+            .map(|size| {
+                let mut first = FirstRule::default();
+                text.chunks(size).for_each(|c| first.feed(c));
+                first.finish()
+            })
+            .collect();
+        assert!(found.iter().all(|&f| f == found[0]), "{found:?}");
+        found[0]
+    }
+
+    #[test]
+    fn a_download_is_told_from_text_without_rules() {
+        for list in [
+            &b"# a list\n\nads.test\n"[..],
+            b"0.0.0.0 ads.test",
+            b"\xef\xbb\xbf||ads.test^\r\n",
+            b"@@||ok.test^\n",
+            b"! title\r\n\r\n*.ads.test\r\n",
+        ] {
+            assert!(rule_in(list), "{}", String::from_utf8_lossy(list));
+        }
+        for junk in [
+            &b"{\"error\": \"rate limit exceeded\"}\n"[..],
+            b"Rate limit exceeded. Try again later.\n",
+            b"Forbidden",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xfe",
+            b"# only comments\n! and more\n",
+        ] {
+            assert!(!rule_in(junk), "{}", String::from_utf8_lossy(junk));
+        }
+        // A line over MAX_LINE is passed over, not held: the rule after
+        // it is found, and one inside it is not.
+        let mut long = vec![b'x'; MAX_LINE];
+        long.extend_from_slice(b" ads.test\nads.test\n");
+        assert!(rule_in(&long));
+        long.truncate(MAX_LINE + 10);
+        assert!(!rule_in(&long));
     }
 
     /// Two downloads of one copy at once take turns: the second asks
