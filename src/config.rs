@@ -631,8 +631,9 @@ pub struct BlockingConfig {
     /// answers against the lists too, so a tracker hidden behind a
     /// first-party alias is still blocked.
     pub cname_check: bool,
-    /// Regular expressions kept per list; more are skipped with a warning
-    /// (each costs matching time on every query).
+    /// Regular expressions kept per list, block and `@@` ones together
+    /// (block ones first); more are skipped with a warning (each costs
+    /// matching time on every query).
     pub max_regex_per_list: usize,
     /// Where downloaded (`url`) lists are kept, so a reboot without
     /// internet still blocks. Default: `$STATE_DIRECTORY` (set by systemd);

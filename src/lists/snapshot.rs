@@ -653,18 +653,22 @@ impl Snapshot {
                 meta.unsupported_lines
             );
         }
+        // The block and `@@` expressions of a list share its limit, the
+        // block ones first.
+        let mut room = limits.max_regex_per_list;
         for (action, mut patterns) in [(Action::Block, block_re), (Action::Allow, allow_re)] {
             if patterns.is_empty() {
                 continue;
             }
-            if patterns.len() > limits.max_regex_per_list {
+            if patterns.len() > room {
                 tracing::warn!(
                     list = %meta.name,
-                    "{}: {} regular expressions, only the first {} are used ([blocking] max_regex_per_list)",
+                    "{}: {} regular expressions, only {room} more are used ([blocking] max_regex_per_list = {})",
                     meta.origin, patterns.len(), limits.max_regex_per_list
                 );
-                patterns.truncate(limits.max_regex_per_list);
+                patterns.truncate(room);
             }
+            room -= patterns.len();
             // Compile one by one first so a bad pattern is reported and
             // dropped instead of failing the whole set.
             patterns.retain(|p| match regex::Regex::new(p) {
@@ -1206,6 +1210,24 @@ mod tests {
         assert_eq!(s.lists[0].regexes, 2);
         assert_eq!(blocked(&s, "b.example."), Some(0));
         assert_eq!(blocked(&s, "c.example."), None);
+        // Block and `@@` expressions of one list count together.
+        let s = Snapshot::build(
+            vec![input(
+                "b",
+                ListKind::Block,
+                "/^a\\./\n@@/^b\\./\n@@/^c\\./\n/^d\\./\n",
+            )],
+            BlockPolicy::default(),
+            BuildLimits {
+                max_regex_per_list: 3,
+            },
+            None,
+        );
+        assert_eq!(s.lists[0].regexes, 3);
+        assert_eq!(blocked(&s, "d.example."), Some(0));
+        let allowed = |n: &str| s.is_allowed(&LowerName::from(Name::from_str(n).unwrap()));
+        assert!(allowed("b.example."));
+        assert!(!allowed("c.example."));
     }
 
     #[test]
