@@ -1162,12 +1162,16 @@ impl Config {
             ));
         }
         if self.server.listen.is_empty() {
-            return Err(invalid(
+            return Err(at_key(
+                "server",
+                "listen",
                 "[server] listen: at least one address is needed".into(),
             ));
         }
         if self.upstream.servers.is_empty() {
-            return Err(invalid(
+            return Err(at_key(
+                "upstream",
+                "servers",
                 "[upstream] servers: at least one upstream resolver is needed".into(),
             ));
         }
@@ -1180,9 +1184,16 @@ impl Config {
         if let Some(upstream) = named
             && self.upstream.bootstrap.is_empty()
         {
-            return Err(invalid(format!(
-                "upstream {upstream} is given by name: set [upstream] bootstrap to plain DNS resolvers (IP addresses) that resolve it"
-            )));
+            let host = match &upstream.host {
+                UpstreamHost::Name(host) => text.find(host.as_str()),
+                UpstreamHost::Ip(_) => None,
+            };
+            return Err(located(
+                host,
+                format!(
+                    "upstream {upstream} is given by name: set [upstream] bootstrap to plain DNS resolvers (IP addresses) that resolve it"
+                ),
+            ));
         }
         if let Some(b) = self
             .upstream
@@ -1190,19 +1201,32 @@ impl Config {
             .iter()
             .find(|b| b.protocol != UpstreamProtocol::Udp)
         {
-            return Err(invalid(format!(
-                "[upstream] bootstrap: {b} must be a plain DNS resolver, \"IP\" or \"IP:port\""
-            )));
+            return Err(at_key(
+                "upstream",
+                "bootstrap",
+                format!(
+                    "[upstream] bootstrap: {b} must be a plain DNS resolver, \"IP\" or \"IP:port\""
+                ),
+            ));
         }
         if let Some(ca_file) = &self.upstream.ca_file {
             let path = self.base_dir.join(ca_file);
-            let certs = std::fs::read(&path)
-                .map_err(|e| invalid(format!("[upstream] ca_file {}: {e}", path.display())))?;
+            let certs = std::fs::read(&path).map_err(|e| {
+                at_key(
+                    "upstream",
+                    "ca_file",
+                    format!("[upstream] ca_file {}: {e}", path.display()),
+                )
+            })?;
             if !String::from_utf8_lossy(&certs).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(invalid(format!(
-                    "[upstream] ca_file {}: no PEM certificate in it",
-                    path.display()
-                )));
+                return Err(at_key(
+                    "upstream",
+                    "ca_file",
+                    format!(
+                        "[upstream] ca_file {}: no PEM certificate in it",
+                        path.display()
+                    ),
+                ));
             }
         }
         if let Err(message) = crate::resolver::LocalRecords::parse(&self.local) {
@@ -1210,9 +1234,10 @@ impl Config {
             return Err(fail(name.as_deref(), format!("[local] records: {message}")));
         }
         let mut forwarded = std::collections::HashSet::new();
-        for rule in &self.forward {
+        for (index, rule) in self.forward.iter().enumerate() {
             if rule.servers.is_empty() || rule.domains.is_empty() {
-                return Err(invalid(
+                return Err(located(
+                    table_position(text, "forward", index),
                     "[[forward]]: every rule needs `domains` and `servers`".into(),
                 ));
             }
@@ -1409,10 +1434,21 @@ impl Config {
         }
         let total = self.blocking.lists.len() + self.blocking.allow.len();
         if total > crate::lists::MAX_LISTS {
-            return Err(invalid(format!(
-                "{total} lists configured; at most {} block and allow lists together are supported (merge some files)",
-                crate::lists::MAX_LISTS
-            )));
+            // Pointed at the first list past the limit.
+            let first_over = self
+                .blocking
+                .lists
+                .iter()
+                .chain(&self.blocking.allow)
+                .nth(crate::lists::MAX_LISTS)
+                .map(|l| l.name.as_str());
+            return Err(fail(
+                first_over,
+                format!(
+                    "{total} lists configured; at most {} block and allow lists together are supported (merge some files)",
+                    crate::lists::MAX_LISTS
+                ),
+            ));
         }
         Ok(())
     }
@@ -1442,6 +1478,18 @@ fn key_position(text: &str, table: &str, key: &str) -> Option<(usize, usize)> {
     };
     let (k, _) = section.iter().find(|(k, _)| k.get_ref() == key)?;
     Some(line_column(text, k.span().start))
+}
+
+/// Where the `index`-th `[[name]]` table of `text` starts (its header),
+/// as a byte offset.
+fn table_position(text: &str, name: &str, index: usize) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let (_, tables) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == name)?;
+    let DeValue::Array(tables) = tables.get_ref() else {
+        return None;
+    };
+    tables.get(index).map(|table| table.span().start)
 }
 
 /// 1-based line and column of a byte offset.
@@ -1669,6 +1717,42 @@ mod tests {
         }
         let ok = "[server]\nuser = \"telesink\"\ngroup = \"telesink\"\n";
         assert!(Config::from_toml(ok, "x", Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn settings_checked_as_a_whole_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        let lists: String = (0..=crate::lists::MAX_LISTS)
+            .map(|i| format!("[[blocking.lists]]\nname = \"l{i}\"\npath = \"l{i}.txt\"\n"))
+            .collect();
+        let over = 3 * crate::lists::MAX_LISTS + 2;
+        for (text, at) in [
+            ("[server]\n\nlisten = []\n".to_string(), "x:3:1: "),
+            ("[upstream]\n# servers\nservers = []\n".into(), "x:3:1: "),
+            (
+                "[upstream]\nservers = [\"tls://dns.example\"]\n".into(),
+                "x:2:19: ",
+            ),
+            (
+                "[upstream]\nbootstrap = [\"tls://1.1.1.1\"]\n".into(),
+                "x:2:1: ",
+            ),
+            ("[upstream]\nca_file = \"missing.pem\"\n".into(), "x:2:1: "),
+            ("[upstream]\nca_file = \"ca.pem\"\n".into(), "x:2:1: "),
+            (
+                "[[forward]]\ndomains = [\"lan\"]\nservers = [\"192.0.2.1\"]\n\
+                 [[forward]]\ndomains = [\"home.arpa\"]\nservers = []\n"
+                    .into(),
+                "x:4:1: ",
+            ),
+            (lists, &*format!("x:{over}:8: ")),
+        ] {
+            let err = Config::from_toml(&text, "x", dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(at), "{text}: {err}");
+        }
     }
 
     #[test]
