@@ -78,8 +78,12 @@ pub async fn serve(
     // hold up a runtime worker.
     let build_started = std::time::SystemTime::now();
     let for_build = config.clone();
-    let snapshot =
-        tokio::task::spawn_blocking(move || crate::lists::build(&for_build, None)).await?;
+    let snapshot = tokio::task::spawn_blocking(move || {
+        // A list renamed since the last run keeps its downloaded copy.
+        crate::lists::tidy_cache(&for_build);
+        crate::lists::build(&for_build, None)
+    })
+    .await?;
     publish(&metrics, &snapshot);
     let summary = snapshot.summary();
     let lists = Arc::new(ListStore::new(snapshot));

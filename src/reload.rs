@@ -286,10 +286,14 @@ impl Reloader {
                         || new.blocking.download_timeout != config.blocking.download_timeout
                         || new.blocking.download_max_bytes != config.blocking.download_max_bytes;
                     config.blocking = new.blocking;
-                    if downloads_changed {
-                        self.config.store(Arc::new(config.clone()));
+                    if sources_changed {
+                        // Before the downloaders start: a renamed list's
+                        // copy moves to its new name first (a few file
+                        // operations in one directory).
+                        crate::lists::tidy_cache(&config);
                     }
                     if downloads_changed {
+                        self.config.store(Arc::new(config.clone()));
                         self.start_downloads(shutdown);
                     }
                 }

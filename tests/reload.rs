@@ -491,6 +491,47 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
         is_blocked(&ts, "new.blocked.test.").await,
         "on-disk fallback after restart"
     );
+    // Renamed in the config, the list keeps its copy (nothing to
+    // download it from), under its new name only.
+    let cached = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".list"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(cached().len(), 1);
+    assert!(cached()[0].starts_with("remote-"), "{:?}", cached());
+    let renamed = text.replace("name = \"remote\"", "name = \"renamed\"");
+    std::fs::write(
+        dir.path().join("telesink.toml"),
+        renamed.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
+    )
+    .unwrap();
+    http_post(ts.http, "/api/reload").await;
+    assert!(is_blocked(&ts, "new.blocked.test.").await, "renamed list");
+    assert_eq!(cached().len(), 2);
+    assert!(cached()[1].starts_with("renamed-"), "{:?}", cached());
+    ts.stop().await;
+
+    // Copies no list has used for a week go, at the next start.
+    let none = config_text("[blocking]\ncache_dir = \"cache\"");
+    let ts = start_from_file(dir.path(), &none, &stub).await;
+    assert!(!is_blocked(&ts, "new.blocked.test.").await);
+    assert_eq!(cached().len(), 2, "kept for a week");
+    ts.stop().await;
+    let week_ago = std::time::SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+    for name in cached() {
+        let file = std::fs::File::options()
+            .append(true)
+            .open(dir.path().join("cache").join(name))
+            .unwrap();
+        file.set_modified(week_ago).unwrap();
+    }
+    let ts = start_from_file(dir.path(), &none, &stub).await;
+    assert!(cached().is_empty(), "{:?}", cached());
     ts.stop().await;
 }
 

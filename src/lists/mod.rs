@@ -27,7 +27,7 @@ pub use snapshot::{
 pub(crate) use source::readable_file;
 #[cfg(test)]
 pub(crate) use source::test_http;
-pub use source::{CachePaths, DownloadOutcome, download, read_all, read_list};
+pub use source::{CachePaths, DownloadOutcome, download, read_all, read_list, tidy_cache};
 
 /// Lists compiled into the binary: (name, path in the repository, text).
 static BUILTIN: &[(&str, &str, &str)] = include!(concat!(env!("OUT_DIR"), "/builtin_lists.rs"));

@@ -144,6 +144,131 @@ impl CachePaths {
     }
 }
 
+/// Tidies the directory of `config`'s downloaded lists (blocking I/O):
+///
+/// - a `url` list without a copy gets one of a copy that no configured
+///   list uses and that came from the same URL, so a list renamed in the
+///   config keeps blocking until its next download instead of going empty;
+/// - copies that no configured list uses and that have not been
+///   refreshed for [`UNUSED_KEPT`] are removed (a list taken out of the
+///   config, or pointed at another URL), so the directory does not fill
+///   with them over the years.
+///
+/// Copying rather than moving, and the grace period, spare another
+/// instance that shares the directory (the default one, for two runs as
+/// the same user) and a list taken out for a day. Only files named as
+/// [`CachePaths`] names them are touched; failures are logged.
+pub fn tidy_cache(config: &Config) {
+    let dir = config.blocking.cache_dir(&config.base_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let in_use: Vec<CachePaths> = config
+        .blocking
+        .lists
+        .iter()
+        .chain(&config.blocking.allow)
+        .filter_map(|list| match list.resolved_source(&config.base_dir) {
+            ListSource::Url(url) => Some(CachePaths::new(&dir, &list.name, &url)),
+            _ => None,
+        })
+        .collect();
+    let used = |path: &Path| in_use.iter().any(|p| p.body == path || p.meta == path);
+    // Files no list uses: URL hash, path, and whether it is a body.
+    let mut unused: Vec<(String, PathBuf, bool)> = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some((hash, ext)) = cache_file_name(&name) else {
+            continue;
+        };
+        if !used(&path) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            unused.push((hash.to_string(), path, ext == "list"));
+        }
+    }
+    for paths in &in_use {
+        if paths.body.exists() {
+            continue;
+        }
+        let hash = paths.body.file_name().map(|n| n.to_string_lossy());
+        let hash = hash.as_deref().and_then(cache_file_name).map(|(h, _)| h);
+        let Some((_, old, _)) = unused
+            .iter()
+            .find(|(h, p, body)| *body && Some(h.as_str()) == hash && readable_file(p))
+        else {
+            continue;
+        };
+        // The validators first: a body without them is downloaded in full
+        // at the next check, validators without their body mean nothing.
+        let _ = copy_file(&old.with_extension("meta"), &paths.meta);
+        match copy_file(old, &paths.body) {
+            Ok(()) => {
+                tracing::info!(from = %old.display(), to = %paths.body.display(), "a renamed list keeps its downloaded copy");
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&paths.meta);
+                tracing::warn!(file = %old.display(), %error, "cannot copy this copy for a renamed list; it is downloaded again");
+            }
+        }
+    }
+    for (_, path, _) in unused {
+        let stale = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > UNUSED_KEPT);
+        if !stale {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed a downloaded copy no list has used for a week")
+            }
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "cannot remove a downloaded copy no list uses")
+            }
+        }
+    }
+}
+
+/// How long a downloaded copy that no configured list uses is kept.
+const UNUSED_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Copies `from` to `to` by way of a part file (swept at start if left
+/// by a crash), keeping its modification time: the copy's age decides
+/// when its list is next downloaded.
+fn copy_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    let modified = std::fs::metadata(from)?.modified()?;
+    let part = to.with_extension(format!("copy.{:08x}.part", rand::random::<u32>()));
+    let copied = std::fs::copy(from, &part).and_then(|_| {
+        let file = File::options().append(true).open(&part)?;
+        file.set_modified(modified)?;
+        file.sync_all()?;
+        std::fs::rename(&part, to)
+    });
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    copied
+}
+
+/// The URL hash and extension (`list` or `meta`) of a file name that
+/// [`CachePaths::new`] makes: `NAME-HHHHHHHHHHHHHHHH.list`.
+fn cache_file_name(name: &str) -> Option<(&str, &str)> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    if ext != "list" && ext != "meta" {
+        return None;
+    }
+    let (list, hash) = stem.rsplit_once('-')?;
+    let ok = !list.is_empty()
+        && hash.len() == 16
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then_some((hash, ext))
+}
+
 /// What a download did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownloadOutcome {
@@ -563,6 +688,80 @@ mod tests {
         assert!(rule_in(&long));
         long.truncate(MAX_LINE + 10);
         assert!(!rule_in(&long));
+    }
+
+    /// A renamed list gets a copy of its old copy, with its validators
+    /// and age; copies no list has used for a week go; files named
+    /// otherwise stay.
+    #[test]
+    fn the_cache_directory_is_tidied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (u1, u2) = ("http://127.0.0.1:1/a.txt", "http://127.0.0.1:1/b.txt");
+        let config = Config::from_toml(
+            &format!(
+                "[blocking]\ncache_dir = \"c\"\n\
+                 [[blocking.lists]]\nname = \"a\"\nurl = \"{u1}\"\n\
+                 [[blocking.allow]]\nname = \"b\"\nurl = \"{u2}\"\n"
+            ),
+            "t",
+            dir.path(),
+        )
+        .unwrap();
+        let cache = dir.path().join("c");
+        std::fs::create_dir(&cache).unwrap();
+        let put = |p: &Path, text: &str, age_days: u64| {
+            std::fs::write(p, text).unwrap();
+            let at = SystemTime::now() - Duration::from_secs(age_days * 24 * 3600);
+            File::options()
+                .append(true)
+                .open(p)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        // "a" was called "old" until today; "b" had another URL until 8
+        // days ago, and "gone" was taken out of the config then.
+        let renamed = CachePaths::new(&cache, "old", u1);
+        put(&renamed.body, "a.example\n", 2);
+        put(&renamed.meta, "etag: \"1\"\n", 2);
+        let b = CachePaths::new(&cache, "b", u2);
+        put(&b.body, "b.example\n", 0);
+        let b_before = CachePaths::new(&cache, "b", "http://127.0.0.1:1/old.txt");
+        put(&b_before.body, "x\n", 8);
+        put(&b_before.meta, "x\n", 8);
+        let gone = CachePaths::new(&cache, "gone", "http://127.0.0.1:1/g.txt");
+        put(&gone.body, "x\n", 8);
+        let others = [
+            "notes.txt",
+            "mine.list",
+            "a-0123.list",
+            "x-0123456789ABCDEF.list",
+        ];
+        for other in others {
+            put(&cache.join(other), "x\n", 30);
+        }
+        std::fs::create_dir(cache.join("d-0123456789abcdef.list")).unwrap();
+
+        tidy_cache(&config);
+        let a = CachePaths::new(&cache, "a", u1);
+        assert_eq!(std::fs::read_to_string(&a.body).unwrap(), "a.example\n");
+        assert_eq!(std::fs::read_to_string(&a.meta).unwrap(), "etag: \"1\"\n");
+        let age = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert_eq!(age(&a.body), age(&renamed.body), "the copy's age is kept");
+        assert_eq!(std::fs::read_to_string(&b.body).unwrap(), "b.example\n");
+        let mut left: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = [&a.body, &a.meta, &b.body, &renamed.body, &renamed.meta]
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .chain(others.iter().map(|o| o.to_string()))
+            .chain(["d-0123456789abcdef.list".to_string()])
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
     }
 
     /// Two downloads of one copy at once take turns: the second asks
