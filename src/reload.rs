@@ -380,12 +380,19 @@ impl Reloader {
         while running.join_next().await.is_some() {}
     }
 
-    /// Watches the directories of the config file and of every local list.
-    fn watch(&mut self) {
+    /// The files whose changes matter (the config file and every local
+    /// list), each in its directory's canonical name, and where it points
+    /// if it is a symbolic link.
+    ///
+    /// Directories by their canonical names: one reached under two names
+    /// (through a symbolic link) is one inotify watch, which reports its
+    /// events under one name only, and which unwatching either name would
+    /// remove for both.
+    fn wanted_files(&self) -> HashSet<PathBuf> {
         let config = self.config.load();
         let mut files = HashSet::new();
         let mut add = |p: &Path| {
-            files.insert(absolute(p));
+            files.insert(in_canonical_dir(p));
             // A symbolic link's target changes where it is.
             if let Ok(target) = std::fs::canonicalize(p) {
                 files.insert(target);
@@ -399,10 +406,13 @@ impl Reloader {
                 add(&p);
             }
         }
-        let dirs: HashSet<PathBuf> = files
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
+        files
+    }
+
+    /// Watches the directories of the config file and of every local list.
+    fn watch(&mut self) {
+        let files = self.wanted_files();
+        let dirs = parents(&files);
         *self.watched_files.lock().unwrap_or_else(|e| e.into_inner()) = files;
         if self.watcher.is_none() {
             let tx = self.tx.clone();
@@ -469,6 +479,18 @@ impl Reloader {
     /// no longer the one watched under its path; `true` if any was, as
     /// its files may have changed unseen.
     fn rewatch(&mut self) -> bool {
+        if self.watcher.is_none() {
+            return false;
+        }
+        // A symbolic link to a directory pointed elsewhere: the files are
+        // now in other directories.
+        let dirs = parents(&self.wanted_files());
+        if dirs.len() != self.watched_dirs.len()
+            || dirs.iter().any(|d| !self.watched_dirs.contains_key(d))
+        {
+            self.watch();
+            return true;
+        }
         let Some(watcher) = self.watcher.as_mut() else {
             return false;
         };
@@ -605,6 +627,27 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// `p` in its directory's canonical name (symbolic links in the directory
+/// part resolved, the file itself left as it is); as given, made absolute,
+/// while the directory does not exist.
+fn in_canonical_dir(p: &Path) -> PathBuf {
+    let p = absolute(p);
+    match (p.parent(), p.file_name()) {
+        (Some(dir), Some(name)) => {
+            std::fs::canonicalize(dir).map_or_else(|_| p.clone(), |d| d.join(name))
+        }
+        _ => p,
+    }
+}
+
+/// The directories `files` are in.
+fn parents(files: &HashSet<PathBuf>) -> HashSet<PathBuf> {
+    files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect()
 }
 
 /// How many `url` lists a reload downloads at once: enough that a few

@@ -855,6 +855,72 @@ async fn a_list_that_is_a_symbolic_link_is_watched_where_it_points() {
     ts.stop().await;
 }
 
+/// Two lists in one directory, named through it and through a symbolic
+/// link to it: edits to either apply, and the directory's watch survives
+/// one of its names going out of use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_under_two_names_is_watched_under_both() {
+    let stub = Stub::start().await;
+    let dir = dir_with(&[]);
+    let real = dir.path().join("lists");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("alias")).unwrap();
+    std::fs::write(real.join("one.txt"), "one.blocked.test\n").unwrap();
+    std::fs::write(real.join("two.txt"), "two.blocked.test\n").unwrap();
+    let both = config_text(
+        "[[blocking.lists]]\nname = \"one\"\npath = \"lists/one.txt\"\n\
+         [[blocking.lists]]\nname = \"two\"\npath = \"alias/two.txt\"",
+    );
+    let ts = start_from_file(dir.path(), &both, &stub).await;
+    assert!(is_blocked(&ts, "two.blocked.test.").await);
+    std::fs::write(real.join("one.txt"), "one.blocked.test\na.blocked.test\n").unwrap();
+    wait_blocked(&ts, "a.blocked.test.", true).await;
+    std::fs::write(real.join("two.txt"), "two.blocked.test\nb.blocked.test\n").unwrap();
+    wait_blocked(&ts, "b.blocked.test.", true).await;
+    // The list named through the link goes; the other's edits still apply.
+    let one = config_text("[[blocking.lists]]\nname = \"one\"\npath = \"lists/one.txt\"");
+    std::fs::write(
+        dir.path().join("telesink.toml"),
+        one.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
+    )
+    .unwrap();
+    wait_blocked(&ts, "b.blocked.test.", false).await;
+    std::fs::write(real.join("one.txt"), "c.blocked.test\n").unwrap();
+    wait_blocked(&ts, "c.blocked.test.", true).await;
+    // The directory link pointed elsewhere (as `ln -sfn` does): the list
+    // is read from there within the 5 s rewatch, and its edits apply.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("one.txt"), "d.blocked.test\n").unwrap();
+    std::fs::write(real.join("three.txt"), "f.blocked.test\n").unwrap();
+    let via_alias = config_text(
+        "[[blocking.lists]]\nname = \"one\"\npath = \"alias/one.txt\"\n\
+         [[blocking.lists]]\nname = \"three\"\npath = \"lists/three.txt\"",
+    );
+    std::fs::write(
+        dir.path().join("telesink.toml"),
+        via_alias.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
+    )
+    .unwrap();
+    wait_blocked(&ts, "f.blocked.test.", true).await;
+    let tmp = dir.path().join("alias.new");
+    std::os::unix::fs::symlink(&other, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.path().join("alias")).unwrap();
+    // Seen by the rewatch every 5 s, then debounced: more than
+    // `eventually` waits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !is_blocked(&ts, "d.blocked.test.").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the list was not read where the link points now"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(other.join("one.txt"), "e.blocked.test\n").unwrap();
+    wait_blocked(&ts, "e.blocked.test.", true).await;
+    ts.stop().await;
+}
+
 /// Stopping does not wait for a reload's downloads: a list server that
 /// accepts and never answers, with download_timeout at 20 s, and telesink
 /// still stops at once.
