@@ -632,8 +632,8 @@ pub struct BlockingConfig {
     /// first-party alias is still blocked.
     pub cname_check: bool,
     /// Regular expressions kept per list, block and `@@` ones together
-    /// (block ones first); more are skipped with a warning (each costs
-    /// matching time on every query).
+    /// (the `@@` exceptions first); more are skipped with a warning (each
+    /// costs matching time on every query).
     pub max_regex_per_list: usize,
     /// Where downloaded (`url`) lists are kept, so a reboot without
     /// internet still blocks. Default: `$STATE_DIRECTORY` (set by systemd);

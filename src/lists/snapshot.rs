@@ -654,9 +654,10 @@ impl Snapshot {
             );
         }
         // The block and `@@` expressions of a list share its limit, the
-        // block ones first.
+        // `@@` ones first: they are the list's own exceptions, few, and
+        // what keeps its block expressions from false positives.
         let mut room = limits.max_regex_per_list;
-        for (action, mut patterns) in [(Action::Block, block_re), (Action::Allow, allow_re)] {
+        for (action, mut patterns) in [(Action::Allow, allow_re), (Action::Block, block_re)] {
             if patterns.is_empty() {
                 continue;
             }
@@ -1210,24 +1211,25 @@ mod tests {
         assert_eq!(s.lists[0].regexes, 2);
         assert_eq!(blocked(&s, "b.example."), Some(0));
         assert_eq!(blocked(&s, "c.example."), None);
-        // Block and `@@` expressions of one list count together.
+        // Block and `@@` expressions of one list count together, the
+        // list's exceptions first.
         let s = Snapshot::build(
             vec![input(
                 "b",
                 ListKind::Block,
-                "/^a\\./\n@@/^b\\./\n@@/^c\\./\n/^d\\./\n",
+                "/^ads/\n/^trk/\n@@/^ads\\.ok\\./\n/^x/\n",
             )],
             BlockPolicy::default(),
             BuildLimits {
-                max_regex_per_list: 3,
+                max_regex_per_list: 2,
             },
             None,
         );
-        assert_eq!(s.lists[0].regexes, 3);
-        assert_eq!(blocked(&s, "d.example."), Some(0));
+        assert_eq!(s.lists[0].regexes, 2);
+        assert_eq!(blocked(&s, "ads.example."), Some(0));
+        assert_eq!(blocked(&s, "trk.example."), None);
         let allowed = |n: &str| s.is_allowed(&LowerName::from(Name::from_str(n).unwrap()));
-        assert!(allowed("b.example."));
-        assert!(!allowed("c.example."));
+        assert!(allowed("ads.ok.example."));
     }
 
     #[test]
