@@ -1175,25 +1175,33 @@ impl Config {
                 "[upstream] servers: at least one upstream resolver is needed".into(),
             ));
         }
+        // Each upstream with where it is set: `[upstream] servers`, or the
+        // header of its `[[forward]]` rule.
         let named = self
             .upstream
             .servers
             .iter()
-            .chain(self.forward.iter().flat_map(|rule| rule.servers.iter()))
-            .find(|u| matches!(u.host, UpstreamHost::Name(_)));
-        if let Some(upstream) = named
+            .map(|u| (u, key_position(text, "upstream", "servers")))
+            .chain(self.forward.iter().enumerate().flat_map(|(i, rule)| {
+                let at = table_position(text, "forward", i).map(|at| line_column(text, at));
+                rule.servers.iter().map(move |u| (u, at))
+            }))
+            .find(|(u, _)| matches!(u.host, UpstreamHost::Name(_)));
+        if let Some((upstream, at)) = named
             && self.upstream.bootstrap.is_empty()
         {
-            let host = match &upstream.host {
-                UpstreamHost::Name(host) => text.find(host.as_str()),
-                UpstreamHost::Ip(_) => None,
-            };
-            return Err(located(
-                host,
-                format!(
-                    "upstream {upstream} is given by name: set [upstream] bootstrap to plain DNS resolvers (IP addresses) that resolve it"
-                ),
-            ));
+            let message = format!(
+                "upstream {upstream} is given by name: set [upstream] bootstrap to plain DNS resolvers (IP addresses) that resolve it"
+            );
+            return Err(match at {
+                Some((line, column)) => ConfigError::Parse {
+                    path: self.origin.clone(),
+                    line,
+                    column,
+                    message,
+                },
+                None => invalid(message),
+            });
         }
         if let Some(b) = self
             .upstream
@@ -1731,8 +1739,15 @@ mod tests {
             ("[server]\n\nlisten = []\n".to_string(), "x:3:1: "),
             ("[upstream]\n# servers\nservers = []\n".into(), "x:3:1: "),
             (
-                "[upstream]\nservers = [\"tls://dns.example\"]\n".into(),
-                "x:2:19: ",
+                "[upstream]\n# servers = [\"tls://dns.example\"]\nservers = [\"tls://dns.example\"]\n"
+                    .into(),
+                "x:3:1: ",
+            ),
+            (
+                "[[forward]]\ndomains = [\"lan\"]\nservers = [\"192.0.2.1\"]\n\
+                 # dns.example\n[[forward]]\ndomains = [\"corp\"]\nservers = [\"tls://dns.example\"]\n"
+                    .into(),
+                "x:5:1: ",
             ),
             (
                 "[upstream]\nbootstrap = [\"tls://1.1.1.1\"]\n".into(),
