@@ -451,7 +451,9 @@ impl FirstRule {
             let end = chunk.iter().position(|&b| b == b'\n');
             let piece = &chunk[..end.unwrap_or(chunk.len())];
             if !self.too_long {
-                if self.line.len() + piece.len() > MAX_LINE {
+                // As the build reads lines: one of MAX_LINE bytes or
+                // more before its newline is skipped.
+                if self.line.len() + piece.len() >= MAX_LINE {
                     self.too_long = true;
                     self.line = Vec::new();
                 } else {
@@ -688,6 +690,23 @@ mod tests {
         assert!(rule_in(&long));
         long.truncate(MAX_LINE + 10);
         assert!(!rule_in(&long));
+        // At the limit, it agrees with the build: a regex rule of MAX_LINE
+        // - 1 bytes is a rule, one of MAX_LINE (the `\r` counted) is not.
+        for (size, tail) in [
+            (MAX_LINE - 1, &b"\n"[..]),
+            (MAX_LINE - 1, b""),
+            (MAX_LINE, b"\n"),
+            (MAX_LINE - 1, b"\r\n"),
+            (MAX_LINE, b""),
+        ] {
+            let mut text = vec![b'/'];
+            text.resize(size - 1, b'a');
+            text.push(b'/');
+            text.extend_from_slice(tail);
+            let mut built = false;
+            crate::lists::parse_lines(&mut &text[..], |_, _| built = true).unwrap();
+            assert_eq!(rule_in(&text), built, "{size} + {tail:?}");
+        }
     }
 
     /// A renamed list gets a copy of its old copy, with its validators
