@@ -287,10 +287,14 @@ impl Reloader {
                         || new.blocking.download_max_bytes != config.blocking.download_max_bytes;
                     config.blocking = new.blocking;
                     if sources_changed {
-                        // Before the downloaders start: a renamed list's
-                        // copy moves to its new name first (a few file
-                        // operations in one directory).
-                        crate::lists::tidy_cache(&config);
+                        // Before the downloaders start, so a renamed list
+                        // has its copy by then; on the blocking pool, as
+                        // it copies whole lists.
+                        let for_tidy = config.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            crate::lists::tidy_cache(&for_tidy);
+                        })
+                        .await;
                     }
                     if downloads_changed {
                         self.config.store(Arc::new(config.clone()));

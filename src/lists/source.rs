@@ -146,18 +146,22 @@ impl CachePaths {
 
 /// Tidies the directory of `config`'s downloaded lists (blocking I/O):
 ///
-/// - a `url` list without a copy gets one of a copy that no configured
-///   list uses and that came from the same URL, so a list renamed in the
-///   config keeps blocking until its next download instead of going empty;
-/// - copies that no configured list uses and that have not been
-///   refreshed for [`UNUSED_KEPT`] are removed (a list taken out of the
-///   config, or pointed at another URL), so the directory does not fill
-///   with them over the years.
+/// - a `url` list without a copy gets one of the newest copy that no
+///   configured list uses and that came from the same URL, so a list
+///   renamed in the config keeps blocking until its next download instead
+///   of going empty;
+/// - a copy that no configured list uses is marked (`NAME-HASH.unused`);
+///   one marked for [`UNUSED_KEPT`] and not refreshed for as long is
+///   removed with its validators (a list taken out of the config, or
+///   pointed at another URL), so the directory does not fill with them
+///   over the years. Used again, it loses its mark.
 ///
 /// Copying rather than moving, and the grace period, spare another
 /// instance that shares the directory (the default one, for two runs as
-/// the same user) and a list taken out for a day. Only files named as
-/// [`CachePaths`] names them are touched; failures are logged.
+/// the same user: it refreshes its copies) and a list taken out for a
+/// day. A copy never replaces a file: a download that lands meanwhile
+/// wins. Only files named as [`CachePaths`] names them are touched;
+/// failures are logged.
 pub fn tidy_cache(config: &Config) {
     let dir = config.blocking.cache_dir(&config.base_dir);
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -173,9 +177,14 @@ pub fn tidy_cache(config: &Config) {
             _ => None,
         })
         .collect();
-    let used = |path: &Path| in_use.iter().any(|p| p.body == path || p.meta == path);
-    // Files no list uses: URL hash, path, and whether it is a body.
-    let mut unused: Vec<(String, PathBuf, bool)> = Vec::new();
+    let used = |path: &Path| {
+        in_use
+            .iter()
+            .any(|p| p.body == path || p.meta == path || p.body.with_extension("unused") == path)
+    };
+    // Bodies no list uses (URL hash, path), and their other files.
+    let mut unused: Vec<(String, PathBuf)> = Vec::new();
+    let mut others: Vec<PathBuf> = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -183,51 +192,74 @@ pub fn tidy_cache(config: &Config) {
         let Some((hash, ext)) = cache_file_name(&name) else {
             continue;
         };
-        if !used(&path) && entry.file_type().is_ok_and(|t| t.is_file()) {
-            unused.push((hash.to_string(), path, ext == "list"));
+        if used(&path) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match ext {
+            "list" => unused.push((hash.to_string(), path)),
+            _ => others.push(path),
         }
     }
+    let age = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+    };
     for paths in &in_use {
+        // Used again: no longer on its way out.
+        let _ = std::fs::remove_file(paths.body.with_extension("unused"));
         if paths.body.exists() {
             continue;
         }
         let hash = paths.body.file_name().map(|n| n.to_string_lossy());
         let hash = hash.as_deref().and_then(cache_file_name).map(|(h, _)| h);
-        let Some((_, old, _)) = unused
+        let Some((_, old)) = unused
             .iter()
-            .find(|(h, p, body)| *body && Some(h.as_str()) == hash && readable_file(p))
+            .filter(|(h, p)| Some(h.as_str()) == hash && readable_file(p))
+            .min_by_key(|(_, p)| age(p).unwrap_or(Duration::MAX))
         else {
             continue;
         };
-        // The validators first: a body without them is downloaded in full
-        // at the next check, validators without their body mean nothing.
-        let _ = copy_file(&old.with_extension("meta"), &paths.meta);
-        match copy_file(old, &paths.body) {
+        // The body, then its validators: a body without them is
+        // downloaded in full at the next check.
+        match copy_new(old, &paths.body) {
             Ok(()) => {
+                let _ = copy_new(&old.with_extension("meta"), &paths.meta);
                 tracing::info!(from = %old.display(), to = %paths.body.display(), "a renamed list keeps its downloaded copy");
             }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(error) => {
-                let _ = std::fs::remove_file(&paths.meta);
                 tracing::warn!(file = %old.display(), %error, "cannot copy this copy for a renamed list; it is downloaded again");
             }
         }
     }
-    for (_, path, _) in unused {
-        let stale = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > UNUSED_KEPT);
-        if !stale {
+    for (_, body) in &unused {
+        let mark = body.with_extension("unused");
+        let Some(marked) = age(&mark) else {
+            if let Err(error) = File::create(&mark) {
+                tracing::warn!(file = %mark.display(), %error, "cannot mark a downloaded copy no list uses");
+            }
+            continue;
+        };
+        if marked < UNUSED_KEPT || age(body).is_none_or(|a| a < UNUSED_KEPT) {
             continue;
         }
-        match std::fs::remove_file(&path) {
+        match std::fs::remove_file(body) {
             Ok(()) => {
-                tracing::info!(file = %path.display(), "removed a downloaded copy no list has used for a week")
+                let _ = std::fs::remove_file(body.with_extension("meta"));
+                let _ = std::fs::remove_file(&mark);
+                tracing::info!(file = %body.display(), "removed a downloaded copy no list has used for a week");
             }
             Err(error) => {
-                tracing::warn!(file = %path.display(), %error, "cannot remove a downloaded copy no list uses")
+                tracing::warn!(file = %body.display(), %error, "cannot remove a downloaded copy no list uses")
             }
+        }
+    }
+    // Validators and marks whose copy is gone.
+    for path in others {
+        if !path.with_extension("list").exists() {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -235,29 +267,30 @@ pub fn tidy_cache(config: &Config) {
 /// How long a downloaded copy that no configured list uses is kept.
 const UNUSED_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Copies `from` to `to` by way of a part file (swept at start if left
-/// by a crash), keeping its modification time: the copy's age decides
-/// when its list is next downloaded.
-fn copy_file(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies `from` to `to`, which must not exist, keeping its modification
+/// time (the copy's age decides when its list is next downloaded). By way
+/// of a part file (swept at start if left by a crash), linked in place
+/// rather than renamed: a file that appeared at `to` meanwhile (a
+/// download's) is kept, and the copy dropped with `AlreadyExists`.
+fn copy_new(from: &Path, to: &Path) -> std::io::Result<()> {
     let modified = std::fs::metadata(from)?.modified()?;
     let part = to.with_extension(format!("copy.{:08x}.part", rand::random::<u32>()));
     let copied = std::fs::copy(from, &part).and_then(|_| {
         let file = File::options().append(true).open(&part)?;
         file.set_modified(modified)?;
         file.sync_all()?;
-        std::fs::rename(&part, to)
+        std::fs::hard_link(&part, to)
     });
-    if copied.is_err() {
-        let _ = std::fs::remove_file(&part);
-    }
+    let _ = std::fs::remove_file(&part);
     copied
 }
 
-/// The URL hash and extension (`list` or `meta`) of a file name that
-/// [`CachePaths::new`] makes: `NAME-HHHHHHHHHHHHHHHH.list`.
+/// The URL hash and extension (`list`, `meta` or `unused`) of a file name
+/// that [`CachePaths::new`] or [`tidy_cache`] makes:
+/// `NAME-HHHHHHHHHHHHHHHH.list`.
 fn cache_file_name(name: &str) -> Option<(&str, &str)> {
     let (stem, ext) = name.rsplit_once('.')?;
-    if ext != "list" && ext != "meta" {
+    if !["list", "meta", "unused"].contains(&ext) {
         return None;
     }
     let (list, hash) = stem.rsplit_once('-')?;
@@ -709,9 +742,9 @@ mod tests {
         }
     }
 
-    /// A renamed list gets a copy of its old copy, with its validators
-    /// and age; copies no list has used for a week go; files named
-    /// otherwise stay.
+    /// A renamed list gets a copy of the newest of its old copies, with
+    /// its validators and age; copies no list uses are marked, and go a
+    /// week later if not refreshed meanwhile; files named otherwise stay.
     #[test]
     fn the_cache_directory_is_tidied() {
         let dir = tempfile::tempdir().unwrap();
@@ -728,9 +761,8 @@ mod tests {
         .unwrap();
         let cache = dir.path().join("c");
         std::fs::create_dir(&cache).unwrap();
-        let put = |p: &Path, text: &str, age_days: u64| {
-            std::fs::write(p, text).unwrap();
-            let at = SystemTime::now() - Duration::from_secs(age_days * 24 * 3600);
+        let days = |n: u64| SystemTime::now() - Duration::from_secs(n * 24 * 3600);
+        let age = |p: &Path, at: SystemTime| {
             File::options()
                 .append(true)
                 .open(p)
@@ -738,18 +770,29 @@ mod tests {
                 .set_modified(at)
                 .unwrap();
         };
-        // "a" was called "old" until today; "b" had another URL until 8
-        // days ago, and "gone" was taken out of the config then.
+        let put = |p: &Path, text: &str, days_old: u64| {
+            std::fs::write(p, text).unwrap();
+            age(p, days(days_old));
+        };
+        // "a" was called "first", then "old" until today; "b" had another
+        // URL until 8 days ago, and "gone" was taken out of the config
+        // then; "shared" is another instance's, refreshed yesterday.
+        put(&CachePaths::new(&cache, "first", u1).body, "stale\n", 10);
         let renamed = CachePaths::new(&cache, "old", u1);
         put(&renamed.body, "a.example\n", 2);
         put(&renamed.meta, "etag: \"1\"\n", 2);
         let b = CachePaths::new(&cache, "b", u2);
         put(&b.body, "b.example\n", 0);
+        put(&b.body.with_extension("unused"), "", 30);
         let b_before = CachePaths::new(&cache, "b", "http://127.0.0.1:1/old.txt");
         put(&b_before.body, "x\n", 8);
         put(&b_before.meta, "x\n", 8);
         let gone = CachePaths::new(&cache, "gone", "http://127.0.0.1:1/g.txt");
         put(&gone.body, "x\n", 8);
+        let shared = CachePaths::new(&cache, "shared", "http://127.0.0.1:1/s.txt");
+        put(&shared.body, "x\n", 1);
+        let orphan = CachePaths::new(&cache, "orphan", "http://127.0.0.1:1/o.txt");
+        put(&orphan.meta, "x\n", 0);
         let others = [
             "notes.txt",
             "mine.list",
@@ -760,27 +803,93 @@ mod tests {
             put(&cache.join(other), "x\n", 30);
         }
         std::fs::create_dir(cache.join("d-0123456789abcdef.list")).unwrap();
+        let listing = || {
+            let mut left: Vec<String> = std::fs::read_dir(&cache)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            left
+        };
+        let names = |paths: &[PathBuf]| {
+            let mut names: Vec<String> = paths
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .chain(others.iter().map(|o| o.to_string()))
+                .chain(["d-0123456789abcdef.list".to_string()])
+                .collect();
+            names.sort();
+            names
+        };
 
         tidy_cache(&config);
         let a = CachePaths::new(&cache, "a", u1);
         assert_eq!(std::fs::read_to_string(&a.body).unwrap(), "a.example\n");
         assert_eq!(std::fs::read_to_string(&a.meta).unwrap(), "etag: \"1\"\n");
-        let age = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
-        assert_eq!(age(&a.body), age(&renamed.body), "the copy's age is kept");
+        let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert_eq!(
+            modified(&a.body),
+            modified(&renamed.body),
+            "the copy's age is kept"
+        );
         assert_eq!(std::fs::read_to_string(&b.body).unwrap(), "b.example\n");
-        let mut left: Vec<String> = std::fs::read_dir(&cache)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let mut want: Vec<String> = [&a.body, &a.meta, &b.body, &renamed.body, &renamed.meta]
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .chain(others.iter().map(|o| o.to_string()))
-            .chain(["d-0123456789abcdef.list".to_string()])
-            .collect();
-        want.sort();
-        assert_eq!(left, want);
+        // Nothing removed yet; the unused copies marked, b's mark gone.
+        let first = CachePaths::new(&cache, "first", u1).body;
+        let unused = [
+            &first,
+            &renamed.body,
+            &b_before.body,
+            &gone.body,
+            &shared.body,
+        ];
+        let mut want: Vec<PathBuf> = vec![
+            a.body.clone(),
+            a.meta.clone(),
+            b.body.clone(),
+            renamed.meta.clone(),
+            b_before.meta.clone(),
+        ];
+        want.extend(unused.iter().map(|p| p.to_path_buf()));
+        want.extend(unused.iter().map(|p| p.with_extension("unused")));
+        assert_eq!(listing(), names(&want));
+
+        // A week later: those not refreshed since go with their files.
+        for body in unused {
+            age(&body.with_extension("unused"), days(8));
+        }
+        tidy_cache(&config);
+        let want = [
+            a.body.clone(),
+            a.meta.clone(),
+            b.body.clone(),
+            renamed.body.clone(),
+            renamed.meta.clone(),
+            renamed.body.with_extension("unused"),
+            shared.body.clone(),
+            shared.body.with_extension("unused"),
+        ];
+        assert_eq!(listing(), names(&want));
+    }
+
+    /// A copy for a renamed list never replaces a file that a download
+    /// put there meanwhile.
+    #[test]
+    fn a_copy_does_not_replace_a_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("old"), dir.path().join("new"));
+        std::fs::write(&from, "old\n").unwrap();
+        std::fs::write(&to, "downloaded\n").unwrap();
+        let error = copy_new(&from, &to).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "downloaded\n");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no part left"
+        );
+        std::fs::remove_file(&to).unwrap();
+        copy_new(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "old\n");
     }
 
     /// Two downloads of one copy at once take turns: the second asks
