@@ -33,6 +33,9 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::NetError;
+use std::os::fd::AsRawFd;
+
+use nix::libc;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -121,7 +124,7 @@ impl UdpServer {
 /// Packets a receive loop answers in a row before it lets the queries it
 /// handed on (and their upstream replies) run: a flood of cache hits must
 /// not starve the misses.
-const BATCH: u32 = 64;
+const BATCH: usize = 64;
 
 /// One receive thread.
 struct Receiver<R> {
@@ -141,8 +144,8 @@ impl<R: Resolve> Receiver<R> {
     async fn serve(self, socket: UdpSocket) {
         let socket = Arc::new(socket);
         let tasks = TaskTracker::new();
-        let mut packet = vec![0; RECEIVE_BUFFER];
-        let mut reply = Vec::with_capacity(512);
+        let mut received = Received::new();
+        let mut replies = Replies::new();
         let mut batch = 0;
         let overload_log = crate::throttle::Throttle::new(Duration::from_secs(10));
         tokio::spawn(keep_a_timer_armed(
@@ -150,7 +153,6 @@ impl<R: Resolve> Receiver<R> {
             self.shutdown.clone(),
         ));
         loop {
-            batch += 1;
             if batch >= BATCH {
                 batch = 0;
                 if self.shutdown.is_cancelled() {
@@ -159,8 +161,10 @@ impl<R: Resolve> Receiver<R> {
                 self.heartbeat.beat();
                 tokio::task::yield_now().await;
             }
-            let (len, src) = match socket.try_recv_from(&mut packet) {
-                Ok(received) => received,
+            let count = match socket.try_io(tokio::io::Interest::READABLE, || {
+                received.receive(socket.as_raw_fd())
+            }) {
+                Ok(count) => count,
                 Err(error) => match error.kind() {
                     io::ErrorKind::WouldBlock => {
                         batch = 0;
@@ -179,35 +183,50 @@ impl<R: Resolve> Receiver<R> {
                     }
                 },
             };
-            let packet = &packet[..len];
-            if !can_answer(src) {
-                continue;
-            }
-            if len > MAX_QUERY {
-                // Answered here from the header alone: nothing of it is
-                // kept, and the reply is smaller than the query.
-                if let Some(reply) = oversized_reply(packet) {
-                    self.handler
-                        .metrics()
-                        .responses
-                        .with_label_values(&[crate::metrics::rcode_label(ResponseCode::FormErr)])
-                        .inc();
-                    let _ = socket.try_send_to(&reply, src);
-                }
-                continue;
-            }
-            if self.handler.answer_now(packet, src, &mut reply) {
-                let sent = match socket.try_send_to(&reply, src) {
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        socket.send_to(&reply, src).await
-                    }
-                    sent => sent,
+            batch += count;
+            for i in 0..count {
+                let (packet, src) = received.get(i);
+                let Some(src) = src.filter(|src| can_answer(*src)) else {
+                    continue;
                 };
-                if let Err(error) = sent {
-                    tracing::debug!(%error, client = %src, "could not send a response");
+                if packet.len() > MAX_QUERY {
+                    // Answered here from the header alone: nothing of it is
+                    // kept, and the reply is smaller than the query.
+                    if let Some(reply) = oversized_reply(packet) {
+                        self.handler
+                            .metrics()
+                            .responses
+                            .with_label_values(&[crate::metrics::rcode_label(
+                                ResponseCode::FormErr,
+                            )])
+                            .inc();
+                        let _ = socket.try_send_to(&reply, src);
+                    }
+                    continue;
                 }
-                continue;
+                if self.handler.answer_now(packet, src, replies.next_buffer()) {
+                    replies.push(src);
+                    continue;
+                }
+                self.hand_on(packet, src, &socket, &tasks, &overload_log);
             }
+            // Before anything waits: the answers go out together.
+            replies.send(&socket).await;
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// Hands a query the fast path could not answer to the full path.
+    fn hand_on(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        socket: &Arc<UdpSocket>,
+        tasks: &TaskTracker,
+        overload_log: &crate::throttle::Throttle,
+    ) {
+        {
             // A flood of names nobody asked before would otherwise queue
             // here without bound, each waiting seconds on the upstreams.
             // With `max_waiting` queries waiting, a new one still gets its
@@ -239,8 +258,275 @@ impl<R: Resolve> Receiver<R> {
                 }
             }
         }
-        tasks.close();
-        tasks.wait().await;
+    }
+}
+
+/// Datagrams read per system call (`recvmmsg`), and replies sent per call
+/// (`sendmmsg`). Under load the socket holds many at once, and a system
+/// call costs more than answering a cached or blocked name; when it holds
+/// one, one is read and answered at once, as before.
+const RECEIVE_BATCH: usize = 32;
+
+/// The buffers of one `recvmmsg`: [`RECEIVE_BATCH`] datagrams of at most
+/// [`RECEIVE_BUFFER`] bytes, and where each came from. Allocated once per
+/// receive thread.
+///
+/// The calls are made through `libc` directly: nix's wrappers leave the
+/// offered address length as the last call set it, and read the
+/// addresses of a `sendmmsg` that never wrote them. The headers point
+/// into the boxed slices beside them, set once: a box's contents stay
+/// where they are when the struct moves, and none is ever resized.
+struct Received {
+    buffers: Box<[u8]>,
+    names: Box<[libc::sockaddr_storage]>,
+    iovecs: Box<[libc::iovec]>,
+    headers: Box<[libc::mmsghdr]>,
+    /// Length and source of each datagram of the last call.
+    got: [(usize, Option<SocketAddr>); RECEIVE_BATCH],
+}
+
+impl Received {
+    fn new() -> Self {
+        let mut me = Self {
+            buffers: vec![0; RECEIVE_BATCH * RECEIVE_BUFFER].into_boxed_slice(),
+            names: (0..RECEIVE_BATCH).map(|_| zeroed_c()).collect(),
+            iovecs: (0..RECEIVE_BATCH).map(|_| zeroed_c()).collect(),
+            headers: (0..RECEIVE_BATCH).map(|_| zeroed_c()).collect(),
+            got: [(0, None); RECEIVE_BATCH],
+        };
+        let buffers = me.buffers.chunks_exact_mut(RECEIVE_BUFFER);
+        for (((header, iovec), name), buffer) in me
+            .headers
+            .iter_mut()
+            .zip(me.iovecs.iter_mut())
+            .zip(me.names.iter_mut())
+            .zip(buffers)
+        {
+            iovec.iov_base = buffer.as_mut_ptr().cast();
+            iovec.iov_len = buffer.len();
+            header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
+            header.msg_hdr.msg_namelen = SOCKADDR_STORAGE_LEN;
+            header.msg_hdr.msg_iov = std::ptr::from_mut(iovec);
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        me
+    }
+
+    /// Reads what the socket holds, up to [`RECEIVE_BATCH`] datagrams,
+    /// without waiting; how many.
+    fn receive(&mut self, fd: std::os::fd::RawFd) -> io::Result<usize> {
+        // SAFETY: each header points at a buffer, an iovec and an address
+        // owned by this struct with their true sizes (set in `new`), and
+        // `&mut self` keeps every other use of them out for the call.
+        let count = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                RECEIVE_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let count = usize::try_from(count).map_err(|_| io::Error::last_os_error())?;
+        for ((got, header), name) in self
+            .got
+            .iter_mut()
+            .zip(self.headers.iter_mut())
+            .zip(self.names.iter())
+            .take(count)
+        {
+            *got = (
+                (header.msg_len as usize).min(RECEIVE_BUFFER),
+                socket_addr(name, header.msg_hdr.msg_namelen),
+            );
+            // The kernel wrote back the length it stored: the next call
+            // offers the whole storage again.
+            header.msg_hdr.msg_namelen = SOCKADDR_STORAGE_LEN;
+        }
+        Ok(count)
+    }
+
+    /// Datagram `i` of the last call and its source.
+    fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
+        let (len, src) = self.got[i];
+        let start = i * RECEIVE_BUFFER;
+        (&self.buffers[start..start + len], src)
+    }
+}
+
+/// A C structure with all bytes zero.
+fn zeroed_c<T: CPlain>() -> T {
+    // SAFETY: `CPlain` types are plain C structures (integers and raw
+    // pointers), for which all zeros is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The `libc` structures [`zeroed_c`] may make.
+trait CPlain {}
+impl CPlain for libc::sockaddr_storage {}
+impl CPlain for libc::iovec {}
+impl CPlain for libc::mmsghdr {}
+
+const SOCKADDR_STORAGE_LEN: libc::socklen_t =
+    size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
+/// The address the kernel wrote in `name` (`len` bytes of it).
+fn socket_addr(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(name.ss_family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote a sockaddr_in (its family says so, and
+            // its length fits); sockaddr_storage is aligned for any sockaddr.
+            let sin = unsafe { &*std::ptr::from_ref(name).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, a sockaddr_in6.
+            let sin6 = unsafe { &*std::ptr::from_ref(name).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` into `name` as the kernel takes it; its length.
+fn write_sockaddr(name: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any
+            // sockaddr, and every field written is plain data.
+            let sin = unsafe { &mut *std::ptr::from_mut(name).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            };
+            sin.sin_zero = [0; 8];
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *std::ptr::from_mut(name).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: v6.ip().octets(),
+            };
+            sin6.sin6_scope_id = v6.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// The fast path's replies to one batch, sent together. As in
+/// [`Received`], the headers point into boxes beside them, set once; each
+/// reply's own buffer (which may grow) is pointed at when it is kept.
+struct Replies {
+    buffers: Box<[Vec<u8>]>,
+    to: [SocketAddr; RECEIVE_BATCH],
+    count: usize,
+    names: Box<[libc::sockaddr_storage]>,
+    iovecs: Box<[libc::iovec]>,
+    headers: Box<[libc::mmsghdr]>,
+}
+
+impl Replies {
+    fn new() -> Self {
+        let mut me = Self {
+            buffers: (0..RECEIVE_BATCH)
+                .map(|_| Vec::with_capacity(512))
+                .collect(),
+            to: [SocketAddr::from(([0, 0, 0, 0], 0)); RECEIVE_BATCH],
+            count: 0,
+            names: (0..RECEIVE_BATCH).map(|_| zeroed_c()).collect(),
+            iovecs: (0..RECEIVE_BATCH).map(|_| zeroed_c()).collect(),
+            headers: (0..RECEIVE_BATCH).map(|_| zeroed_c()).collect(),
+        };
+        for ((header, iovec), name) in me
+            .headers
+            .iter_mut()
+            .zip(me.iovecs.iter_mut())
+            .zip(me.names.iter_mut())
+        {
+            header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
+            header.msg_hdr.msg_iov = std::ptr::from_mut(iovec);
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        me
+    }
+
+    /// The buffer for the next reply (kept only if [`Replies::push`]ed).
+    fn next_buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buffers[self.count]
+    }
+
+    /// Keeps the reply just written, for `to`.
+    fn push(&mut self, to: SocketAddr) {
+        let i = self.count;
+        let buffer = &self.buffers[i];
+        self.iovecs[i].iov_base = buffer.as_ptr().cast_mut().cast();
+        self.iovecs[i].iov_len = buffer.len();
+        self.headers[i].msg_hdr.msg_namelen = write_sockaddr(&mut self.names[i], to);
+        self.to[i] = to;
+        self.count += 1;
+    }
+
+    /// Sends replies `from..` with one `sendmmsg`, without waiting; how
+    /// many went.
+    fn send_some(&mut self, fd: std::os::fd::RawFd, from: usize) -> io::Result<usize> {
+        let rest = &mut self.headers[from..self.count];
+        // SAFETY: the headers of the replies kept point at their buffers
+        // and addresses with their true lengths (set by `push`), which
+        // `&mut self` keeps unchanged for the call; the kernel only reads
+        // them, and writes each header's `msg_len`.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                rest.as_mut_ptr(),
+                rest.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// Sends the replies kept, as many per system call as the socket
+    /// takes; waits for room only when it has none.
+    async fn send(&mut self, socket: &UdpSocket) {
+        let mut sent = 0;
+        while sent < self.count {
+            let result = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                self.send_some(socket.as_raw_fd(), sent)
+            });
+            match result {
+                Ok(count) => sent += count.max(1),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket's send buffer is full: the next reply
+                    // waits for room, then the rest go on.
+                    let to = self.to[sent];
+                    if let Err(error) = socket.send_to(&self.buffers[sent], to).await {
+                        tracing::debug!(%error, client = %to, "could not send a response");
+                    }
+                    sent += 1;
+                }
+                // The first of the rest could not be sent (its destination
+                // unreachable, say): the others still go.
+                Err(error) => {
+                    tracing::debug!(%error, client = %self.to[sent], "could not send a response");
+                    sent += 1;
+                }
+            }
+        }
+        self.count = 0;
     }
 }
 
@@ -953,6 +1239,139 @@ mod tests {
         shutdown.cancel();
         runtime.block_on(server.stopped());
         assert!(answered, "the receive thread stopped after a panic");
+    }
+
+    /// recvmmsg takes what the socket holds, 32 at a time, each datagram
+    /// with its own sender, length (an oversized one cut at the buffer)
+    /// and bytes; sendmmsg sends each reply to its own client. Over IPv4
+    /// and, where the machine has it, IPv6.
+    #[test]
+    fn batches_keep_each_datagram_with_its_sender() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(server) = std::net::UdpSocket::bind(local) else {
+                eprintln!("skipping {local}: cannot bind it here");
+                continue;
+            };
+            let addr = server.local_addr().unwrap();
+            let clients: Vec<_> = (0..3)
+                .map(|_| std::net::UdpSocket::bind(local).unwrap())
+                .collect();
+            // 40 datagrams, sent before any is read: the socket holds them
+            // all (loopback delivers as it sends).
+            let mut sent = Vec::new();
+            for i in 0..40usize {
+                let len = if i == 7 { MAX_QUERY + 500 } else { 20 + i };
+                let datagram: Vec<u8> = (0..len).map(|b| (b + i) as u8).collect();
+                let client = &clients[i % 3];
+                client.send_to(&datagram, addr).unwrap();
+                sent.push((datagram, client.local_addr().unwrap()));
+            }
+            let mut received = Received::new();
+            let fd = server.as_raw_fd();
+            let mut got = Vec::new();
+            for want in [RECEIVE_BATCH, 40 - RECEIVE_BATCH] {
+                assert_eq!(received.receive(fd).unwrap(), want, "{local}");
+                for i in 0..want {
+                    let (bytes, src) = received.get(i);
+                    got.push((bytes.to_vec(), src.unwrap()));
+                }
+            }
+            let error = received.receive(fd).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+            for (i, ((bytes, src), (datagram, from))) in got.iter().zip(&sent).enumerate() {
+                assert_eq!(src, from, "{local} datagram {i}");
+                let cut = datagram.len().min(RECEIVE_BUFFER);
+                assert_eq!(bytes[..], datagram[..cut], "{local} datagram {i}");
+            }
+
+            // Replies: one per datagram of the first batch, to its sender.
+            server.set_nonblocking(true).unwrap();
+            let socket = {
+                let _context = runtime.enter();
+                UdpSocket::from_std(server).unwrap()
+            };
+            let mut replies = Replies::new();
+            for (i, (_, to)) in got.iter().take(RECEIVE_BATCH).enumerate() {
+                let buffer = replies.next_buffer();
+                buffer.clear();
+                buffer.extend_from_slice(format!("reply {i}").as_bytes());
+                replies.push(*to);
+            }
+            runtime.block_on(replies.send(&socket));
+            for (c, client) in clients.iter().enumerate() {
+                client
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                for i in (c..RECEIVE_BATCH).step_by(3) {
+                    let mut buf = [0; 64];
+                    let (n, from) = client.recv_from(&mut buf).unwrap();
+                    assert_eq!(from, addr);
+                    assert_eq!(&buf[..n], format!("reply {i}").as_bytes(), "{local}");
+                }
+            }
+        }
+    }
+
+    /// A burst from several clients through the receive thread: every
+    /// query is answered, to its own sender, with its own ID.
+    #[test]
+    fn a_burst_is_answered_each_to_its_sender() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _context = runtime.enter();
+        let socket = runtime.block_on(UdpSocket::bind("127.0.0.1:0")).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = start(
+            socket,
+            1,
+            4096,
+            Arc::new(handler(BlockMode::Null)),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let clients: Vec<_> = (0..4)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for client in &clients {
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+        }
+        // Until the thread answers (the first datagram may race its start).
+        let probe = packet("tracker.test.", RecordType::A, None, false, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            clients[0].send_to(&probe, addr).unwrap();
+            let mut reply = [0; 512];
+            if clients[0].recv(&mut reply).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no answer");
+        }
+        // Blocked names, answered by the fast path in batches.
+        for id in 1..=200u16 {
+            let query = packet("x.tracker.test.", RecordType::A, None, false, id);
+            clients[usize::from(id) % 4].send_to(&query, addr).unwrap();
+        }
+        for (c, client) in clients.iter().enumerate() {
+            let mut ids = Vec::new();
+            while ids.len() < 50 {
+                let mut reply = [0; 512];
+                let n = client.recv(&mut reply).expect("every query answered");
+                let message = Message::from_vec(&reply[..n]).unwrap();
+                assert_eq!(message.answers.len(), 1);
+                ids.push(message.metadata.id);
+            }
+            ids.sort_unstable();
+            let want: Vec<u16> = (1..=200).filter(|id| usize::from(*id) % 4 == c).collect();
+            assert_eq!(ids, want, "client {c}");
+        }
+        shutdown.cancel();
+        runtime.block_on(server.stopped());
     }
 
     #[test]
