@@ -581,7 +581,13 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_peer: PeerCounts = Arc::default();
     let connections = tokio_util::task::TaskTracker::new();
-    let full_log = crate::throttle::Throttle::new(Duration::from_secs(60));
+    // One throttle per warning: a flood of one kind must not hide another.
+    let minute = Duration::from_secs(60);
+    let (accept_log, peer_full_log, full_log) = (
+        crate::throttle::Throttle::new(minute),
+        crate::throttle::Throttle::new(minute),
+        crate::throttle::Throttle::new(minute),
+    );
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -589,7 +595,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
                 Err(error) => {
                     // Out of descriptors, mostly: give the others time to
                     // close rather than spin.
-                    if let Some(suppressed) = full_log.ready() {
+                    if let Some(suppressed) = accept_log.ready() {
                         tracing::warn!(%error, suppressed, "HTTP accept failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -599,7 +605,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
             () = shutdown.cancelled() => break,
         };
         let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip()) else {
-            if let Some(suppressed) = full_log.ready() {
+            if let Some(suppressed) = peer_full_log.ready() {
                 tracing::warn!(%peer, suppressed, "{MAX_PER_PEER} HTTP connections open from one address; closing its new ones");
             }
             continue;
