@@ -76,13 +76,20 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-/// Sets the status line `systemctl status` shows.
+/// Sets the status line `systemctl status` shows; nothing once stopping
+/// (a reload finishing then must not say "serving" again).
 pub fn status(status: &str) {
-    send(&[NotifyState::Status(status)]);
+    if !STOPPING.load(Ordering::Relaxed) {
+        send(&[NotifyState::Status(status)]);
+    }
 }
+
+/// Set by [`stopping`].
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Tells systemd that telesink is stopping (after SIGTERM).
 pub fn stopping() {
+    STOPPING.store(true, Ordering::Relaxed);
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
