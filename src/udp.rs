@@ -180,6 +180,10 @@ impl<R: Resolve> Receiver<R> {
                         break;
                     }
                     _ => {
+                        // Counted as a pass: an error that keeps coming
+                        // must not keep the loop from yielding and from
+                        // seeing the shutdown.
+                        batch += 1;
                         tracing::debug!(%error, "UDP receive error");
                         continue;
                     }
@@ -210,6 +214,9 @@ impl<R: Resolve> Receiver<R> {
                     replies.push(src);
                     continue;
                 }
+                // The answers so far go out before a miss's first poll
+                // (tens of microseconds) delays them.
+                replies.send(&socket).await;
                 self.hand_on(packet, src, &socket, &tasks, &overload_log);
             }
             // Before anything waits: the answers go out together.
@@ -325,7 +332,8 @@ impl Received {
                 fd,
                 self.headers.as_mut_ptr(),
                 RECEIVE_BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                // `as _`: c_int in glibc, c_uint in musl.
+                libc::MSG_DONTWAIT as _,
                 std::ptr::null_mut(),
             )
         };
@@ -495,7 +503,8 @@ impl Replies {
                 fd,
                 rest.as_mut_ptr(),
                 rest.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                // `as _`: c_int in glibc, c_uint in musl.
+                libc::MSG_DONTWAIT as _,
             )
         };
         usize::try_from(sent).map_err(|_| io::Error::last_os_error())
@@ -1316,6 +1325,99 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A reply the kernel refuses (to a broadcast address, without
+    /// SO_BROADCAST) costs only itself: the replies after it in the batch
+    /// still go.
+    #[test]
+    fn a_refused_reply_does_not_stop_the_rest_of_the_batch() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _context = runtime.enter();
+        let socket = runtime.block_on(UdpSocket::bind("127.0.0.1:0")).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let clients: Vec<_> = (0..2)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        // Writable already known, so the batch goes through sendmmsg.
+        runtime.block_on(socket.writable()).unwrap();
+        let mut replies = Replies::new();
+        let to = [
+            clients[0].local_addr().unwrap(),
+            "255.255.255.255:53".parse().unwrap(),
+            clients[1].local_addr().unwrap(),
+            clients[0].local_addr().unwrap(),
+        ];
+        for (i, to) in to.iter().enumerate() {
+            let buffer = replies.next_buffer();
+            buffer.clear();
+            buffer.extend_from_slice(format!("reply {i}").as_bytes());
+            replies.push(*to);
+        }
+        runtime.block_on(replies.send(&socket));
+        for (client, want) in [(0, "reply 0"), (1, "reply 2"), (0, "reply 3")] {
+            let client = &clients[client];
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = [0; 64];
+            let (n, from) = client.recv_from(&mut buf).expect(want);
+            assert_eq!((from, &buf[..n]), (addr, want.as_bytes()));
+        }
+    }
+
+    /// A receive error that keeps coming (here: the "socket" is a pipe,
+    /// so every recvmmsg fails with ENOTSOCK) does not keep the thread
+    /// from seeing the shutdown.
+    #[test]
+    fn a_persistent_receive_error_still_stops() {
+        let (reader, mut writer) = io::pipe().unwrap();
+        io::Write::write_all(&mut writer, b"x").unwrap();
+        let pipe = std::net::UdpSocket::from(std::os::fd::OwnedFd::from(reader));
+        pipe.set_nonblocking(true).unwrap();
+        let shutdown = CancellationToken::new();
+        let heartbeat = Heartbeat::new();
+        let created = Instant::now();
+        let receiver = Receiver {
+            handler: Arc::new(handler(BlockMode::Null)),
+            shutdown: shutdown.clone(),
+            heartbeat: heartbeat.clone(),
+            max_waiting: 4096,
+        };
+        // On a thread of its own: a loop that never yields would hold a
+        // runtime on this one, and the test with it.
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let socket = {
+                let _context = runtime.enter();
+                UdpSocket::from_std(pipe).unwrap()
+            };
+            runtime.block_on(receiver.serve(socket));
+            let _ = done.send(());
+        });
+        // It goes on beating (between passes, failed ones included)...
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while heartbeat.age(Instant::now()) + Duration::from_millis(20) > created.elapsed() {
+            assert!(
+                Instant::now() < deadline,
+                "the receive thread stopped beating"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // ...and stops when told.
+        shutdown.cancel();
+        assert!(
+            stopped.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "the receive thread never saw the shutdown"
+        );
+        drop(writer);
     }
 
     /// A burst from several clients through the receive thread: every
