@@ -151,7 +151,7 @@ impl CachePaths {
 ///   renamed in the config keeps blocking until its next download instead
 ///   of going empty;
 /// - a copy that no configured list uses is marked (`NAME-HASH.unused`);
-///   one marked for [`UNUSED_KEPT`] and not refreshed for as long is
+///   one marked for a week and not refreshed for as long is
 ///   removed with its validators (a list taken out of the config, or
 ///   pointed at another URL), so the directory does not fill with them
 ///   over the years. Used again, it loses its mark.
