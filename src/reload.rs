@@ -464,13 +464,18 @@ impl Reloader {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
+        let mut unwatched = false;
         self.watched_dirs.retain(|dir, _| {
             let keep = dirs.contains(dir);
             if !keep {
                 let _ = watcher.unwatch(dir);
+                unwatched = true;
             }
             keep
         });
+        if unwatched {
+            renew_watches(watcher, &mut self.watched_dirs);
+        }
         for dir in dirs {
             if let std::collections::hash_map::Entry::Vacant(entry) = self.watched_dirs.entry(dir) {
                 let watched = watch_dir(watcher, entry.key(), true);
@@ -500,17 +505,22 @@ impl Reloader {
         };
         let removed = std::mem::take(&mut *self.removed.lock().unwrap_or_else(|e| e.into_inner()));
         let mut changed = false;
+        let mut unwatched = false;
         for (dir, watched) in &mut self.watched_dirs {
             let now = identity(dir);
             if now == *watched && !removed.contains(dir) {
                 continue;
             }
             let _ = watcher.unwatch(dir);
+            unwatched = true;
             *watched = now.and_then(|_| watch_dir(watcher, dir, false));
             if watched.is_some() {
                 tracing::info!(dir = %dir.display(), "watching this directory again");
                 changed = true;
             }
+        }
+        if unwatched {
+            renew_watches(watcher, &mut self.watched_dirs);
         }
         changed
     }
@@ -618,6 +628,24 @@ fn watch_dir(
                 tracing::warn!(dir = %dir.display(), %error, "cannot watch this directory for changes; trying again every few seconds");
             }
             None
+        }
+    }
+}
+
+/// Watches every directory of `watched` that exists again, after an
+/// unwatch. The kernel keeps one watch per directory whatever name it is
+/// reached by, and notify's unwatch of one name removes it for all: a
+/// directory renamed from one watched name to another, or reached under
+/// two (a bind mount), lost its watch for good when the other name was
+/// unwatched after it was watched. Watching a watched directory again
+/// changes nothing.
+fn renew_watches(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut HashMap<PathBuf, Option<(u64, u64)>>,
+) {
+    for (dir, identity) in watched.iter_mut() {
+        if identity.is_some() {
+            *identity = watch_dir(watcher, dir, false);
         }
     }
 }
