@@ -79,17 +79,24 @@ pub fn ready(status: &str) {
 /// Sets the status line `systemctl status` shows; nothing once stopping
 /// (a reload finishing then must not say "serving" again).
 pub fn status(status: &str) {
-    if !STOPPING.load(Ordering::Relaxed) {
+    let stopping = STOPPING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !*stopping {
         send(&[NotifyState::Status(status)]);
     }
 }
 
-/// Set by [`stopping`].
-static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set by [`stopping`]; held while a status is sent, so none is sent
+/// after STOPPING.
+static STOPPING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
 
 /// Tells systemd that telesink is stopping (after SIGTERM).
 pub fn stopping() {
-    STOPPING.store(true, Ordering::Relaxed);
+    let mut stopping = STOPPING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *stopping = true;
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
