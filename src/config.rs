@@ -1036,10 +1036,10 @@ impl Config {
     /// Checks what serde cannot: every list has exactly one source, names
     /// are unique, the builtin lists exist, there is something to listen on.
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
-        // A problem about a named list points at the line of its name, when
-        // the name can be found in the text; otherwise it names the file.
-        let located = |at: Option<usize>, message: String| -> ConfigError {
-            match at.map(|at| line_column(text, at)) {
+        // An error at a line and column when one is known; otherwise it
+        // names the file.
+        let at_line = |at: Option<(usize, usize)>, message: String| -> ConfigError {
+            match at {
                 Some((line, column)) => ConfigError::Parse {
                     path: self.origin.clone(),
                     line,
@@ -1051,6 +1051,11 @@ impl Config {
                     message,
                 },
             }
+        };
+        // A problem about a named list points at the line of its name, when
+        // the name can be found in the text.
+        let located = |at: Option<usize>, message: String| {
+            at_line(at.map(|at| line_column(text, at)), message)
         };
         let fail = |near: Option<&str>, message: String| {
             located(near.and_then(|n| text.find(&format!("\"{n}\""))), message)
@@ -1065,18 +1070,9 @@ impl Config {
             });
             located(second, message)
         };
-        let invalid = |message: String| fail(None, message);
         // A problem with one setting points at its key.
-        let at_key = |table: &str, key: &str, message: String| -> ConfigError {
-            match key_position(text, table, key) {
-                Some((line, column)) => ConfigError::Parse {
-                    path: self.origin.clone(),
-                    line,
-                    column,
-                    message,
-                },
-                None => invalid(message),
-            }
+        let at_key = |table: &str, key: &str, message: String| {
+            at_line(key_position(text, table, key), message)
         };
         if !(1..=64).contains(&self.server.udp_threads) {
             return Err(at_key(
@@ -1193,15 +1189,7 @@ impl Config {
             let message = format!(
                 "upstream {upstream} is given by name: set [upstream] bootstrap to plain DNS resolvers (IP addresses) that resolve it"
             );
-            return Err(match at {
-                Some((line, column)) => ConfigError::Parse {
-                    path: self.origin.clone(),
-                    line,
-                    column,
-                    message,
-                },
-                None => invalid(message),
-            });
+            return Err(at_line(at, message));
         }
         if let Some(b) = self
             .upstream
