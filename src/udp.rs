@@ -1207,23 +1207,25 @@ mod tests {
         }
     }
 
+    /// One receive thread on an ephemeral 127.0.0.1 port, with a handler
+    /// that blocks in null mode: the server, its address, and the token
+    /// that stops it.
+    fn serving(runtime: &tokio::runtime::Runtime) -> (UdpServer, SocketAddr, CancellationToken) {
+        let _context = runtime.enter();
+        let socket = runtime.block_on(UdpSocket::bind("127.0.0.1:0")).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handler = Arc::new(handler(BlockMode::Null));
+        let server = start(socket, 1, 4096, handler, shutdown.clone()).unwrap();
+        (server, addr, shutdown)
+    }
+
     /// A query whose handling panics in its first poll (run inside the
     /// receive loop) is dropped; the thread goes on serving.
     #[test]
     fn a_panicking_query_does_not_stop_the_receive_thread() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let _context = runtime.enter();
-        let socket = runtime.block_on(UdpSocket::bind("127.0.0.1:0")).unwrap();
-        let addr = socket.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = start(
-            socket,
-            1,
-            4096,
-            Arc::new(handler(BlockMode::Null)),
-            shutdown.clone(),
-        )
-        .unwrap();
+        let (server, addr, shutdown) = serving(&runtime);
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client
             .set_read_timeout(Some(Duration::from_millis(200)))
@@ -1426,18 +1428,7 @@ mod tests {
     #[test]
     fn a_burst_is_answered_each_to_its_sender() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let _context = runtime.enter();
-        let socket = runtime.block_on(UdpSocket::bind("127.0.0.1:0")).unwrap();
-        let addr = socket.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = start(
-            socket,
-            1,
-            4096,
-            Arc::new(handler(BlockMode::Null)),
-            shutdown.clone(),
-        )
-        .unwrap();
+        let (server, addr, shutdown) = serving(&runtime);
         let clients: Vec<_> = (0..4)
             .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();
