@@ -130,18 +130,28 @@ impl CachePaths {
     /// Paths for list `name` from `url`. The URL's hash is part of the file
     /// name, so pointing a list at another URL never serves the old copy.
     pub fn new(dir: &Path, name: &str, url: &str) -> Self {
-        // FNV-1a: stable across builds and platforms, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in url.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        let stem = format!("{name}-{h:016x}");
+        let stem = format!("{name}-{}", url_hash(url));
         Self {
             body: dir.join(format!("{stem}.list")),
             meta: dir.join(format!("{stem}.meta")),
         }
     }
+}
+
+/// The 16 hex digits of `url` in its copy's file name: FNV-1a, stable
+/// across builds and platforms, unlike std's hasher.
+fn url_hash(url: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in url.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The mark [`tidy_cache`] leaves beside a copy no list uses.
+fn unused_mark(body: &Path) -> PathBuf {
+    body.with_extension("unused")
 }
 
 /// Tidies the directory of `config`'s downloaded lists (blocking I/O):
@@ -167,20 +177,21 @@ pub fn tidy_cache(config: &Config) {
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
-    let in_use: Vec<CachePaths> = config
+    // The copies of the configured url lists, with their URL hashes.
+    let in_use: Vec<(CachePaths, String)> = config
         .blocking
         .lists
         .iter()
         .chain(&config.blocking.allow)
         .filter_map(|list| match list.resolved_source(&config.base_dir) {
-            ListSource::Url(url) => Some(CachePaths::new(&dir, &list.name, &url)),
+            ListSource::Url(url) => Some((CachePaths::new(&dir, &list.name, &url), url_hash(&url))),
             _ => None,
         })
         .collect();
     let used = |path: &Path| {
         in_use
             .iter()
-            .any(|p| p.body == path || p.meta == path || p.body.with_extension("unused") == path)
+            .any(|(p, _)| p.body == path || p.meta == path || unused_mark(&p.body) == path)
     };
     // Bodies no list uses (URL hash, path), and their other files.
     let mut unused: Vec<(String, PathBuf)> = Vec::new();
@@ -206,17 +217,15 @@ pub fn tidy_cache(config: &Config) {
             .ok()
             .and_then(|t| t.elapsed().ok())
     };
-    for paths in &in_use {
+    for (paths, hash) in &in_use {
         // Used again: no longer on its way out.
-        let _ = std::fs::remove_file(paths.body.with_extension("unused"));
+        let _ = std::fs::remove_file(unused_mark(&paths.body));
         if paths.body.exists() {
             continue;
         }
-        let hash = paths.body.file_name().map(|n| n.to_string_lossy());
-        let hash = hash.as_deref().and_then(cache_file_name).map(|(h, _)| h);
         let Some((_, old)) = unused
             .iter()
-            .filter(|(h, p)| Some(h.as_str()) == hash && readable_file(p))
+            .filter(|(h, p)| h == hash && readable_file(p))
             .min_by_key(|(_, p)| age(p).unwrap_or(Duration::MAX))
         else {
             continue;
@@ -235,7 +244,7 @@ pub fn tidy_cache(config: &Config) {
         }
     }
     for (_, body) in &unused {
-        let mark = body.with_extension("unused");
+        let mark = unused_mark(body);
         let Some(marked) = age(&mark) else {
             if let Err(error) = File::create(&mark) {
                 tracing::warn!(file = %mark.display(), %error, "cannot mark a downloaded copy no list uses");
