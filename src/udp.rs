@@ -236,36 +236,34 @@ impl<R: Resolve> Receiver<R> {
         tasks: &TaskTracker,
         overload_log: &crate::throttle::Throttle,
     ) {
-        {
-            // A flood of names nobody asked before would otherwise queue
-            // here without bound, each waiting seconds on the upstreams.
-            // With `max_waiting` queries waiting, a new one still gets its
-            // first poll, which answers whatever needs no waiting (local
-            // names, refusals, stale answers, ...); one that would wait is
-            // dropped like a packet lost on the way: the client asks again
-            // (or its other server), and nothing is sent to a source that
-            // may be forged.
-            let room = tasks.len() < self.max_waiting;
-            let (socket, handler, packet) = (socket.clone(), self.handler.clone(), packet.to_vec());
-            let kept = spawn_eagerly(
-                tasks.track_future(async move {
-                    let reply = UdpReply { socket, to: src };
-                    respond(&*handler, packet, src, reply).await;
-                }),
-                room,
-            );
-            if !kept {
-                self.handler.metrics().overload_dropped.inc();
-                if let Some(suppressed) = overload_log.ready() {
-                    tracing::warn!(
-                        suppressed,
-                        "{} UDP queries are waiting on the upstreams; dropping new ones \
-                         that would wait too. A flood, or upstreams that stopped \
-                         answering; if this is your own network's load, raise \
-                         [server] udp_max_waiting",
-                        tasks.len()
-                    );
-                }
+        // A flood of names nobody asked before would otherwise queue
+        // here without bound, each waiting seconds on the upstreams.
+        // With `max_waiting` queries waiting, a new one still gets its
+        // first poll, which answers whatever needs no waiting (local
+        // names, refusals, stale answers, ...); one that would wait is
+        // dropped like a packet lost on the way: the client asks again
+        // (or its other server), and nothing is sent to a source that
+        // may be forged.
+        let room = tasks.len() < self.max_waiting;
+        let (socket, handler, packet) = (socket.clone(), self.handler.clone(), packet.to_vec());
+        let kept = spawn_eagerly(
+            tasks.track_future(async move {
+                let reply = UdpReply { socket, to: src };
+                respond(&*handler, packet, src, reply).await;
+            }),
+            room,
+        );
+        if !kept {
+            self.handler.metrics().overload_dropped.inc();
+            if let Some(suppressed) = overload_log.ready() {
+                tracing::warn!(
+                    suppressed,
+                    "{} UDP queries are waiting on the upstreams; dropping new ones \
+                     that would wait too. A flood, or upstreams that stopped \
+                     answering; if this is your own network's load, raise \
+                     [server] udp_max_waiting",
+                    tasks.len()
+                );
             }
         }
     }
