@@ -147,13 +147,20 @@ async fn an_unreadable_list_keeps_its_old_entries() {
     ts.stop().await;
 }
 
-async fn start_from_file(dir: &Path, text: &str, stub: &Stub) -> Telesink {
+/// Writes `text` as `dir`'s telesink.toml, `{upstreams}` being `stub`;
+/// its path.
+fn write_config(dir: &Path, text: &str, stub: &Stub) -> std::path::PathBuf {
     let path = dir.join("telesink.toml");
     std::fs::write(
         &path,
         text.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
     )
     .unwrap();
+    path
+}
+
+async fn start_from_file(dir: &Path, text: &str, stub: &Stub) -> Telesink {
+    let path = write_config(dir, text, stub);
     Telesink::start_config(Config::load(&path).unwrap()).await
 }
 
@@ -505,11 +512,7 @@ async fn url_lists_download_refresh_fail_safely_and_survive_a_restart() {
     assert_eq!(cached().len(), 1);
     assert!(cached()[0].starts_with("remote-"), "{:?}", cached());
     let renamed = text.replace("name = \"remote\"", "name = \"renamed\"");
-    std::fs::write(
-        dir.path().join("telesink.toml"),
-        renamed.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
-    )
-    .unwrap();
+    write_config(dir.path(), &renamed, &stub);
     http_post(ts.http, "/api/reload").await;
     assert!(is_blocked(&ts, "new.blocked.test.").await, "renamed list");
     assert_eq!(cached().len(), 2);
@@ -816,11 +819,7 @@ async fn a_new_download_timeout_applies_without_a_restart() {
     assert!(!is_blocked(&ts, "late.blocked.test.").await, "timed out");
     // A longer timeout, edited in the config file, applies to the next
     // download.
-    std::fs::write(
-        dir.path().join("telesink.toml"),
-        text("5s").replace("{upstreams}", &format!("\"{}\"", stub.addr)),
-    )
-    .unwrap();
+    write_config(dir.path(), &text("5s"), &stub);
     let http = ts.http;
     eventually("config edit applied", || async move {
         let m = http_get(http, "/metrics").await.unwrap();
@@ -884,11 +883,7 @@ async fn a_directory_under_two_names_is_watched_under_both() {
     wait_blocked(&ts, "b.blocked.test.", true).await;
     // The list named through the link goes; the other's edits still apply.
     let one = config_text("[[blocking.lists]]\nname = \"one\"\npath = \"lists/one.txt\"");
-    std::fs::write(
-        dir.path().join("telesink.toml"),
-        one.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
-    )
-    .unwrap();
+    write_config(dir.path(), &one, &stub);
     wait_blocked(&ts, "b.blocked.test.", false).await;
     std::fs::write(real.join("one.txt"), "c.blocked.test\n").unwrap();
     wait_blocked(&ts, "c.blocked.test.", true).await;
@@ -902,11 +897,7 @@ async fn a_directory_under_two_names_is_watched_under_both() {
         "[[blocking.lists]]\nname = \"one\"\npath = \"alias/one.txt\"\n\
          [[blocking.lists]]\nname = \"three\"\npath = \"lists/three.txt\"",
     );
-    std::fs::write(
-        dir.path().join("telesink.toml"),
-        via_alias.replace("{upstreams}", &format!("\"{}\"", stub.addr)),
-    )
-    .unwrap();
+    write_config(dir.path(), &via_alias, &stub);
     wait_blocked(&ts, "f.blocked.test.", true).await;
     let tmp = dir.path().join("alias.new");
     std::os::unix::fs::symlink(&other, &tmp).unwrap();
