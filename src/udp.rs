@@ -150,6 +150,7 @@ impl<R: Resolve> Receiver<R> {
         let mut replies = Replies::new();
         let mut batch = 0;
         let overload_log = crate::throttle::Throttle::new(Duration::from_secs(10));
+        let receive_log = crate::throttle::Throttle::new(Duration::from_secs(60));
         tokio::spawn(keep_a_timer_armed(
             self.heartbeat.clone(),
             self.shutdown.clone(),
@@ -184,7 +185,25 @@ impl<R: Resolve> Receiver<R> {
                         // must not keep the loop from yielding and from
                         // seeing the shutdown.
                         batch += 1;
-                        tracing::debug!(%error, "UDP receive error");
+                        // An ICMP error for an earlier reply shows up here
+                        // and means nothing; one the call itself caused
+                        // (refused by a seccomp filter, say) stops all UDP
+                        // service and must be seen.
+                        let refused = [libc::ENOSYS, libc::EPERM, libc::EACCES, libc::EINVAL];
+                        match error.raw_os_error() {
+                            Some(code) if refused.contains(&code) => {
+                                if let Some(suppressed) = receive_log.ready() {
+                                    tracing::error!(
+                                        %error,
+                                        suppressed,
+                                        "cannot read the UDP socket (recvmmsg); DNS over UDP is \
+                                         not answered. Is a seccomp filter or sandbox refusing \
+                                         the system call?"
+                                    );
+                                }
+                            }
+                            _ => tracing::debug!(%error, "UDP receive error"),
+                        }
                         continue;
                     }
                 },
